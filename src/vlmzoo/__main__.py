@@ -1,0 +1,3 @@
+from vlmzoo.cli import main
+
+raise SystemExit(main())

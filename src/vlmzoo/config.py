@@ -1,0 +1,148 @@
+"""Typed, validated configs with a JSON round trip.
+
+Every component is described by a frozen-free dataclass deriving from :class:`Config`.
+Validation runs on construction (``__post_init__``), so an invalid config can never reach a
+model. ``to_dict``/``from_dict`` round-trip through plain JSON types; nested configs, tuples
+and ``Literal`` fields are restored from the type hints, never by evaluating strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+
+from vlmzoo.errors import ConfigError
+
+C = TypeVar("C", bound="Config")
+
+
+class Config:
+    """Base for all vlmzoo configs. Subclasses are ``@dataclass`` and override :meth:`validate`."""
+
+    kind: ClassVar[str] = "config"
+
+    def __post_init__(self) -> None:
+        self._coerce_fields()
+        self.validate()
+
+    # --- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` when a field is out of range. Subclasses extend this."""
+
+    def _fail(self, field: str, message: str) -> typing.NoReturn:
+        value = getattr(self, field, None)
+        raise ConfigError(f"{type(self).__name__}.{field}={value!r}: {message}")
+
+    def _check_positive(self, *fields: str) -> None:
+        for f in fields:
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                self._fail(f, "must be a positive number")
+
+    def _check_non_negative(self, *fields: str) -> None:
+        for f in fields:
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                self._fail(f, "must be >= 0")
+
+    def _check_divisible(self, field: str, divisor_field: str) -> None:
+        v, d = getattr(self, field), getattr(self, divisor_field)
+        if v % d != 0:
+            self._fail(field, f"must be divisible by {divisor_field}={d}")
+
+    def _coerce_fields(self) -> None:
+        """Check types and turn JSON shapes (lists, dicts) back into tuples and nested configs."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            setattr(self, f.name, _coerce(value, hints[f.name], f"{type(self).__name__}.{f.name}"))
+
+    # --- serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (nested configs become dicts, tuples become lists)."""
+        return {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """Build and validate a config from :meth:`to_dict` output; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[C], text: str) -> C:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self: C, **overrides: Any) -> C:
+        """A validated copy with some fields changed; unknown field names are an error."""
+        names = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(
+                f"{type(self).__name__} has no field(s) {unknown}; valid fields: {sorted(names)}"
+            )
+        return dataclasses.replace(self, **overrides)  # type: ignore[type-var]
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, tuple | list):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}={value!r} matches none of {hint}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}={value!r}: must be one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, Iterable) or isinstance(value, str | bytes):
+            raise ConfigError(f"{where}={value!r}: expected a sequence")
+        items = list(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in items)
+        if len(items) != len(args):
+            raise ConfigError(f"{where}={value!r}: expected {len(args)} items")
+        return tuple(_coerce(v, a, where) for v, a in zip(items, args, strict=True))
+    if isinstance(hint, type) and issubclass(hint, Config):
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, dict):
+            return hint.from_dict(value)
+        raise ConfigError(f"{where}: expected {hint.__name__} or a dict, got {type(value).__name__}")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}={value!r}: expected a number")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}={value!r}: expected an integer")
+        return value
+    if hint in (bool, str):
+        if not isinstance(value, hint):
+            raise ConfigError(f"{where}={value!r}: expected {hint.__name__}")
+        return value
+    return value

@@ -1,0 +1,169 @@
+"""transformers CLIP -> vlmzoo (SPEC §1.6).
+
+Key names follow the serialised hub format of ``CLIPModel`` (``vision_model.*``,
+``text_model.*``, ``visual_projection``, ``text_projection``, ``logit_scale``). transformers 5
+keeps a bare ``CLIPVisionModel`` / ``CLIPTextModel`` without the tower prefix in memory, so the
+converter first brings every model's state dict to the hub layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vlmzoo.checkpoint import load_state_dict_strict
+from vlmzoo.encoders.clip_text import TextTransformer, TextTransformerConfig
+from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
+from vlmzoo.errors import ConversionError
+from vlmzoo.layers import Activation
+from vlmzoo.models.clip import CLIPConfig, CLIPModel
+
+StateDict = dict[str, torch.Tensor]
+
+_HF_ACTIVATIONS: dict[str, Activation] = {
+    "quick_gelu": "quick_gelu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+}
+
+
+def _activation(name: str) -> Activation:
+    if name not in _HF_ACTIVATIONS:
+        raise ConversionError(
+            f"hidden_act={name!r} has no vlmzoo equivalent; known: {sorted(_HF_ACTIVATIONS)}"
+        )
+    return _HF_ACTIVATIONS[name]
+
+
+def vision_config_from_hf(hf: Any, projection_dim: int | None) -> ViTConfig:
+    """A :class:`ViTConfig` equal to a transformers ``CLIPVisionConfig`` (+ optional projection)."""
+    return ViTConfig(
+        image_size=hf.image_size,
+        patch_size=hf.patch_size,
+        in_channels=hf.num_channels,
+        width=hf.hidden_size,
+        depth=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        mlp_ratio=hf.intermediate_size / hf.hidden_size,
+        act=_activation(hf.hidden_act),
+        patch_bias=False,
+        pre_norm=True,
+        norm_eps=hf.layer_norm_eps,
+        pos_embed_resize="bicubic",  # transformers' interpolate_pos_encoding
+        embed_dim=projection_dim,
+        proj_bias=False,
+    )
+
+
+def text_config_from_hf(hf: Any, projection_dim: int | None) -> TextTransformerConfig:
+    """A :class:`TextTransformerConfig` equal to a transformers ``CLIPTextConfig``.
+
+    transformers pools at argmax(ids) for legacy configs (``eos_token_id == 2``) and at the first
+    ``eos_token_id`` otherwise (SPEC §1.3); the pooling rule is carried over.
+    """
+    legacy = hf.eos_token_id == 2
+    return TextTransformerConfig(
+        vocab_size=hf.vocab_size,
+        context_length=hf.max_position_embeddings,
+        width=hf.hidden_size,
+        depth=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        mlp_ratio=hf.intermediate_size / hf.hidden_size,
+        act=_activation(hf.hidden_act),
+        norm_eps=hf.layer_norm_eps,
+        embed_dim=projection_dim,
+        pooling="argmax" if legacy else "eos_token",
+        eos_token_id=hf.eos_token_id if not legacy else hf.vocab_size - 1,
+    )
+
+
+def _blocks(sd: StateDict, prefix: str, depth: int) -> StateDict:
+    """HF encoder layers (separate q/k/v) -> vlmzoo blocks (fused qkv, rows q, k, v)."""
+    out: StateDict = {}
+    for i in range(depth):
+        src, dst = f"{prefix}encoder.layers.{i}.", f"blocks.{i}."
+        for p in ("weight", "bias"):
+            out[f"{dst}attn.qkv.{p}"] = torch.cat([sd[f"{src}self_attn.{n}_proj.{p}"] for n in "qkv"])
+            out[f"{dst}attn.proj.{p}"] = sd[f"{src}self_attn.out_proj.{p}"]
+            out[f"{dst}norm1.{p}"] = sd[f"{src}layer_norm1.{p}"]
+            out[f"{dst}norm2.{p}"] = sd[f"{src}layer_norm2.{p}"]
+            out[f"{dst}mlp.fc1.{p}"] = sd[f"{src}mlp.fc1.{p}"]
+            out[f"{dst}mlp.fc2.{p}"] = sd[f"{src}mlp.fc2.{p}"]
+    return out
+
+
+def vision_state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
+    """Hub-format ``vision_model.*`` (+ ``visual_projection.weight``) -> VisionTransformer keys."""
+    p = "vision_model."
+    out = {
+        "patch_embed.proj.weight": sd[f"{p}embeddings.patch_embedding.weight"],
+        "cls_token": sd[f"{p}embeddings.class_embedding"].reshape(1, 1, -1),
+        "pos_embed": sd[f"{p}embeddings.position_embedding.weight"].unsqueeze(0),
+        "norm_pre.weight": sd[f"{p}pre_layrnorm.weight"],  # the typo is transformers'
+        "norm_pre.bias": sd[f"{p}pre_layrnorm.bias"],
+        "norm.weight": sd[f"{p}post_layernorm.weight"],
+        "norm.bias": sd[f"{p}post_layernorm.bias"],
+        **_blocks(sd, p, config.depth),
+    }
+    if config.embed_dim is not None:
+        out["head.weight"] = sd["visual_projection.weight"]
+    return out
+
+
+def text_state_dict_from_hf(sd: StateDict, config: TextTransformerConfig) -> StateDict:
+    """Hub-format ``text_model.*`` (+ ``text_projection.weight``) -> TextTransformer keys."""
+    p = "text_model."
+    out = {
+        "token_embedding.weight": sd[f"{p}embeddings.token_embedding.weight"],
+        "pos_embed": sd[f"{p}embeddings.position_embedding.weight"].unsqueeze(0),
+        "norm.weight": sd[f"{p}final_layer_norm.weight"],
+        "norm.bias": sd[f"{p}final_layer_norm.bias"],
+        **_blocks(sd, p, config.depth),
+    }
+    if config.embed_dim is not None:
+        out["head.weight"] = sd["text_projection.weight"]
+    return out
+
+
+def _hub_state_dict(model: Any) -> StateDict:
+    """The model's state dict with the hub-format tower prefix restored (transformers 5 drops it)."""
+    sd = dict(model.state_dict())
+    name = type(model).__name__
+    if name == "CLIPVisionModel" and not any(k.startswith("vision_model.") for k in sd):
+        sd = {f"vision_model.{k}": v for k, v in sd.items()}
+    if name == "CLIPTextModel" and not any(k.startswith("text_model.") for k in sd):
+        sd = {f"text_model.{k}": v for k, v in sd.items()}
+    return sd
+
+
+def from_hf_clip(model: Any) -> torch.nn.Module:
+    """Convert ``CLIPModel``, ``CLIPVisionModel[WithProjection]`` or ``CLIPTextModel[WithProjection]``.
+
+    Returns a :class:`CLIPModel`, :class:`VisionTransformer` or :class:`TextTransformer` with
+    the same weights; a tower without projection gets ``embed_dim=None``.
+    """
+    name, cfg, sd = type(model).__name__, model.config, _hub_state_dict(model)
+    projection_dim = getattr(cfg, "projection_dim", None)
+    if name == "CLIPModel":
+        config = CLIPConfig(
+            vision=vision_config_from_hf(cfg.vision_config, projection_dim),
+            text=text_config_from_hf(cfg.text_config, projection_dim),
+        )
+        ours = CLIPModel(config)
+        state = {f"visual.{k}": v for k, v in vision_state_dict_from_hf(sd, config.vision).items()}
+        state |= {f"text.{k}": v for k, v in text_state_dict_from_hf(sd, config.text).items()}
+        state["logit_scale"] = sd["logit_scale"].reshape(())
+    elif name in ("CLIPVisionModel", "CLIPVisionModelWithProjection"):
+        proj = projection_dim if name.endswith("WithProjection") else None
+        vision = vision_config_from_hf(cfg, proj)
+        ours, state = VisionTransformer(vision), vision_state_dict_from_hf(sd, vision)
+    elif name in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        proj = projection_dim if name.endswith("WithProjection") else None
+        text = text_config_from_hf(cfg, proj)
+        ours, state = TextTransformer(text), text_state_dict_from_hf(sd, text)
+    else:
+        raise ConversionError(f"{name} is not a CLIP model")
+    load_state_dict_strict(ours, state, source=f"converted {name}")
+    return ours

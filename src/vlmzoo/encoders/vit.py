@@ -1,0 +1,231 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) in the variants VLMs use: CLIP, timm, DINOv2-style.
+
+One configurable model covers the published towers: OpenAI CLIP (no patch bias, ``ln_pre``,
+QuickGELU, projection without bias — SPEC §1.2), timm's ``vit_*_clip_*`` (exact GELU, projection
+with bias), and the LayerScale / register-token / SwiGLU variants. Feature selection for VLMs
+(layer -2, drop CLS, pre/post norm) is configuration, never a code change (DESIGN, LLaVA §8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from vlmzoo.config import Config
+from vlmzoo.encoders.base import VisionOutput
+from vlmzoo.errors import InputError
+from vlmzoo.layers import Activation, Block, PatchEmbed, PosEmbedResize, resize_pos_embed
+from vlmzoo.registry import register, register_architecture
+
+
+@dataclass
+class ViTConfig(Config):
+    """Sizes and variant switches of a Vision Transformer.
+
+    ``image_size`` is the native resolution the position embeddings are stored for; other
+    sizes (multiples of ``patch_size``, non-square too) resize them with ``pos_embed_resize``.
+    ``feature_layer`` indexes ``hidden_states`` (0 = embeddings, k = block k, -1 = last block,
+    -2 = penultimate as in LLaVA); ``feature_tokens`` keeps (``"all"``) or drops (``"patch"``)
+    the CLS/register tokens; ``feature_norm`` applies the final norm to the selected layer.
+    """
+
+    kind = "encoder"
+
+    image_size: int = 224
+    patch_size: int = 16
+    in_channels: int = 3
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    act: Activation = "gelu"
+    swiglu: bool = False
+    qkv_bias: bool = True
+    patch_bias: bool = True
+    class_token: bool = True
+    num_registers: int = 0
+    pre_norm: bool = False
+    final_norm: bool = True
+    norm_eps: float = 1e-6
+    layer_scale_init: float | None = None
+    drop_path_rate: float = 0.0
+    pos_embed_resize: PosEmbedResize = "bicubic"
+    pool: Literal["cls", "mean", "none"] = "cls"
+    embed_dim: int | None = None
+    proj_bias: bool = False
+    feature_layer: int = -1
+    feature_tokens: Literal["patch", "all"] = "patch"
+    feature_norm: bool = False
+
+    def validate(self) -> None:
+        self._check_positive(
+            "image_size", "patch_size", "in_channels", "width", "depth", "num_heads", "mlp_ratio"
+        )
+        self._check_non_negative("num_registers", "drop_path_rate")
+        self._check_divisible("width", "num_heads")
+        self._check_divisible("image_size", "patch_size")
+        if self.drop_path_rate >= 1:
+            self._fail("drop_path_rate", "must be < 1")
+        if self.norm_eps <= 0:
+            self._fail("norm_eps", "must be > 0")
+        if self.embed_dim is not None and self.embed_dim <= 0:
+            self._fail("embed_dim", "must be positive or None")
+        if self.pool == "cls" and not self.class_token:
+            self._fail("pool", "'cls' pooling needs class_token=True")
+        if self.embed_dim is not None and self.pool == "none":
+            self._fail("embed_dim", "a projection head needs pooling (pool='cls' or 'mean')")
+        if not -(self.depth + 1) <= self.feature_layer <= self.depth:
+            self._fail("feature_layer", f"must index hidden_states: -{self.depth + 1} .. {self.depth}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.image_size // self.patch_size,) * 2
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + self.num_registers
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+
+@register_architecture
+class VisionTransformer(nn.Module):
+    """ViT encoder: [B, C, H, W] -> :class:`VisionOutput` (tokens [B, N, out_dim]).
+
+    Token order is [CLS, registers..., patches...]. Position embeddings cover CLS + patches
+    (registers get none, as in DINOv2 §4.3).
+    """
+
+    config_class = ViTConfig
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = c = config
+        self.patch_embed = PatchEmbed(c.in_channels, c.width, c.patch_size, bias=c.patch_bias)
+        scale = c.width**-0.5
+        self.cls_token = nn.Parameter(scale * torch.randn(1, 1, c.width)) if c.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, c.num_registers, c.width)) if c.num_registers else None
+        num_pos = int(c.class_token) + c.grid[0] * c.grid[1]
+        self.pos_embed = nn.Parameter(scale * torch.randn(1, num_pos, c.width))
+        self.norm_pre = nn.LayerNorm(c.width, eps=c.norm_eps) if c.pre_norm else nn.Identity()
+        rates = torch.linspace(0, c.drop_path_rate, c.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(
+                c.width,
+                c.num_heads,
+                c.mlp_hidden_dim,
+                act=c.act,
+                qkv_bias=c.qkv_bias,
+                norm_eps=c.norm_eps,
+                layer_scale_init=c.layer_scale_init,
+                drop_path=rate,
+                swiglu=c.swiglu,
+            )
+            for rate in rates
+        )
+        self.norm = nn.LayerNorm(c.width, eps=c.norm_eps) if c.final_norm else nn.Identity()
+        self.head = nn.Linear(c.width, c.embed_dim, bias=c.proj_bias) if c.embed_dim else None
+
+    @property
+    def out_dim(self) -> int:
+        """Channel width of ``VisionOutput.tokens``."""
+        return self.config.width
+
+    def num_tokens(self, image_size: tuple[int, int] | int | None = None) -> int:
+        """Number of tokens in ``VisionOutput.tokens`` for an image of ``image_size`` (default native)."""
+        c = self.config
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size or (c.image_size,) * 2
+        n = (h // c.patch_size) * (w // c.patch_size)
+        return n + (c.num_prefix_tokens if c.feature_tokens == "all" else 0)
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """[1, P + H'·W', width] position embeddings for a token grid (resized when not native)."""
+        c = self.config
+        if grid != c.grid and c.pos_embed_resize == "none":
+            raise InputError(
+                f"image gives a {grid[0]}x{grid[1]} token grid but the position embeddings are for "
+                f"{c.grid[0]}x{c.grid[1]} ({c.image_size}px) and pos_embed_resize='none'"
+            )
+        return resize_pos_embed(self.pos_embed, c.grid, grid, int(c.class_token), c.pos_embed_resize)
+
+    def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch embedding + CLS + position embedding + registers + pre-norm: [B, P + H'·W', width]."""
+        x, grid = self.patch_embed(pixel_values)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.position_embedding(grid)
+        if self.reg_token is not None:
+            x = torch.cat([x[:, :1], self.reg_token.expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
+        return self.norm_pre(x), grid
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> VisionOutput:
+        """[B, C, H, W] -> VisionOutput; H and W multiples of ``patch_size``.
+
+        Blocks after the selected feature layer run only when they are needed (pooling, a
+        projection head, or ``output_hidden_states``).
+        """
+        c = self.config
+        x, grid = self.embed(pixel_values)
+        feature_index = c.feature_layer % (c.depth + 1)
+        needs_all = output_hidden_states or c.pool != "none"
+        last = c.depth if needs_all else feature_index
+        hidden = [x]
+        for block in self.blocks[:last]:
+            x = block(x)
+            hidden.append(x)
+        tokens = hidden[feature_index]
+        if c.feature_norm:
+            tokens = self.norm(tokens)
+        if c.feature_tokens == "patch":
+            tokens = tokens[:, c.num_prefix_tokens :]
+        pooled = embeds = None
+        if c.pool != "none":
+            final = self.norm(x)
+            pooled = final[:, 0] if c.pool == "cls" else final[:, c.num_prefix_tokens :].mean(dim=1)
+            embeds = self.head(pooled) if self.head is not None else None
+        return VisionOutput(
+            tokens=tokens,
+            grid=grid,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            pooled=pooled,
+            embeds=embeds,
+        )
+
+
+# --- presets --------------------------------------------------------------------------------
+# OpenAI CLIP towers (SPEC §1.1): head dim 64, MLP 4x, QuickGELU, no patch bias, ln_pre,
+# LayerNorm eps 1e-5, projection without bias.
+def clip_vision_config(image_size: int, patch_size: int, width: int, depth: int, embed_dim: int) -> ViTConfig:
+    """The OpenAI CLIP vision tower of the given size."""
+    return ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        width=width,
+        depth=depth,
+        num_heads=width // 64,
+        act="quick_gelu",
+        patch_bias=False,
+        pre_norm=True,
+        norm_eps=1e-5,
+        embed_dim=embed_dim,
+        proj_bias=False,
+    )
+
+
+CLIP_VISION_PRESETS: dict[str, ViTConfig] = {
+    "clip-vit-b32": clip_vision_config(224, 32, 768, 12, 512),
+    "clip-vit-b16": clip_vision_config(224, 16, 768, 12, 512),
+    "clip-vit-l14": clip_vision_config(224, 14, 1024, 24, 768),
+    "clip-vit-l14-336": clip_vision_config(336, 14, 1024, 24, 768),
+    # Tiny towers for tests and CPU demos: same structure, a few hundred thousand parameters.
+    "clip-vit-tiny": clip_vision_config(32, 8, 64, 2, 32).replace(num_heads=4),
+    "clip-vit-tiny-p4": clip_vision_config(32, 4, 64, 2, 32).replace(num_heads=4),
+}
+
+for _name, _cfg in CLIP_VISION_PRESETS.items():
+    register(_name, "encoder", _cfg, VisionTransformer, "OpenAI CLIP vision tower")

@@ -1,0 +1,159 @@
+"""CLIP parity: transformers CLIP models and timm CLIP towers, converted with vlmzoo.convert.
+
+Random small configs, float32, max abs diff <= 1e-4 on embeddings, logits and hidden states.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import max_abs_diff, randomize_
+
+import vlmzoo
+from vlmzoo.encoders import TextTransformer, VisionTransformer
+from vlmzoo.models import CLIPModel
+
+transformers = pytest.importorskip("transformers")
+timm = pytest.importorskip("timm")
+
+TOL = 1e-4
+
+
+def hf_vision_config(**kw):
+    base = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=3, num_attention_heads=4,
+                image_size=32, patch_size=8, projection_dim=24, layer_norm_eps=1e-5)
+    return transformers.CLIPVisionConfig(**{**base, **kw})
+
+
+def hf_text_config(**kw):
+    base = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=100, max_position_embeddings=12, projection_dim=24,
+                bos_token_id=97, eos_token_id=98, pad_token_id=0)
+    return transformers.CLIPTextConfig(**{**base, **kw})
+
+
+def hf_clip(**text_kw) -> torch.nn.Module:
+    config = transformers.CLIPConfig(
+        vision_config=hf_vision_config().to_dict(), text_config=hf_text_config(**text_kw).to_dict(),
+        projection_dim=24, logit_scale_init_value=2.0,
+    )
+    return randomize_(transformers.CLIPModel(config)).eval()
+
+
+def token_batch(eos: int = 98, vocab: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two right-padded sequences: [bos, words..., eos, pad...] with lengths 12 and 7."""
+    ids = torch.randint(1, 90, (2, 12))
+    ids[:, 0] = 97
+    ids[0, 11] = eos
+    ids[1, 6] = eos
+    ids[1, 7:] = 0
+    mask = (torch.arange(12) <= torch.tensor([[11], [6]])).long()
+    return ids, mask
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 40)], ids=["native", "resized-nonsquare"])
+def test_vision_model_matches_transformers_hidden_states_and_pooled(size):
+    hf = randomize_(transformers.CLIPVisionModel(hf_vision_config())).eval()
+    ours = vlmzoo.convert.from_transformers(hf).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ref = hf(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=size != (32, 32))
+        out = ours(x, output_hidden_states=True)
+    assert len(out.hidden_states) == len(ref.hidden_states) == 4
+    for got, want in zip(out.hidden_states, ref.hidden_states, strict=True):
+        assert max_abs_diff(got, want) <= TOL
+    assert max_abs_diff(out.pooled, ref.pooler_output) <= TOL
+    assert out.grid == (size[0] // 8, size[1] // 8)
+
+
+def test_vision_with_projection_matches_image_embeds():
+    hf = randomize_(transformers.CLIPVisionModelWithProjection(hf_vision_config())).eval()
+    ours = vlmzoo.convert.from_transformers(hf).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert max_abs_diff(ours(x).embeds, hf(pixel_values=x).image_embeds) <= TOL
+
+
+def test_penultimate_layer_without_cls_is_llava_feature():
+    """LLaVA's feature: hidden_states[-2] with CLS dropped, selected by config only."""
+    hf = randomize_(transformers.CLIPVisionModel(hf_vision_config())).eval()
+    ours = vlmzoo.convert.from_transformers(hf).eval()
+    ours.config = ours.config.replace(feature_layer=-2, feature_tokens="patch", pool="none")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = hf(pixel_values=x, output_hidden_states=True).hidden_states[-2][:, 1:]
+        assert max_abs_diff(ours(x).tokens, want) <= TOL
+
+
+@pytest.mark.parametrize("eos_token_id", [98, 2], ids=["first-eos-rule", "legacy-argmax-rule"])
+def test_text_model_matches_transformers(eos_token_id):
+    hf = randomize_(transformers.CLIPTextModelWithProjection(hf_text_config(eos_token_id=eos_token_id))).eval()
+    ours = vlmzoo.convert.from_transformers(hf).eval()
+    assert ours.config.pooling == ("eos_token" if eos_token_id == 98 else "argmax")
+    ids, mask = token_batch(eos=eos_token_id if eos_token_id != 2 else 99)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        out = ours(ids, mask, output_hidden_states=True)
+    assert max_abs_diff(out.embeds, ref.text_embeds) <= TOL
+    real = mask.bool()
+    assert max_abs_diff(out.tokens[real], ref.last_hidden_state[real]) <= TOL
+
+
+def test_text_model_without_projection_matches_pooler_output():
+    hf = randomize_(transformers.CLIPTextModel(hf_text_config())).eval()
+    ours = vlmzoo.convert.from_transformers(hf).eval()
+    assert isinstance(ours, TextTransformer) and ours.head is None
+    ids, mask = token_batch()
+    with torch.no_grad():
+        assert max_abs_diff(ours(ids, mask).pooled, hf(input_ids=ids, attention_mask=mask).pooler_output) <= TOL
+
+
+def test_clip_model_matches_transformers_logits_and_embeddings():
+    hf = hf_clip()
+    ours = vlmzoo.convert.from_transformers(hf).eval()
+    assert isinstance(ours, CLIPModel)
+    x, (ids, mask) = torch.randn(2, 3, 32, 32), token_batch()
+    with torch.no_grad():
+        ref = hf(pixel_values=x, input_ids=ids, attention_mask=mask, return_loss=True)
+        out = ours(x, ids, mask, return_loss=True)
+    assert max_abs_diff(out.logits_per_image, ref.logits_per_image) <= TOL
+    assert max_abs_diff(out.logits_per_text, ref.logits_per_text) <= TOL
+    assert max_abs_diff(out.image_embeds, ref.image_embeds) <= TOL
+    assert max_abs_diff(out.text_embeds, ref.text_embeds) <= TOL
+    assert abs(out.loss.item() - ref.loss.item()) <= TOL
+
+
+def timm_clip_vit(act_layer: str = "quick_gelu", **kw) -> torch.nn.Module:
+    """A small timm tower built like ``vit_*_clip_*``: pre-norm, no patch bias, eps 1e-5."""
+    from functools import partial
+
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    args = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4, mlp_ratio=4.0,
+                pre_norm=True, class_token=True, global_pool="token", num_classes=24,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-5), act_layer=act_layer, dynamic_img_size=True)
+    model = TimmViT(**{**args, **kw})
+    model.patch_embed.proj.bias = None  # CLIP's conv1 has no bias (timm sets patch bias off for clip defs)
+    return randomize_(model).eval()
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+@pytest.mark.parametrize("size", [(32, 32), (40, 56)], ids=["native", "resized-nonsquare"])
+def test_timm_clip_tower_matches_features_and_head(act, size):
+    tm = timm_clip_vit(act)
+    ours = vlmzoo.convert.from_timm(tm).eval()
+    assert isinstance(ours, VisionTransformer)
+    assert ours.config.act == act and ours.config.patch_bias is False
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        feats = tm.forward_features(x)  # norm applied to all tokens
+        ours.config = ours.config.replace(feature_norm=True, feature_tokens="all")
+        out = ours(x)
+        assert max_abs_diff(out.tokens, feats) <= TOL
+        assert max_abs_diff(out.embeds, tm.forward_head(feats)) <= TOL
+
+
+def test_timm_registry_clip_model_converts_with_exact_parameter_count():
+    tm = timm.create_model("vit_base_patch16_clip_224", pretrained=False, num_classes=512)
+    ours = vlmzoo.convert.from_timm(tm)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in tm.parameters())
