@@ -20,22 +20,41 @@ TOL = 1e-4
 
 
 def hf_vision_config(**kw):
-    base = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=3, num_attention_heads=4,
-                image_size=32, patch_size=8, projection_dim=24, layer_norm_eps=1e-5)
+    base = dict(
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=24,
+        layer_norm_eps=1e-5,
+    )
     return transformers.CLIPVisionConfig(**{**base, **kw})
 
 
 def hf_text_config(**kw):
-    base = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                vocab_size=100, max_position_embeddings=12, projection_dim=24,
-                bos_token_id=97, eos_token_id=98, pad_token_id=0)
+    base = dict(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=100,
+        max_position_embeddings=12,
+        projection_dim=24,
+        bos_token_id=97,
+        eos_token_id=98,
+        pad_token_id=0,
+    )
     return transformers.CLIPTextConfig(**{**base, **kw})
 
 
 def hf_clip(**text_kw) -> torch.nn.Module:
     config = transformers.CLIPConfig(
-        vision_config=hf_vision_config().to_dict(), text_config=hf_text_config(**text_kw).to_dict(),
-        projection_dim=24, logit_scale_init_value=2.0,
+        vision_config=hf_vision_config().to_dict(),
+        text_config=hf_text_config(**text_kw).to_dict(),
+        projection_dim=24,
+        logit_scale_init_value=2.0,
     )
     return randomize_(transformers.CLIPModel(config)).eval()
 
@@ -87,7 +106,9 @@ def test_penultimate_layer_without_cls_is_llava_feature():
 
 @pytest.mark.parametrize("eos_token_id", [98, 2], ids=["first-eos-rule", "legacy-argmax-rule"])
 def test_text_model_matches_transformers(eos_token_id):
-    hf = randomize_(transformers.CLIPTextModelWithProjection(hf_text_config(eos_token_id=eos_token_id))).eval()
+    hf = randomize_(
+        transformers.CLIPTextModelWithProjection(hf_text_config(eos_token_id=eos_token_id))
+    ).eval()
     ours = vlmzoo.convert.from_transformers(hf).eval()
     assert ours.config.pooling == ("eos_token" if eos_token_id == 98 else "argmax")
     ids, mask = token_batch(eos=eos_token_id if eos_token_id != 2 else 99)
@@ -105,7 +126,9 @@ def test_text_model_without_projection_matches_pooler_output():
     assert isinstance(ours, TextTransformer) and ours.head is None
     ids, mask = token_batch()
     with torch.no_grad():
-        assert max_abs_diff(ours(ids, mask).pooled, hf(input_ids=ids, attention_mask=mask).pooler_output) <= TOL
+        assert (
+            max_abs_diff(ours(ids, mask).pooled, hf(input_ids=ids, attention_mask=mask).pooler_output) <= TOL
+        )
 
 
 def test_clip_model_matches_transformers_logits_and_embeddings():
@@ -129,9 +152,21 @@ def timm_clip_vit(act_layer: str = "quick_gelu", **kw) -> torch.nn.Module:
 
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-    args = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4, mlp_ratio=4.0,
-                pre_norm=True, class_token=True, global_pool="token", num_classes=24,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-5), act_layer=act_layer, dynamic_img_size=True)
+    args = dict(
+        img_size=32,
+        patch_size=8,
+        embed_dim=64,
+        depth=3,
+        num_heads=4,
+        mlp_ratio=4.0,
+        pre_norm=True,
+        class_token=True,
+        global_pool="token",
+        num_classes=24,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-5),
+        act_layer=act_layer,
+        dynamic_img_size=True,
+    )
     model = TimmViT(**{**args, **kw})
     model.patch_embed.proj.bias = None  # CLIP's conv1 has no bias (timm sets patch bias off for clip defs)
     return randomize_(model).eval()

@@ -147,7 +147,9 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
     try:
         with safe_open(weights, framework="pt") as f:
             metadata = f.metadata() or {}
-            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            shapes = {k: s.get_shape() for k, s in slices.items()}
+            dtypes = {k: s.get_dtype() for k, s in slices.items()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
             f"{weights} is not a readable safetensors file (truncated or corrupted?): {e}"
@@ -157,10 +159,23 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
         raise CheckpointError(f"{CONFIG_NAME} and {WEIGHTS_NAME} in {directory} come from different saves")
     model = cls(config)
     _check_shapes(model, shapes, weights)
+    _match_float_dtypes(model, dtypes)
     missing, unexpected = load_model(model, weights, strict=False, device=str(device))
     if missing or unexpected:
         raise CheckpointError(f"{weights}: missing keys {missing}, unexpected keys {unexpected}")
     return model.to(device)
+
+
+_FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _match_float_dtypes(model: nn.Module, dtypes: dict[str, str]) -> None:
+    """Give each floating tensor the stored dtype, so a bf16 save loads as bf16 (not upcast)."""
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    for name, code in dtypes.items():
+        tensor, dtype = tensors.get(name), _FLOAT_DTYPES.get(code)
+        if tensor is not None and dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+            tensor.data = tensor.data.to(dtype)
 
 
 def _check_shapes(model: nn.Module, shapes: dict[str, list[int]], source: Path) -> None:

@@ -113,7 +113,7 @@ class VisionTransformer(nn.Module):
         num_pos = int(c.class_token) + c.grid[0] * c.grid[1]
         self.pos_embed = nn.Parameter(scale * torch.randn(1, num_pos, c.width))
         self.norm_pre = nn.LayerNorm(c.width, eps=c.norm_eps) if c.pre_norm else nn.Identity()
-        rates = torch.linspace(0, c.drop_path_rate, c.depth).tolist()
+        rates = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]  # stochastic depth rule
         self.blocks = nn.ModuleList(
             Block(
                 c.width,
