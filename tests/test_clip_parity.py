@@ -49,9 +49,9 @@ def hf_text_config(**kw):
     return transformers.CLIPTextConfig(**{**base, **kw})
 
 
-def hf_clip(**text_kw) -> torch.nn.Module:
+def hf_clip(vision_kw=None, **text_kw) -> torch.nn.Module:
     config = transformers.CLIPConfig(
-        vision_config=hf_vision_config().to_dict(),
+        vision_config=hf_vision_config(**(vision_kw or {})).to_dict(),
         text_config=hf_text_config(**text_kw).to_dict(),
         projection_dim=24,
         logit_scale_init_value=2.0,
@@ -192,3 +192,62 @@ def test_timm_registry_clip_model_converts_with_exact_parameter_count():
     tm = timm.create_model("vit_base_patch16_clip_224", pretrained=False, num_classes=512)
     ours = vlmzoo.convert.from_timm(tm)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in tm.parameters())
+
+
+def openai_layout(hf_model) -> dict[str, torch.Tensor]:
+    """Rewrite a transformers CLIPModel's weights in the OpenAI release's key layout (SPEC §1.5-1.6)."""
+    sd, out = hf_model.state_dict(), {}
+    for tower, prefix in (("vision_model", "visual."), ("text_model", "")):
+        layers = (
+            hf_model.config.vision_config.num_hidden_layers
+            if tower == "vision_model"
+            else hf_model.config.text_config.num_hidden_layers
+        )
+        for i in range(layers):
+            src, dst = f"{tower}.encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+            for p in ("weight", "bias"):
+                out[f"{dst}attn.in_proj_{p}"] = torch.cat([sd[f"{src}self_attn.{n}_proj.{p}"] for n in "qkv"])
+                out[f"{dst}attn.out_proj.{p}"] = sd[f"{src}self_attn.out_proj.{p}"]
+                out[f"{dst}ln_1.{p}"] = sd[f"{src}layer_norm1.{p}"]
+                out[f"{dst}ln_2.{p}"] = sd[f"{src}layer_norm2.{p}"]
+                out[f"{dst}mlp.c_fc.{p}"] = sd[f"{src}mlp.fc1.{p}"]
+                out[f"{dst}mlp.c_proj.{p}"] = sd[f"{src}mlp.fc2.{p}"]
+    v = "vision_model."
+    out |= {
+        "visual.conv1.weight": sd[f"{v}embeddings.patch_embedding.weight"],
+        "visual.class_embedding": sd[f"{v}embeddings.class_embedding"],
+        "visual.positional_embedding": sd[f"{v}embeddings.position_embedding.weight"],
+        "visual.ln_pre.weight": sd[f"{v}pre_layrnorm.weight"],
+        "visual.ln_pre.bias": sd[f"{v}pre_layrnorm.bias"],
+        "visual.ln_post.weight": sd[f"{v}post_layernorm.weight"],
+        "visual.ln_post.bias": sd[f"{v}post_layernorm.bias"],
+        "visual.proj": sd["visual_projection.weight"].t(),
+        "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+        "ln_final.weight": sd["text_model.final_layer_norm.weight"],
+        "ln_final.bias": sd["text_model.final_layer_norm.bias"],
+        "text_projection": sd["text_projection.weight"].t(),
+        "logit_scale": sd["logit_scale"],
+        "input_resolution": torch.tensor(32),  # the JIT archives carry these; they must be dropped
+    }
+    return out
+
+
+def test_openai_release_layout_converts_to_the_same_model(tmp_path):
+    # Legacy eos id 2 makes transformers pool at argmax(ids), OpenAI's rule; EOT is the largest id.
+    # OpenAI's sizes: heads = width // 64 and MLP = 4 x width.
+    hf = hf_clip(
+        {"hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512},
+        hidden_size=64,
+        num_attention_heads=1,
+        intermediate_size=256,
+        eos_token_id=2,
+    )
+    path = tmp_path / "ViT-tiny.pt"
+    torch.save(openai_layout(hf), path)
+    ours = vlmzoo.convert.from_original(path, "openai-clip").eval()
+    assert ours.config.vision.act == "quick_gelu" and ours.config.text.pooling == "argmax"
+    x, (ids, _) = torch.randn(2, 3, 32, 32), token_batch(eos=99)
+    with torch.no_grad():
+        ref = hf(pixel_values=x, input_ids=ids)
+        assert max_abs_diff(ours(x, ids).logits_per_image, ref.logits_per_image) <= TOL

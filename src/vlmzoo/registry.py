@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,11 +28,9 @@ from vlmzoo.errors import UnknownModelError
 Kind = Literal["encoder", "adapter", "decoder", "model"]
 KINDS: tuple[Kind, ...] = ("encoder", "adapter", "decoder", "model")
 
-# Modules that register presets when imported. Kept as strings: importing them is deferred.
-_PRESET_MODULES = (
-    "vlmzoo.encoders.vit",
-    "vlmzoo.models.clip",
-)
+# Packages whose modules register presets when imported (each model file registers its own).
+# Imported on first use of the registry, so `import vlmzoo` stays light.
+_PRESET_PACKAGES = ("vlmzoo.encoders", "vlmzoo.adapters", "vlmzoo.decoders", "vlmzoo.models")
 
 
 @dataclass(frozen=True)
@@ -74,10 +73,18 @@ def register(name: str, kind: Kind, config: Config, builder: type[nn.Module], de
 
 def _ensure_loaded() -> None:
     global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _PRESET_MODULES:
-            importlib.import_module(module)
+    if _loaded:
+        return
+    for package_name in _PRESET_PACKAGES:
+        try:
+            package = importlib.import_module(package_name)
+        except ModuleNotFoundError as e:
+            if e.name == package_name:  # a family not written yet
+                continue
+            raise
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package_name}.{info.name}")
+    _loaded = True
 
 
 def list_models(pattern: str = "*", kind: Kind | None = None) -> list[str]:

@@ -1,68 +1,118 @@
 """Converters from peer implementations and original releases to vlmzoo modules.
 
-``from_transformers(model)`` and ``from_timm(model)`` take a peer model object, infer the vlmzoo
-config from it, and return the equivalent vlmzoo module carrying the same weights. Dispatch is by
-class name, so this package never imports transformers or timm itself.
+- ``from_transformers(model)`` / ``from_timm(model)``: given a peer model *object*, infer the
+  vlmzoo config from it and return the equivalent vlmzoo module carrying the same weights.
+- ``from_original(state_dict_or_path, name)``: a state dict in an original repository's key
+  layout (OpenAI CLIP, segment-anything, ...) -> vlmzoo module.
+
+Each family's converter module in this package declares what it handles in three dicts,
+``TRANSFORMERS`` and ``TIMM`` (peer class name -> function) and ``ORIGINAL`` (layout name ->
+function); they are collected on first use. Dispatch is by class name, so this package never
+imports transformers or timm itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import os
+import pkgutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
-from vlmzoo.errors import ConversionError
+from vlmzoo.errors import CheckpointError, ConversionError
 
-_TRANSFORMERS: dict[str, Callable[[Any], nn.Module]] = {}
-_TIMM: dict[str, Callable[[Any], nn.Module]] = {}
-
-
-def _hf_clip(model: Any) -> nn.Module:
-    from vlmzoo.convert.clip import from_hf_clip
-
-    return from_hf_clip(model)
+_TABLES: dict[str, dict[str, Callable[..., nn.Module]]] | None = None
 
 
-def _timm_vit(model: Any) -> nn.Module:
-    from vlmzoo.convert.timm_vit import from_timm_vit
-
-    return from_timm_vit(model)
-
-
-for _name in (
-    "CLIPModel",
-    "CLIPVisionModel",
-    "CLIPVisionModelWithProjection",
-    "CLIPTextModel",
-    "CLIPTextModelWithProjection",
-):
-    _TRANSFORMERS[_name] = _hf_clip
-_TIMM["VisionTransformer"] = _timm_vit
+def _tables() -> dict[str, dict[str, Callable[..., nn.Module]]]:
+    global _TABLES
+    if _TABLES is None:
+        tables: dict[str, dict[str, Callable[..., nn.Module]]] = {
+            "TRANSFORMERS": {},
+            "TIMM": {},
+            "ORIGINAL": {},
+        }
+        for info in pkgutil.iter_modules(__path__):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            for table, entries in tables.items():
+                entries.update(getattr(module, table, {}))
+        _TABLES = tables
+    return _TABLES
 
 
 def from_transformers(model: Any) -> nn.Module:
-    """Convert a transformers model object to the equivalent vlmzoo module (same weights).
-
-    Supported: ``CLIPModel``, ``CLIPVisionModel[WithProjection]``, ``CLIPTextModel[WithProjection]``.
-    """
+    """Convert a transformers model object to the equivalent vlmzoo module (same weights)."""
+    table = _tables()["TRANSFORMERS"]
     name = type(model).__name__
-    if name not in _TRANSFORMERS:
-        raise ConversionError(
-            f"no vlmzoo converter for transformers {name}; supported: {sorted(_TRANSFORMERS)}"
-        )
-    return _TRANSFORMERS[name](model)
+    if name not in table:
+        raise ConversionError(f"no vlmzoo converter for transformers {name}; supported: {sorted(table)}")
+    return table[name](model)
 
 
 def from_timm(model: Any) -> nn.Module:
-    """Convert a timm model object to the equivalent vlmzoo module (same weights).
-
-    Supported: ``VisionTransformer`` (the ``vit_*`` family, including ``vit_*_clip_*``).
-    """
+    """Convert a timm model object to the equivalent vlmzoo module (same weights)."""
+    table = _tables()["TIMM"]
     name = type(model).__name__
-    if name not in _TIMM:
-        raise ConversionError(f"no vlmzoo converter for timm {name}; supported: {sorted(_TIMM)}")
-    return _TIMM[name](model)
+    if name not in table:
+        raise ConversionError(f"no vlmzoo converter for timm {name}; supported: {sorted(table)}")
+    return table[name](model)
 
 
-__all__ = ["from_timm", "from_transformers"]
+def original_layouts() -> list[str]:
+    """Names accepted by :func:`from_original`."""
+    return sorted(_tables()["ORIGINAL"])
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file: safetensors, or a pickle opened with ``weights_only=True``.
+
+    Pickles that need arbitrary code (custom classes, TorchScript archives) are refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist()):
+                raise CheckpointError(
+                    f"{path} is a TorchScript archive; vlmzoo does not run its code. Load it yourself "
+                    "(torch.jit.load(path).state_dict()) and pass the state dict."
+                )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError and friends: the file wants to run code
+        raise CheckpointError(
+            f"{path} cannot be opened with weights_only=True (refused, it may carry code): {e}"
+        ) from e
+    for key in ("state_dict", "model", "module"):  # training checkpoints wrap the weights
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def from_original(state_dict: Mapping[str, torch.Tensor] | str | os.PathLike, name: str) -> nn.Module:
+    """Convert a checkpoint in an original release's key layout; ``name`` picks the layout.
+
+    ``state_dict`` is a mapping of tensors or a path (see :func:`read_state_dict`).
+    """
+    table = _tables()["ORIGINAL"]
+    if name not in table:
+        raise ConversionError(f"unknown original layout {name!r}; known: {sorted(table)}")
+    if not isinstance(state_dict, Mapping):
+        state_dict = read_state_dict(state_dict)
+    return table[name](dict(state_dict))
+
+
+__all__ = ["from_original", "from_timm", "from_transformers", "original_layouts", "read_state_dict"]

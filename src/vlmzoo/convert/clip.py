@@ -167,3 +167,113 @@ def from_hf_clip(model: Any) -> torch.nn.Module:
         raise ConversionError(f"{name} is not a CLIP model")
     load_state_dict_strict(ours, state, source=f"converted {name}")
     return ours
+
+
+# --- the OpenAI release (SPEC §1.1, §1.5) ----------------------------------------------------
+def _openai_blocks(sd: StateDict, prefix: str) -> tuple[StateDict, int]:
+    """``{prefix}transformer.resblocks.{i}.*`` -> ``blocks.{i}.*``; returns (state, depth)."""
+    out: StateDict = {}
+    names = {
+        "ln_1": "norm1",
+        "ln_2": "norm2",
+        "attn.out_proj": "attn.proj",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+    }
+    start = f"{prefix}transformer.resblocks."
+    depth = 0
+    for key, value in sd.items():
+        if not key.startswith(start):
+            continue
+        index, rest = key[len(start) :].split(".", 1)
+        depth = max(depth, int(index) + 1)
+        rest = rest.replace("attn.in_proj_weight", "attn.qkv.weight").replace(
+            "attn.in_proj_bias", "attn.qkv.bias"
+        )
+        for old, new in names.items():
+            if rest.startswith(old + "."):
+                rest = new + rest[len(old) :]
+        out[f"blocks.{index}.{rest}"] = value
+    return out, depth
+
+
+def from_openai_clip(sd: StateDict) -> CLIPModel:
+    """The OpenAI CLIP release (``ViT-*.pt`` state dict) -> :class:`CLIPModel`.
+
+    Sizes are read off the tensors the way the original ``build_model`` does; the activation is
+    QuickGELU, as OpenAI trained it (loading these weights into a GELU model would silently give
+    wrong features).
+    """
+    sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    if "visual.conv1.weight" not in sd or "visual.class_embedding" not in sd:
+        raise ConversionError(
+            "not an OpenAI CLIP ViT state dict (no visual.conv1 / visual.class_embedding; "
+            "the ModifiedResNet towers are not supported)"
+        )
+    vision_blocks, vision_depth = _openai_blocks(sd, "visual.")
+    text_blocks, text_depth = _openai_blocks(sd, "")
+    conv = sd["visual.conv1.weight"]
+    width, patch = conv.shape[0], conv.shape[-1]
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    embed_dim = sd["text_projection"].shape[1]
+    text_width = sd["ln_final.weight"].shape[0]
+    vocab = sd["token_embedding.weight"].shape[0]
+    config = CLIPConfig(
+        vision=ViTConfig(
+            image_size=grid * patch,
+            patch_size=patch,
+            width=width,
+            depth=vision_depth,
+            num_heads=width // 64,
+            act="quick_gelu",
+            patch_bias=False,
+            pre_norm=True,
+            norm_eps=1e-5,
+            embed_dim=embed_dim,
+            proj_bias=False,
+        ),
+        text=TextTransformerConfig(
+            vocab_size=vocab,
+            context_length=sd["positional_embedding"].shape[0],
+            width=text_width,
+            depth=text_depth,
+            num_heads=text_width // 64,
+            embed_dim=embed_dim,
+            pooling="argmax",
+            eos_token_id=vocab - 1,
+        ),
+    )
+    state = {
+        "visual.patch_embed.proj.weight": conv,
+        "visual.cls_token": sd["visual.class_embedding"].reshape(1, 1, -1),
+        "visual.pos_embed": sd["visual.positional_embedding"].unsqueeze(0),
+        "visual.norm_pre.weight": sd["visual.ln_pre.weight"],
+        "visual.norm_pre.bias": sd["visual.ln_pre.bias"],
+        "visual.norm.weight": sd["visual.ln_post.weight"],
+        "visual.norm.bias": sd["visual.ln_post.bias"],
+        "visual.head.weight": sd["visual.proj"].t(),  # the original computes x @ proj
+        "text.token_embedding.weight": sd["token_embedding.weight"],
+        "text.pos_embed": sd["positional_embedding"].unsqueeze(0),
+        "text.norm.weight": sd["ln_final.weight"],
+        "text.norm.bias": sd["ln_final.bias"],
+        "text.head.weight": sd["text_projection"].t(),
+        "logit_scale": sd["logit_scale"].reshape(()),
+        **{f"visual.{k}": v for k, v in vision_blocks.items()},
+        **{f"text.{k}": v for k, v in text_blocks.items()},
+    }
+    model = CLIPModel(config)
+    load_state_dict_strict(model, state, source="OpenAI CLIP state dict")
+    return model
+
+
+TRANSFORMERS = dict.fromkeys(
+    (
+        "CLIPModel",
+        "CLIPVisionModel",
+        "CLIPVisionModelWithProjection",
+        "CLIPTextModel",
+        "CLIPTextModelWithProjection",
+    ),
+    from_hf_clip,
+)
+ORIGINAL = {"openai-clip": from_openai_clip}

@@ -102,3 +102,6 @@ def from_timm_vit(model: Any) -> VisionTransformer:
     ours = VisionTransformer(config)
     load_state_dict_strict(ours, sd, source=f"timm {type(model).__name__}")
     return ours
+
+
+TIMM = {"VisionTransformer": from_timm_vit}
