@@ -63,8 +63,19 @@ class Config:
 
     # --- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (nested configs become dicts, tuples become lists)."""
-        return {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        """A JSON-ready dict of every field (nested configs become dicts, tuples become lists).
+
+        A field typed as the base ``Config`` (any component, e.g. a VLM's encoder) records the
+        concrete class under ``"_type"`` so that :meth:`from_dict` can rebuild it.
+        """
+        hints = typing.get_type_hints(type(self))
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = _to_json(value)
+            if hints[f.name] is Config and isinstance(value, Config):
+                out[f.name] = {"_type": type(value).__name__, **out[f.name]}
+        return out
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
@@ -127,6 +138,15 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if len(items) != len(args):
             raise ConfigError(f"{where}={value!r}: expected {len(args)} items")
         return tuple(_coerce(v, a, where) for v, a in zip(items, args, strict=True))
+    if hint is Config:  # polymorphic field: any registered component config
+        if isinstance(value, Config):
+            return value
+        if isinstance(value, dict) and isinstance(value.get("_type"), str):
+            data = dict(value)
+            return config_class(data.pop("_type")).from_dict(data)
+        raise ConfigError(
+            f"{where}: expected a component config or a dict with a '_type' key, got {value!r:.80}"
+        )
     if isinstance(hint, type) and issubclass(hint, Config):
         if isinstance(value, hint):
             return value
@@ -146,3 +166,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}={value!r}: expected {hint.__name__}")
         return value
     return value
+
+
+def config_class(name: str) -> type[Config]:
+    """The Config subclass called ``name`` (for polymorphic fields); never evaluates anything."""
+
+    def walk(cls: type[Config]) -> list[type[Config]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in walk(sub))]
+
+    for _ in range(2):
+        found = {c.__name__: c for c in walk(Config)}
+        if name in found:
+            return found[name]
+        from vlmzoo.registry import _ensure_loaded  # config classes live in the model modules
+
+        _ensure_loaded()
+    raise ConfigError(f"unknown config class {name!r}")

@@ -125,6 +125,15 @@ def get_architecture(class_name: str) -> type[nn.Module]:
     return _ARCHITECTURES[class_name]
 
 
+def build(config: Config) -> nn.Module:
+    """Build the module whose ``config_class`` is ``type(config)`` (a config fully determines it)."""
+    _ensure_loaded()
+    for cls in _ARCHITECTURES.values():
+        if cls.config_class is type(config):
+            return cls(config)
+    raise UnknownModelError(f"no registered architecture takes a {type(config).__name__}")
+
+
 def _creator(kind: Kind) -> Callable[..., nn.Module]:
     def create(name: str, **overrides: Any) -> nn.Module:
         return get_entry(name, kind).build(**overrides)

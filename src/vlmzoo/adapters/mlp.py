@@ -1,0 +1,73 @@
+"""LLaVA's projector (Liu et al. 2023; LLaVA-1.5, SPEC §8): a linear layer or an MLP per token.
+
+``depth=1`` is LLaVA v1's ``linear``; ``depth=2`` is v1.5's ``mlp2x_gelu`` (Linear -> GELU ->
+Linear); ``mlp{N}x_gelu`` generalises. The module is an ``nn.Sequential`` so its keys are the
+original ``mm_projector.{0,2}`` ones. Token count is unchanged: M = N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from vlmzoo.adapters.base import PrefixAdapter
+from vlmzoo.config import Config
+from vlmzoo.errors import InputError
+from vlmzoo.layers import Activation, make_activation
+from vlmzoo.registry import register, register_architecture
+
+
+@dataclass
+class MLPProjectorConfig(Config):
+    """``in_dim`` (encoder width) and ``out_dim`` (LLM hidden size) are filled by the VLM when None."""
+
+    kind = "adapter"
+
+    in_dim: int | None = None
+    out_dim: int | None = None
+    depth: int = 2
+    act: Activation = "gelu"
+    bias: bool = True
+
+    def validate(self) -> None:
+        self._check_positive("depth")
+        for name in ("in_dim", "out_dim"):
+            if getattr(self, name) is not None:
+                self._check_positive(name)
+
+
+@register_architecture
+class MLPProjector(PrefixAdapter):
+    """[B, N, in_dim] -> [B, N, out_dim], the same MLP applied to every visual token."""
+
+    config_class = MLPProjectorConfig
+
+    def __init__(self, config: MLPProjectorConfig):
+        super().__init__()
+        if config.in_dim is None or config.out_dim is None:
+            raise InputError("MLPProjector needs in_dim and out_dim (a VisionLanguageModel fills them in)")
+        self.config = config
+        layers: list[nn.Module] = [nn.Linear(config.in_dim, config.out_dim, bias=config.bias)]
+        for _ in range(config.depth - 1):
+            layers += [
+                make_activation(config.act),
+                nn.Linear(config.out_dim, config.out_dim, bias=config.bias),
+            ]
+        self.proj = nn.Sequential(*layers)
+
+    def num_tokens(self, num_input_tokens: int) -> int:
+        return num_input_tokens
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[-1] != self.config.in_dim:
+            raise InputError(
+                f"MLPProjector expects {self.config.in_dim}-dim tokens, got {tuple(tokens.shape)}"
+            )
+        return self.proj(tokens)
+
+
+register("linear", "adapter", MLPProjectorConfig(depth=1), MLPProjector, "LLaVA v1 linear projector")
+register("mlp2x_gelu", "adapter", MLPProjectorConfig(depth=2), MLPProjector, "LLaVA-1.5 MLP projector")
+register("mlp3x_gelu", "adapter", MLPProjectorConfig(depth=3), MLPProjector, "3-layer GELU MLP projector")

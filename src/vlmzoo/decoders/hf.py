@@ -1,0 +1,274 @@
+"""Any transformers causal LM as a vlmzoo decoder — no subclass per LLM family.
+
+A :class:`DecoderConfig` names a transformers ``model_type`` and the fields of its config (random
+init, for tests and ablations), or a local path / hub id to load weights from. :class:`HFDecoder`
+wraps the resulting ``*ForCausalLM`` and exposes what VLM code needs, the same way for every
+family: the input embeddings, the list of decoder layers, the hidden size, and generation.
+
+Per-family differences (where the layers live, BOS/pad conventions) are data in
+:data:`LAYER_PATHS`, not subclasses. transformers is imported only when a decoder is built.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vlmzoo.config import Config
+from vlmzoo.errors import ConfigError
+from vlmzoo.registry import register, register_architecture
+
+# Where each family keeps its decoder layers (attribute path from the *ForCausalLM object).
+LAYER_PATHS: dict[str, str] = {
+    "llama": "model.layers",
+    "mistral": "model.layers",
+    "qwen2": "model.layers",
+    "qwen3": "model.layers",
+    "phi": "model.layers",
+    "phi3": "model.layers",
+    "gemma": "model.layers",
+    "gemma2": "model.layers",
+    "opt": "model.decoder.layers",
+    "gpt2": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+    "mpt": "transformer.blocks",
+    "bloom": "transformer.h",
+    "falcon": "transformer.h",
+}
+# Fallbacks tried in order for families not in the table.
+GENERIC_LAYER_PATHS = (
+    "model.layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "transformer.blocks",
+    "gpt_neox.layers",
+    "transformer.layers",
+)
+
+
+@dataclass
+class DecoderConfig(Config):
+    """A transformers causal LM: ``model_type`` + ``hf_config`` fields, or ``pretrained`` weights.
+
+    ``hf_config`` holds the keyword arguments of the family's transformers config class (e.g.
+    ``hidden_size``, ``num_hidden_layers`` for llama; ``n_embd`` for gpt2). With ``pretrained``
+    (a local directory or hub id), weights are loaded from there and ``hf_config`` overrides
+    the stored config.
+    """
+
+    kind = "decoder"
+
+    model_type: str = "llama"
+    hf_config: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
+
+    def validate(self) -> None:
+        if not self.model_type or not self.model_type.replace("_", "").isalnum():
+            self._fail(
+                "model_type", "must be a transformers model_type such as 'llama', 'qwen2', 'opt', 'gpt2'"
+            )
+        if not isinstance(self.hf_config, dict):
+            self._fail("hf_config", "must be a dict of transformers config fields")
+
+
+def _get_path(root: nn.Module, path: str) -> Any:
+    return functools.reduce(getattr, path.split("."), root)
+
+
+@register_architecture
+class HFDecoder(nn.Module):
+    """A transformers ``*ForCausalLM`` with a family-independent surface.
+
+    ``forward`` takes ``input_ids`` or ``inputs_embeds`` [B, L(, hidden)] and returns the
+    transformers output (``logits`` [B, L, vocab], ``loss`` when ``labels`` are given).
+    """
+
+    config_class = DecoderConfig
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        import transformers
+
+        self.config = config
+        if config.pretrained is not None:
+            self.lm = transformers.AutoModelForCausalLM.from_pretrained(config.pretrained, **config.hf_config)
+        else:
+            try:
+                hf_config = transformers.AutoConfig.for_model(config.model_type, **config.hf_config)
+            except ValueError as e:
+                raise ConfigError(f"DecoderConfig.model_type={config.model_type!r}: {e}") from e
+            self.lm = transformers.AutoModelForCausalLM.from_config(hf_config)
+
+    @classmethod
+    def from_hf(cls, lm: nn.Module) -> HFDecoder:
+        """Wrap an existing transformers causal LM (its weights are shared, not copied)."""
+        hf_config = lm.config.to_diff_dict()
+        for key in (
+            "model_type",
+            "architectures",
+            "transformers_version",
+            "_name_or_path",
+            "dtype",
+            "torch_dtype",
+        ):
+            hf_config.pop(key, None)
+        decoder = cls.__new__(cls)
+        nn.Module.__init__(decoder)
+        decoder.config = DecoderConfig(model_type=lm.config.model_type, hf_config=hf_config)
+        decoder.lm = lm
+        return decoder
+
+    # --- the family-independent surface ---------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.lm.get_input_embeddings().embedding_dim
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm.get_input_embeddings().num_embeddings
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        """The input embedding table [vocab, hidden]."""
+        return self.lm.get_input_embeddings()
+
+    @property
+    def layer_path(self) -> str:
+        """Attribute path of the decoder layers (e.g. ``model.layers``); raises if none is found."""
+        model_type = self.lm.config.model_type
+        candidates = ([LAYER_PATHS[model_type]] if model_type in LAYER_PATHS else []) + list(
+            GENERIC_LAYER_PATHS
+        )
+        for path in candidates:
+            try:
+                layers = _get_path(self.lm, path)
+            except AttributeError:
+                continue
+            if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+                return path
+        raise ConfigError(
+            f"cannot find the decoder layers of {type(self.lm).__name__} (model_type={model_type!r}); "
+            f"searched attributes {candidates}. Add the path to vlmzoo.decoders.hf.LAYER_PATHS."
+        )
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder layers, in order (what cross-attention adapters wrap)."""
+        return _get_path(self.lm, self.layer_path)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> [B, L, hidden] input embeddings (with the family's own scaling)."""
+        return self.embed_tokens(input_ids)
+
+    def forward(self, **kwargs: Any) -> Any:
+        return self.lm(**kwargs)
+
+    def generate(self, **kwargs: Any) -> torch.Tensor:
+        return self.lm.generate(**kwargs)
+
+
+# --- presets: published sizes, written out (no download) -------------------------------------
+def _llama(
+    hidden: int, layers: int, heads: int, intermediate: int, vocab: int = 32000, **kw: Any
+) -> DecoderConfig:
+    return DecoderConfig(
+        "llama",
+        dict(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            vocab_size=vocab,
+            **kw,
+        ),
+    )
+
+
+DECODER_PRESETS: dict[str, DecoderConfig] = {
+    # Vicuna-v1.5 (LLaVA-1.5's LLMs): LLaMA-2 sizes, context 4096, RMSNorm eps 1e-5.
+    "vicuna-7b": _llama(4096, 32, 32, 11008, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "vicuna-13b": _llama(5120, 40, 40, 13824, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    # OPT-2.7B (BLIP-2's LLM).
+    "opt-2.7b": DecoderConfig(
+        "opt",
+        dict(
+            hidden_size=2560,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            ffn_dim=10240,
+            vocab_size=50272,
+            max_position_embeddings=2048,
+            word_embed_proj_dim=2560,
+        ),
+    ),
+    # Qwen-7B / Qwen-1.8B (Vary-base / Vary-toy) expressed as qwen2 (same block: qkv bias, SwiGLU,
+    # RMSNorm 1e-6, untied head). Qwen v1 reports intermediate_size for w1+w2 together: 22016 -> 11008.
+    "qwen-7b": DecoderConfig(
+        "qwen2",
+        dict(
+            hidden_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            intermediate_size=11008,
+            vocab_size=151936,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=8192,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "qwen-1.8b": DecoderConfig(
+        "qwen2",
+        dict(
+            hidden_size=2048,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            intermediate_size=5504,
+            vocab_size=151936,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=8192,
+            tie_word_embeddings=False,
+        ),
+    ),
+    # Tiny decoders of four families for tests and CPU demos.
+    "tiny-llama": _llama(64, 2, 4, 128, vocab=512, num_key_value_heads=2, max_position_embeddings=512),
+    "tiny-qwen2": DecoderConfig(
+        "qwen2",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=512,
+            max_position_embeddings=512,
+        ),
+    ),
+    "tiny-opt": DecoderConfig(
+        "opt",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            ffn_dim=128,
+            vocab_size=512,
+            max_position_embeddings=512,
+            word_embed_proj_dim=64,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+    ),
+    "tiny-gpt2": DecoderConfig(
+        "gpt2",
+        dict(n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=512, bos_token_id=1, eos_token_id=2),
+    ),
+}
+
+for _name, _cfg in DECODER_PRESETS.items():
+    register(_name, "decoder", _cfg, HFDecoder, f"transformers {_cfg.model_type} causal LM")

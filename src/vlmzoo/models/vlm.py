@@ -1,0 +1,326 @@
+"""VisionLanguageModel: any vision encoder x any adapter x any Hugging Face causal LM.
+
+    pixel_values ─► encoder ─► tokens [n_img, N, C_enc] ─► adapter ─┐
+    input_ids (with image placeholders) ─► decoder embeddings ──────┴► decoder ─► logits
+
+A prefix adapter's M embeddings per image replace that image's placeholder in the text (LLaVA,
+BLIP-2, Vary); a cross-attention adapter instead conditions gated layers inside the decoder and
+the placeholder stays a real token (Flamingo). Images are given flat, ``pixel_values``
+[n_img, C, H, W], in reading order of their placeholders across the batch, so samples may hold
+several images or none.
+
+Placeholders are counted against images before any compute, and an image span is never cut:
+mismatches raise :class:`InputError` with both counts (the "image features and image tokens do
+not match" failure of other VLM code bases, DESIGN item 10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+from vlmzoo.config import Config
+from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
+from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.registry import build, register_architecture
+
+Trainable = Literal["frozen", "full"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VLMConfig(Config):
+    """A VLM from three component configs.
+
+    ``image_token_id`` marks images in ``input_ids``. With ``expand_image_tokens`` (default) each
+    image is ONE placeholder that the model expands to the adapter's M tokens; otherwise the text
+    already holds M placeholders per image (transformers' processors do this). A negative id
+    (LLaVA's original -200) is allowed for prefix adapters: placeholders are never embedded.
+    ``max_length`` bounds the expanded sequence (an error, never a cut through an image).
+    """
+
+    kind = "model"
+
+    encoder: Config = field(default_factory=Config)
+    adapter: Config = field(default_factory=Config)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    image_token_id: int = -200
+    expand_image_tokens: bool = True
+    max_length: int | None = None
+    train_encoder: Trainable = "frozen"
+    train_adapter: Trainable = "full"
+    train_decoder: Trainable = "frozen"
+
+    def validate(self) -> None:
+        if type(self.encoder) is Config or type(self.adapter) is Config:
+            self._fail("encoder", "encoder and adapter must be concrete component configs")
+        if self.max_length is not None:
+            self._check_positive("max_length")
+
+
+@dataclass
+class VLMOutput:
+    """``logits`` [B, L', vocab] over the merged sequence (L' >= L after expansion), ``loss``
+    when labels were given, and the merged ``attention_mask`` / ``labels`` [B, L']."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    past_key_values: Any = None
+
+
+@register_architecture
+class VisionLanguageModel(nn.Module):
+    """``encoder`` + ``adapter`` + ``decoder`` (an :class:`HFDecoder`), composed by config."""
+
+    config_class = VLMConfig
+
+    def __init__(self, config: VLMConfig):
+        super().__init__()
+        encoder = build(config.encoder)
+        decoder = HFDecoder(config.decoder)
+        adapter_config = config.adapter
+        fill = {
+            k: v
+            for k, v in (("in_dim", encoder.out_dim), ("out_dim", decoder.hidden_size))
+            if hasattr(adapter_config, k) and getattr(adapter_config, k) is None
+        }
+        if fill:
+            adapter_config = adapter_config.replace(**fill)
+            config = config.replace(adapter=adapter_config)
+        self.config = config
+        self.encoder, self.decoder = encoder, decoder
+        self.adapter = build(adapter_config)
+        self._check_dims()
+        if self.injection == "cross_attention":
+            if not 0 <= config.image_token_id < decoder.vocab_size:
+                raise ConfigError(
+                    f"VLMConfig.image_token_id={config.image_token_id}: cross-attention keeps the "
+                    f"placeholder in the text, so it must be a token id in [0, {decoder.vocab_size})"
+                )
+            self.adapter.attach(decoder)
+        self.set_trainable(
+            encoder=config.train_encoder, adapter=config.train_adapter, decoder=config.train_decoder
+        )
+
+    @property
+    def injection(self) -> str:
+        return self.adapter.injection
+
+    def _check_dims(self) -> None:
+        a = self.adapter
+        if getattr(a.config, "in_dim", self.encoder.out_dim) != self.encoder.out_dim:
+            raise ConfigError(f"adapter in_dim={a.config.in_dim} != encoder out_dim={self.encoder.out_dim}")
+        if self.injection == "prefix" and a.out_dim != self.decoder.hidden_size:
+            raise ConfigError(
+                f"adapter out_dim={a.out_dim} != decoder hidden size={self.decoder.hidden_size}"
+            )
+
+    # --- training setup ---------------------------------------------------------------------
+    def set_trainable(
+        self,
+        encoder: Trainable | None = None,
+        adapter: Trainable | None = None,
+        decoder: Trainable | None = None,
+    ) -> None:
+        """Freeze (``"frozen"``) or unfreeze (``"full"``) each part by ``requires_grad`` only.
+
+        Nothing runs under ``no_grad``: a frozen part simply builds no graph, and unfreezing it
+        later works (DESIGN item 6). Cross-attention layers inserted into the decoder belong to
+        the adapter, so ``decoder="frozen"`` leaves them trainable.
+        """
+        for part, mode in (("encoder", encoder), ("decoder", decoder), ("adapter", adapter)):
+            if mode is None:
+                continue
+            if mode not in ("frozen", "full"):
+                raise ConfigError(f"trainable mode for {part} must be 'frozen' or 'full', got {mode!r}")
+            for p in getattr(self, part).parameters():
+                p.requires_grad_(mode == "full")
+        if self.injection == "cross_attention" and adapter is not None:
+            for p in self.adapter.parameters():  # gated layers also live inside the decoder
+                p.requires_grad_(adapter == "full")
+
+    # --- images -> embeddings -------------------------------------------------------------------
+    @property
+    def tokens_per_image(self) -> int:
+        """M: the embeddings one image occupies in the text (1 placeholder for cross-attention)."""
+        if self.injection != "prefix":
+            return 1
+        return self.adapter.num_tokens(self.encoder.num_tokens())
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[n_img, C, H, W] -> [n_img, M, hidden] adapter outputs (prefix) or visual tokens."""
+        tokens = self.encoder(pixel_values).tokens
+        return self.adapter(tokens) if self.injection == "prefix" else tokens
+
+    def _check_inputs(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> int:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+            raise InputError(
+                f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', type(input_ids))}"
+            )
+        for name, t in (("attention_mask", attention_mask), ("labels", labels)):
+            if t is not None and t.shape != input_ids.shape:
+                raise InputError(f"{name} shape {tuple(t.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        placeholders = int((input_ids == self.config.image_token_id).sum())
+        num_images = 0 if pixel_values is None else pixel_values.shape[0]
+        per_image = (
+            1 if self.config.expand_image_tokens or self.injection != "prefix" else self.tokens_per_image
+        )
+        if placeholders != num_images * per_image:
+            unit = "placeholder per image" if per_image == 1 else f"placeholders per image ({per_image} each)"
+            raise InputError(
+                f"input_ids hold {placeholders} image placeholders (id {self.config.image_token_id}) but "
+                f"{num_images} images were given; expected {per_image} {unit}"
+            )
+        return num_images
+
+    def merge(
+        self,
+        input_ids: torch.Tensor,
+        features: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Splice image embeddings into the text: returns (inputs_embeds, attention_mask, labels).
+
+        ``features`` [n_img, M, hidden] in placeholder order. With expansion, each placeholder
+        becomes M positions; padding stays on the side it was on (left padding is kept for
+        generation). Image positions get label ``IGNORE_INDEX``.
+        """
+        b, length = input_ids.shape
+        image_id = self.config.image_token_id
+        is_image = input_ids == image_id
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text_embeds = self.decoder.embed(input_ids.masked_fill(is_image, 0))
+        if features is None:
+            return text_embeds, attention_mask, labels
+        features = features.to(text_embeds.dtype)
+        m = features.shape[1]
+        if not self.config.expand_image_tokens:
+            embeds = text_embeds.masked_scatter(is_image[..., None], features.reshape(-1, features.shape[-1]))
+            return (
+                embeds,
+                attention_mask,
+                None if labels is None else labels.masked_fill(is_image, IGNORE_INDEX),
+            )
+        width = torch.where(is_image, m, 1)
+        start = width.cumsum(dim=1) - width  # first merged position of each input token
+        new_len = width.sum(dim=1)
+        total = int(new_len.max())
+        if self.config.max_length is not None and total > self.config.max_length:
+            raise InputError(
+                f"with {m} tokens per image the sequence grows to {total} > max_length="
+                f"{self.config.max_length}; truncating would cut an image span, shorten the text"
+            )
+        left_padded = bool((attention_mask[:, 0] == 0).any() and (attention_mask[:, -1] == 1).all())
+        offset = (total - new_len) if left_padded else torch.zeros_like(new_len)
+        position = start + offset[:, None]
+        rows = torch.arange(b, device=input_ids.device)[:, None].expand(b, length)
+        text = ~is_image
+        embeds = text_embeds.new_zeros(b, total, text_embeds.shape[-1])
+        embeds[rows[text], position[text]] = text_embeds[text]
+        img_rows, img_cols = is_image.nonzero(as_tuple=True)  # row-major = placeholder order
+        img_pos = position[img_rows, img_cols][:, None] + torch.arange(m, device=input_ids.device)
+        embeds[img_rows[:, None].expand_as(img_pos), img_pos] = features
+        mask = attention_mask.new_zeros(b, total)
+        mask[rows[text], position[text]] = attention_mask[text]
+        mask[img_rows[:, None].expand_as(img_pos), img_pos] = 1
+        new_labels = None
+        if labels is not None:
+            new_labels = labels.new_full((b, total), IGNORE_INDEX)
+            new_labels[rows[text], position[text]] = labels[text]
+        return embeds, mask, new_labels
+
+    # --- forward and generation -------------------------------------------------------------
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **decoder_kwargs: Any,
+    ) -> VLMOutput:
+        """Loss (when ``labels`` [B, L] are given, -100 = ignore) and logits over the merged text.
+
+        ``pixel_values`` [n_img, C, H, W]; ``input_ids`` [B, L] with one placeholder per image (or
+        M with ``expand_image_tokens=False``); ``attention_mask`` [B, L] 1 = token, 0 = padding.
+        """
+        if input_ids is None:
+            raise InputError("input_ids are required")
+        num_images = self._check_inputs(pixel_values, input_ids, attention_mask, labels)
+        if self.injection == "cross_attention":
+            self.adapter.condition(
+                self.image_features(pixel_values) if num_images else None,
+                input_ids,
+                self.config.image_token_id,
+            )
+            out = self.decoder(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, **decoder_kwargs
+            )
+            return VLMOutput(out.logits, out.loss, attention_mask, labels, out.past_key_values)
+        features = self.image_features(pixel_values) if num_images else None
+        embeds, mask, merged_labels = self.merge(input_ids, features, attention_mask, labels)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, labels=merged_labels, **decoder_kwargs)
+        return VLMOutput(out.logits, out.loss, mask, merged_labels, out.past_key_values)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """Greedy (default) or sampled continuation with the KV cache: returns new tokens [B, T].
+
+        Batch prompts must be left-padded (``attention_mask`` 0 on the left). Image features are
+        computed once, before decoding starts.
+        """
+        num_images = self._check_inputs(pixel_values, input_ids, attention_mask, None)
+        if attention_mask is not None and bool((attention_mask[:, -1] == 0).any()):
+            raise InputError(
+                "generate() needs left padding: a prompt ends in padding (attention_mask[:, -1] == 0)"
+            )
+        generate_kwargs.setdefault("do_sample", False)
+        generate_kwargs.setdefault("pad_token_id", self._pad_token_id())
+        if self.injection == "cross_attention":
+            self.adapter.condition(
+                self.image_features(pixel_values) if num_images else None,
+                input_ids,
+                self.config.image_token_id,
+            )
+            out = self.decoder.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                **generate_kwargs,
+            )
+            return out[:, input_ids.shape[1] :]
+        features = self.image_features(pixel_values) if num_images else None
+        embeds, mask, _ = self.merge(input_ids, features, attention_mask)
+        return self.decoder.generate(
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **generate_kwargs
+        )
+
+    def _pad_token_id(self) -> int:
+        cfg = self.decoder.lm.config
+        for name in ("pad_token_id", "eos_token_id"):
+            value = getattr(cfg, name, None)
+            if isinstance(value, list):
+                value = value[0] if value else None
+            if value is not None:
+                return int(value)
+        return 0
