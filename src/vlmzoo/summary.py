@@ -43,9 +43,14 @@ def _resolve_kind(name: str, kind: Kind | None) -> Kind:
 
 
 def _vision_tower(model: nn.Module) -> nn.Module | None:
-    if hasattr(model, "num_tokens"):
+    """The image encoder of a model: itself (an encoder), ``visual`` (CLIP) or ``encoder`` (VLM)."""
+    if hasattr(model, "num_tokens") and hasattr(model, "config") and hasattr(model.config, "image_size"):
         return model
-    return getattr(model, "visual", None)
+    for name in ("visual", "encoder"):
+        tower = getattr(model, name, None)
+        if tower is not None and hasattr(tower, "num_tokens"):
+            return tower
+    return None
 
 
 def summarize(name: str, kind: Kind | None = None, image_size: int | None = None) -> ModelSummary:
@@ -59,10 +64,16 @@ def summarize(name: str, kind: Kind | None = None, image_size: int | None = None
     tokens = gflops = size = None
     if tower is not None:
         size = image_size or tower.config.image_size
+        # A VLM's image cost includes its adapter; its tokens are what the text receives.
+        image_fn = model.image_features if hasattr(model, "image_features") else tower
         tokens = tower.num_tokens(size)
+        if getattr(model, "injection", None) == "prefix":
+            tokens = model.adapter.num_tokens(tokens)
+        elif getattr(model, "injection", None) == "cross_attention":
+            tokens = 1  # one placeholder token in the text; the latents enter through cross-attention
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            tower(torch.empty(1, tower.config.in_channels, size, size, device="meta"))
+            image_fn(torch.empty(1, tower.config.in_channels, size, size, device="meta"))
         gflops = counter.get_total_flops() / 1e9
     return ModelSummary(
         name=name,

@@ -71,7 +71,15 @@ class VLMOutput:
     loss: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    past_key_values: Any = None
+    cache: Any = None
+
+
+def kv_cache(output: Any) -> Any:
+    """The KV cache of a transformers output (``cache`` in transformers >= 5.2, else ``past_key_values``)."""
+    for name in ("cache", "past_key_values"):
+        if name in output:
+            return output[name]
+    return None
 
 
 @register_architecture
@@ -269,11 +277,11 @@ class VisionLanguageModel(nn.Module):
             out = self.decoder(
                 input_ids=input_ids, attention_mask=attention_mask, labels=labels, **decoder_kwargs
             )
-            return VLMOutput(out.logits, out.loss, attention_mask, labels, out.past_key_values)
+            return VLMOutput(out.logits, out.loss, attention_mask, labels, kv_cache(out))
         features = self.image_features(pixel_values) if num_images else None
         embeds, mask, merged_labels = self.merge(input_ids, features, attention_mask, labels)
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, labels=merged_labels, **decoder_kwargs)
-        return VLMOutput(out.logits, out.loss, mask, merged_labels, out.past_key_values)
+        return VLMOutput(out.logits, out.loss, mask, merged_labels, kv_cache(out))
 
     @torch.no_grad()
     def generate(
