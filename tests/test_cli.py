@@ -31,12 +31,6 @@ def test_unknown_name_exits_2_with_suggestions(capsys):
     assert "Did you mean: clip-vit-b16" in capsys.readouterr().err
 
 
-def test_demo_runs_every_tiny_encoder(capsys):
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    assert "clip-vit-tiny" in out and "contrastive loss" in out
-
-
 def test_list_prints_names_by_kind(capsys):
     assert main(["list", "clip-*", "--kind", "model"]) == 0
     assert "clip-vit-l14-336" in capsys.readouterr().out

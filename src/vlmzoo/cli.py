@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 
 
@@ -47,37 +46,43 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from vlmzoo.registry import create_encoder, create_model, list_models
+    from vlmzoo.demo import run_demo
+    from vlmzoo.registry import list_models
 
-    torch.manual_seed(args.seed)
-    print("vlmzoo model registry")
-    for kind in ("encoder", "adapter", "decoder", "model"):
-        names = list_models(kind=kind)
-        print(f"  {kind}s ({len(names)}): {', '.join(names) if names else '-'}")
-    print("\nTiny encoders, one forward pass each (random init, batch 2):")
-    print(f"  {'encoder':<24}{'input':>12}{'tokens':>18}{'grid':>10}{'ms':>10}")
-    for name in list_models("*tiny*", kind="encoder"):
-        encoder = create_encoder(name).eval()
-        size = encoder.config.image_size
-        x = torch.randn(2, encoder.config.in_channels, size, size)
-        with torch.inference_mode():
-            start = time.perf_counter()
-            out = encoder(x)
-            ms = 1e3 * (time.perf_counter() - start)
-        shape = "x".join(map(str, out.tokens.shape))
-        print(f"  {name:<24}{f'{size}x{size}':>12}{shape:>18}{'x'.join(map(str, out.grid)):>10}{ms:>10.1f}")
-    for name in list_models("*tiny*", kind="model"):
-        model = create_model(name).eval()
-        vision, text = model.config.vision, model.config.text
-        images = torch.randn(4, 3, vision.image_size, vision.image_size)
-        ids = torch.randint(0, text.vocab_size, (4, text.context_length))
-        with torch.inference_mode():
-            out = model(images, ids, return_loss=True)
-        print(
-            f"\n{name}: 4 images x 4 texts -> logits {tuple(out.logits_per_image.shape)}, "
-            f"contrastive loss {out.loss.item():.3f} (random init: ~ln 4 = 1.386)"
-        )
-    print("\nNext: `vlmzoo info clip-vit-l14` for real-size parameter and FLOP counts.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    counts = {k: len(list_models(kind=k)) for k in ("encoder", "adapter", "decoder", "model")}
+    print("vlmzoo: " + ", ".join(f"{n} {k}s" for k, n in counts.items()) + " registered (`vlmzoo list`)")
+    print(
+        "demo: a tiny CLIP ViT + MLP projector + tiny Llama learns visual question answering on "
+        "procedurally drawn shapes\n"
+    )
+    run_demo(
+        out=args.out,
+        steps=args.steps,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from vlmzoo.demo import run_ablation
+
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    run_ablation(
+        split(args.encoders),
+        split(args.adapters),
+        split(args.decoders),
+        out=args.out,
+        steps=args.steps,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     return 0
 
 
@@ -97,9 +102,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("demo", help="show the registry and run every tiny model once")
+    p = sub.add_parser(
+        "demo", help="train a tiny VLM on built-in synthetic data and report held-out accuracy"
+    )
+    p.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "ablate", help="compare encoders x adapters x decoders on the same data, budget and seed"
+    )
+    p.add_argument("--encoders", default="clip-vit-tiny", help="comma-separated encoder names")
+    p.add_argument("--adapters", default="mlp2x_gelu,linear", help="comma-separated adapter names")
+    p.add_argument("--decoders", default="tiny-llama", help="comma-separated decoder names")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/ablate")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_ablate)
     return parser
 
 
@@ -109,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("vlmzoo: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        return 130
     except VlmzooError as e:
         print(f"vlmzoo: error: {e}", file=sys.stderr)
         return 2

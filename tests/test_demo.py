@@ -1,0 +1,65 @@
+"""`vlmzoo demo` and `vlmzoo ablate` at tiny budgets: the run folder, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlmzoo.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMZOO_CACHE", str(tmp_path / "cache"))
+
+
+def test_demo_writes_a_complete_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["demo", "--steps", "4", "--out", str(out), "--no-progress"]) == 0
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "metrics.json",
+        "loss.png",
+        "samples.txt",
+        "summary.json",
+    ):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["val_exact_match"] <= 1.0
+    assert "held-out exact match" in capsys.readouterr().out
+
+
+def test_demo_refuses_a_folder_holding_another_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["demo", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    assert main(["demo", "--steps", "2", "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_demo_resume_continues_to_more_steps(tmp_path):
+    out = tmp_path / "run"
+    assert main(["demo", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    assert main(["demo", "--steps", "4", "--out", str(out), "--no-progress", "--resume"]) == 0
+    history = json.loads((out / "metrics.json").read_text())
+    assert history["step"][-1] == 4
+
+
+def test_ablate_writes_table_csv_and_plot(tmp_path):
+    out = tmp_path / "ablate"
+    args = [
+        "ablate",
+        "--adapters",
+        "linear,mlp2x_gelu",
+        "--decoders",
+        "tiny-llama",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    table = (out / "results.md").read_text()
+    assert "linear" in table and "mlp2x_gelu" in table and "val_exact_match" in table
+    assert (out / "results.csv").is_file() and (out / "ablation.png").is_file()
