@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Tiny models: one thread avoids oversubscription overhead (and is what CI cores can give).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -30,6 +30,9 @@ class ViTConfig(Config):
     ``feature_layer`` indexes ``hidden_states`` (0 = embeddings, k = block k, -1 = last block,
     -2 = penultimate as in LLaVA); ``feature_tokens`` keeps (``"all"``) or drops (``"patch"``)
     the CLS/register tokens; ``feature_norm`` applies the final norm to the selected layer.
+    ``mlp_dim`` sets the MLP hidden width exactly (for SwiGLU: the width of each half), overriding
+    ``width * mlp_ratio`` (DINOv2-g's 4096 is not a round ratio of 1536, SPEC §4.1).
+    ``mask_token`` adds DINOv2's learned token that replaces masked patches (SPEC §4.3).
     """
 
     kind = "encoder"
@@ -41,12 +44,14 @@ class ViTConfig(Config):
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    mlp_dim: int | None = None
     act: Activation = "gelu"
     swiglu: bool = False
-    qkv_bias: bool = True
+    qkv_bias: bool | Literal["qv"] = True  # "qv": EVA's q_bias/v_bias, no k bias (SPEC §6.1)
     patch_bias: bool = True
     class_token: bool = True
     num_registers: int = 0
+    mask_token: bool = False
     pre_norm: bool = False
     final_norm: bool = True
     norm_eps: float = 1e-6
@@ -71,6 +76,8 @@ class ViTConfig(Config):
             self._fail("drop_path_rate", "must be < 1")
         if self.norm_eps <= 0:
             self._fail("norm_eps", "must be > 0")
+        if self.mlp_dim is not None and self.mlp_dim <= 0:
+            self._fail("mlp_dim", "must be positive or None")
         if self.embed_dim is not None and self.embed_dim <= 0:
             self._fail("embed_dim", "must be positive or None")
         if self.pool == "cls" and not self.class_token:
@@ -90,7 +97,7 @@ class ViTConfig(Config):
 
     @property
     def mlp_hidden_dim(self) -> int:
-        return int(self.width * self.mlp_ratio)
+        return self.mlp_dim if self.mlp_dim is not None else int(self.width * self.mlp_ratio)
 
 
 @register_architecture
@@ -98,7 +105,8 @@ class VisionTransformer(nn.Module):
     """ViT encoder: [B, C, H, W] -> :class:`VisionOutput` (tokens [B, N, out_dim]).
 
     Token order is [CLS, registers..., patches...]. Position embeddings cover CLS + patches
-    (registers get none, as in DINOv2 §4.3).
+    (registers get none, as in DINOv2 §4.3). With ``mask_token``, patches flagged in ``masks``
+    are replaced by the learned token before CLS and position embeddings are added (§4.3).
     """
 
     config_class = ViTConfig
@@ -110,6 +118,8 @@ class VisionTransformer(nn.Module):
         scale = c.width**-0.5
         self.cls_token = nn.Parameter(scale * torch.randn(1, 1, c.width)) if c.class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, c.num_registers, c.width)) if c.num_registers else None
+        # Only when enabled, so towers without one (CLIP) keep their exact parameter counts.
+        self.mask_token = nn.Parameter(torch.zeros(1, c.width)) if c.mask_token else None
         num_pos = int(c.class_token) + c.grid[0] * c.grid[1]
         self.pos_embed = nn.Parameter(scale * torch.randn(1, num_pos, c.width))
         self.norm_pre = nn.LayerNorm(c.width, eps=c.norm_eps) if c.pre_norm else nn.Identity()
@@ -153,9 +163,17 @@ class VisionTransformer(nn.Module):
             )
         return resize_pos_embed(self.pos_embed, c.grid, grid, int(c.class_token), c.pos_embed_resize)
 
-    def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch embedding + CLS + position embedding + registers + pre-norm: [B, P + H'·W', width]."""
+    def embed(
+        self, pixel_values: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch embedding + masking + CLS + position embedding + registers + pre-norm: [B, P + H'·W', width].
+
+        ``masks``: optional bool [B, H'·W'] (True = replace that patch by ``mask_token``).
+        """
         x, grid = self.patch_embed(pixel_values)
+        if masks is not None:
+            self._check_masks(masks, x.shape[:2], grid)
+            x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = x + self.position_embedding(grid)
@@ -163,14 +181,34 @@ class VisionTransformer(nn.Module):
             x = torch.cat([x[:, :1], self.reg_token.expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
         return self.norm_pre(x), grid
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> VisionOutput:
+    def _check_masks(self, masks: torch.Tensor, shape: tuple[int, int], grid: tuple[int, int]) -> None:
+        if self.mask_token is None:
+            raise InputError("masks were given but this encoder has no mask token (config mask_token=False)")
+        if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool:
+            kind = masks.dtype if isinstance(masks, torch.Tensor) else type(masks).__name__
+            raise InputError(f"masks must be a bool tensor (True = masked patch), got {kind}")
+        if tuple(masks.shape) != tuple(shape):
+            raise InputError(
+                f"masks must have shape [B, H'·W'] = {tuple(shape)} for this batch "
+                f"({grid[0]}x{grid[1]} patch grid), got {tuple(masks.shape)}"
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool = False,
+        masks: torch.Tensor | None = None,
+    ) -> VisionOutput:
         """[B, C, H, W] -> VisionOutput; H and W multiples of ``patch_size``.
+
+        ``masks``: optional bool [B, H'·W'] marking patches to replace by the mask token
+        (needs ``mask_token=True``; DINOv2's iBOT-style masking, SPEC §4.3).
 
         Blocks after the selected feature layer run only when they are needed (pooling, a
         projection head, or ``output_hidden_states``).
         """
         c = self.config
-        x, grid = self.embed(pixel_values)
+        x, grid = self.embed(pixel_values, masks)
         feature_index = c.feature_layer % (c.depth + 1)
         needs_all = output_hidden_states or c.pool != "none"
         last = c.depth if needs_all else feature_index

@@ -1,0 +1,249 @@
+"""DINOv2 -> vlmzoo: transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` and the original
+facebookresearch/dinov2 checkpoints (SPEC §4.5). timm's ``vit_*_dinov2`` models are timm
+``VisionTransformer`` objects and go through ``convert/timm_vit.py``.
+
+vlmzoo's ViT already uses the original's parameter names (``blocks.{i}.attn.qkv``, ``ls1.gamma``,
+...), so the original layout needs only three renames. transformers splits ``qkv`` into q/k/v and
+renames everything else; its names also changed in version 5 (hub files keep the old names and
+transformers 5 renames them at load, §4.5), so :func:`state_dict_from_hf` accepts both.
+
+Each converter also sets the position-embedding resize rule of its source, because the peers
+disagree at non-native resolutions (§4.4): ``Dinov2Model`` resizes by size without antialias,
+``Dinov2WithRegistersModel`` by size with antialias, the original without registers by the
+``(target + 0.1) / M`` scale factor and with registers like transformers' register model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from vlmzoo.checkpoint import load_state_dict_strict
+from vlmzoo.encoders.dinov2 import LAYER_SCALE_INIT, dinov2_config
+from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
+from vlmzoo.errors import ConversionError
+from vlmzoo.layers import Activation
+
+StateDict = dict[str, torch.Tensor]
+
+_HF_ACTIVATIONS: dict[str, Activation] = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+    "silu": "silu",
+    "swish": "silu",
+    "relu": "relu",
+}
+
+
+def _grid_side(pos_embed: torch.Tensor, source: str) -> int:
+    """M for position embeddings of shape [1, 1 + M·M, D] (CLS row first)."""
+    rows = pos_embed.shape[1] - 1
+    side = round(rows**0.5)
+    if side * side != rows:
+        raise ConversionError(f"{source}: {rows} patch position embeddings do not form a square grid")
+    return side
+
+
+# --- transformers ---------------------------------------------------------------------------
+def config_from_hf(model: Any) -> ViTConfig:
+    """Read a :class:`ViTConfig` off a ``Dinov2Model`` / ``Dinov2WithRegistersModel`` instance.
+
+    Sizes come from the weights themselves (conv kernel, Linear shapes, stored position rows,
+    which parameters exist), not from config arithmetic such as the SwiGLU 2/3 rule, so what
+    is converted is what the model computes; only the head count, activation and LayerNorm
+    eps (which no weight shape holds) come from the model's config and modules.
+    """
+    name = type(model).__name__
+    if name not in TRANSFORMERS:
+        raise ConversionError(f"{name} is not a transformers DINOv2 model; supported: {sorted(TRANSFORMERS)}")
+    sd, cfg = _v5_names(dict(model.state_dict())), model.config
+    conv = sd["embeddings.patch_embeddings.projection.weight"]  # [D, C, p, p]
+    width, patch = conv.shape[0], conv.shape[-1]
+    if conv.shape[-1] != conv.shape[-2]:
+        raise ConversionError(f"{name}: non-square patches {tuple(conv.shape[-2:])} are not supported")
+    if sd["encoder.layer.0.attention.q_proj.weight"].shape[0] != width:
+        raise ConversionError(f"{name}: attention width (heads x head_dim) differs from hidden size {width}")
+    swiglu = "encoder.layer.0.mlp.gate_proj.weight" in sd
+    act = cfg.hidden_act
+    if not swiglu and act not in _HF_ACTIVATIONS:
+        raise ConversionError(
+            f"{name}: hidden_act={act!r} has no vlmzoo equivalent; known: {sorted(_HF_ACTIVATIONS)}"
+        )
+    hidden = sd["encoder.layer.0.mlp.gate_proj.weight" if swiglu else "encoder.layer.0.mlp.fc1.weight"]
+    registers = sd.get("embeddings.register_tokens")
+    return dinov2_config(
+        width=width,
+        depth=1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer.")),
+        num_heads=cfg.num_attention_heads,
+        num_registers=registers.shape[1] if registers is not None else 0,
+        mlp_dim=hidden.shape[0],
+        swiglu=swiglu,
+        image_size=_grid_side(sd["embeddings.position_embeddings"], name) * patch,
+        patch_size=patch,
+        # §4.4: Dinov2Model resizes by size without antialias; the register model with antialias.
+        pos_embed_resize="bicubic_antialias" if name == "Dinov2WithRegistersModel" else "bicubic",
+        in_channels=conv.shape[1],
+        act="silu" if swiglu else _HF_ACTIVATIONS[act],
+        qkv_bias="encoder.layer.0.attention.q_proj.bias" in sd,
+        mask_token="embeddings.mask_token" in sd,  # Dinov2Model drops it when use_mask_token=False
+        norm_eps=model.layernorm.eps,
+    )
+
+
+# Hub files (and transformers 4) -> transformers 5 in-memory names (SPEC §4.5).
+_HUB_TO_V5 = (
+    ("attention.attention.query.", "attention.q_proj."),
+    ("attention.attention.key.", "attention.k_proj."),
+    ("attention.attention.value.", "attention.v_proj."),
+    ("attention.output.dense.", "attention.o_proj."),
+    ("mlp.weights_out.", "mlp.down_proj."),
+)
+
+
+def _v5_names(sd: StateDict) -> StateDict:
+    """Bring hub-format keys to transformers 5 names; v5 keys pass through unchanged."""
+    out: StateDict = {}
+    for key, value in sd.items():
+        if ".mlp.weights_in." in key:  # packed [gate; up] rows, split in halves as v5 does
+            gate, up = value.chunk(2, dim=0)
+            out[key.replace("mlp.weights_in.", "mlp.gate_proj.")] = gate
+            out[key.replace("mlp.weights_in.", "mlp.up_proj.")] = up
+            continue
+        for old, new in _HUB_TO_V5:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
+    """A transformers DINOv2 state dict (v5 in-memory or hub names) -> VisionTransformer keys.
+
+    q/k/v rows are concatenated into the fused ``qkv`` (rows q, k, v: the original layout);
+    ``gate_proj``/``up_proj`` become the packed SwiGLU ``fc1`` = [gate; up] (the original
+    ``w12``, whose first half goes through SiLU).
+    """
+    sd = _v5_names(sd)
+    e = "embeddings."
+    out: StateDict = {
+        "cls_token": sd[f"{e}cls_token"],
+        "pos_embed": sd[f"{e}position_embeddings"],
+        "patch_embed.proj.weight": sd[f"{e}patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": sd[f"{e}patch_embeddings.projection.bias"],
+        "norm.weight": sd["layernorm.weight"],
+        "norm.bias": sd["layernorm.bias"],
+    }
+    if config.mask_token:
+        out["mask_token"] = sd[f"{e}mask_token"]
+    if config.num_registers:
+        out["reg_token"] = sd[f"{e}register_tokens"]
+    biases = ("weight", "bias") if config.qkv_bias else ("weight",)
+    for i in range(config.depth):
+        src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
+        for p in biases:
+            out[f"{dst}attn.qkv.{p}"] = torch.cat([sd[f"{src}attention.{n}_proj.{p}"] for n in "qkv"])
+        out[f"{dst}ls1.gamma"] = sd[f"{src}layer_scale1.lambda1"]
+        out[f"{dst}ls2.gamma"] = sd[f"{src}layer_scale2.lambda1"]
+        for p in ("weight", "bias"):
+            out[f"{dst}attn.proj.{p}"] = sd[f"{src}attention.o_proj.{p}"]
+            out[f"{dst}norm1.{p}"] = sd[f"{src}norm1.{p}"]
+            out[f"{dst}norm2.{p}"] = sd[f"{src}norm2.{p}"]
+            if config.swiglu:
+                out[f"{dst}mlp.fc1.{p}"] = torch.cat([sd[f"{src}mlp.{n}_proj.{p}"] for n in ("gate", "up")])
+                out[f"{dst}mlp.fc2.{p}"] = sd[f"{src}mlp.down_proj.{p}"]
+            else:
+                out[f"{dst}mlp.fc1.{p}"] = sd[f"{src}mlp.fc1.{p}"]
+                out[f"{dst}mlp.fc2.{p}"] = sd[f"{src}mlp.fc2.{p}"]
+    return out
+
+
+def from_hf_dinov2(model: Any) -> VisionTransformer:
+    """Convert ``Dinov2Model`` or ``Dinov2WithRegistersModel`` (with its weights).
+
+    ``tokens`` of the result equal ``last_hidden_state[:, 1 + R:]``, ``pooled`` equals
+    ``pooler_output`` and ``hidden_states`` equal transformers' ``hidden_states``.
+    """
+    config = config_from_hf(model)
+    ours = VisionTransformer(config)
+    load_state_dict_strict(
+        ours, state_dict_from_hf(dict(model.state_dict()), config), f"converted {type(model).__name__}"
+    )
+    return ours
+
+
+# --- the original release (facebookresearch/dinov2) -----------------------------------------
+_CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+
+
+def state_dict_from_original(sd: StateDict) -> StateDict:
+    """Original DINOv2 keys -> VisionTransformer keys (SPEC §4.5).
+
+    ``register_tokens`` -> ``reg_token``; SwiGLU ``mlp.w12``/``mlp.w3`` -> ``mlp.fc1``/``mlp.fc2``
+    (same packing: the first half of ``w12``'s output goes through SiLU). Training checkpoints
+    saved with ``block_chunks > 0`` name blocks ``blocks.{chunk}.{i}`` with the global index
+    ``i``; the chunk level is dropped.
+    """
+    out: StateDict = {}
+    for key, value in sd.items():
+        key = _CHUNKED_BLOCK.sub(r"blocks.\1.", key)
+        key = key.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")
+        out["reg_token" if key == "register_tokens" else key] = value
+    return out
+
+
+def config_from_original(sd: StateDict) -> ViTConfig:
+    """Infer the architecture from a state dict already renamed by :func:`state_dict_from_original`.
+
+    Sizes are read off the tensors; a packed SwiGLU is recognised by ``fc1`` having twice the
+    rows of ``fc2``'s input (a plain MLP has equal widths). Heads are not stored: every released
+    DINOv2 has head dim 64 (S/B/L/g: 6/12/16/24 heads, §4.1), so ``num_heads = width // 64``.
+    The resize rule follows the hub models: offset 0.1 without registers, antialias with (§4.4).
+    """
+    for key in (
+        "patch_embed.proj.weight",
+        "pos_embed",
+        "cls_token",
+        "norm.weight",
+        "blocks.0.mlp.fc2.weight",
+    ):
+        if key not in sd:
+            raise ConversionError(f"not an original DINOv2 state dict: no {key!r}")
+    conv = sd["patch_embed.proj.weight"]
+    width, in_channels, patch = conv.shape[0], conv.shape[1], conv.shape[-1]
+    if width % 64:
+        raise ConversionError(f"width {width} is not a multiple of 64; DINOv2 heads are 64 wide")
+    hidden = sd["blocks.0.mlp.fc2.weight"].shape[1]
+    registers = sd.get("reg_token")
+    return dinov2_config(
+        width=width,
+        depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
+        num_heads=width // 64,
+        num_registers=registers.shape[1] if registers is not None else 0,
+        mlp_dim=hidden,
+        swiglu=sd["blocks.0.mlp.fc1.weight"].shape[0] == 2 * hidden,
+        image_size=_grid_side(sd["pos_embed"], "original DINOv2 state dict") * patch,
+        patch_size=patch,
+        in_channels=in_channels,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        mask_token="mask_token" in sd,
+        layer_scale_init=LAYER_SCALE_INIT if "blocks.0.ls1.gamma" in sd else None,  # values come from sd
+    )
+
+
+def from_original_dinov2(sd: StateDict) -> VisionTransformer:
+    """An original facebookresearch/dinov2 backbone state dict (``dinov2_vit*14[_reg4]_pretrain.pth``).
+
+    Returns the equivalent :class:`VisionTransformer`: ``tokens`` = ``x_norm_patchtokens``,
+    ``pooled`` = ``x_norm_clstoken``; other resolutions are resized with the original's rule.
+    """
+    state = state_dict_from_original(sd)
+    ours = VisionTransformer(config_from_original(state))
+    load_state_dict_strict(ours, state, "original DINOv2 state dict")
+    return ours
+
+
+TRANSFORMERS = {"Dinov2Model": from_hf_dinov2, "Dinov2WithRegistersModel": from_hf_dinov2}
+ORIGINAL = {"dinov2": from_original_dinov2}
