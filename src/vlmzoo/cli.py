@@ -86,6 +86,52 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vlmzoo.registry import KINDS, get_entry, list_models
+    from vlmzoo.summary import summarize
+
+    lines = [
+        "# Model zoo",
+        "",
+        "Generated from the registry by `vlmzoo zoo` (sizes computed on the meta device; "
+        "GFLOPs count 2 per multiply-add, for one image at the native size).",
+        "",
+    ]
+    for kind in KINDS:
+        names = list_models(kind=kind)
+        if not names:
+            continue
+        lines += [
+            f"## {kind.capitalize()}s",
+            "",
+            "| name | architecture | parameters | tokens / image | GFLOPs / image |",
+            "|---|---|---|---|---|",
+        ]
+        for name in names:
+            try:
+                s = summarize(name, kind=kind)
+            except Exception as e:  # an adapter without fixed widths has no size of its own
+                entry = get_entry(name, kind)
+                lines.append(f"| `{name}` | {entry.builder.__name__} | - | - | - |")
+                if args.verbose:
+                    print(f"{name}: {e}", file=sys.stderr)
+                continue
+            tokens = "-" if s.tokens_per_image is None else str(s.tokens_per_image)
+            flops = "-" if s.gflops_per_image is None else f"{s.gflops_per_image:.3g}"
+            lines.append(
+                f"| `{name}` | {s.architecture} | {_format_count(s.parameters)} | {tokens} | {flops} |"
+            )
+        lines.append("")
+    text = "\n".join(lines)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmzoo", description="A reference model zoo of VLM architectures.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_ablate)
+    p = sub.add_parser("zoo", help="the model-zoo table (markdown) of every registered name")
+    p.add_argument("--out", default=None, help="write to this file instead of stdout")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=_cmd_zoo)
     return parser
 
 

@@ -71,3 +71,25 @@ class MLPProjector(PrefixAdapter):
 register("linear", "adapter", MLPProjectorConfig(depth=1), MLPProjector, "LLaVA v1 linear projector")
 register("mlp2x_gelu", "adapter", MLPProjectorConfig(depth=2), MLPProjector, "LLaVA-1.5 MLP projector")
 register("mlp3x_gelu", "adapter", MLPProjectorConfig(depth=3), MLPProjector, "3-layer GELU MLP projector")
+# Real sizes: CLIP-L/14 width 1024 into Vicuna-7B (4096) / Vicuna-13B (5120) hidden sizes.
+register(
+    "llava-1.5-7b-projector",
+    "adapter",
+    MLPProjectorConfig(1024, 4096, depth=2),
+    MLPProjector,
+    "LLaVA-1.5-7B mlp2x_gelu projector",
+)
+register(
+    "llava-1.5-13b-projector",
+    "adapter",
+    MLPProjectorConfig(1024, 5120, depth=2),
+    MLPProjector,
+    "LLaVA-1.5-13B mlp2x_gelu projector",
+)
+register(
+    "llava-v1-7b-projector",
+    "adapter",
+    MLPProjectorConfig(1024, 4096, depth=1),
+    MLPProjector,
+    "LLaVA v1 linear projector (7B)",
+)
