@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from vlmzoo.layers.attention import Attention
+from vlmzoo.layers.attention import Attention, QKVBias
 from vlmzoo.layers.drop_path import DropPath
 from vlmzoo.layers.layer_scale import LayerScale
 from vlmzoo.layers.mlp import Activation, Mlp, SwiGLU
@@ -24,7 +24,7 @@ class Block(nn.Module):
         num_heads: int,
         mlp_hidden_dim: int,
         act: Activation = "gelu",
-        qkv_bias: bool = True,
+        qkv_bias: QKVBias = True,
         proj_bias: bool = True,
         mlp_bias: bool = True,
         norm_eps: float = 1e-6,
