@@ -186,3 +186,50 @@ def test_real_size_llava_presets_match_transformers_parameter_count(name, text):
     info = summarize(name)
     assert info.parameters == sum(p.numel() for p in peer.parameters())
     assert info.tokens_per_image == 576
+
+
+def test_real_size_blip2_preset_matches_transformers_less_zero_k_biases():
+    transformers = pytest.importorskip("transformers")
+    from vlmzoo.summary import summarize
+
+    config = transformers.Blip2Config(
+        vision_config=dict(
+            hidden_size=1408,
+            intermediate_size=6144,
+            num_hidden_layers=39,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            qkv_bias=True,
+        ),
+        qformer_config=dict(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            encoder_hidden_size=1408,
+        ),
+        text_config=dict(
+            model_type="opt",
+            hidden_size=2560,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            ffn_dim=10240,
+            vocab_size=50272,
+            word_embed_proj_dim=2560,
+        ),
+        num_query_tokens=32,
+    )
+    with torch.device("meta"):
+        peer = transformers.Blip2ForConditionalGeneration(config)
+    info = summarize("blip2-opt-2.7b")
+    # transformers keeps EVA's always-zero k bias as parameters (39 layers x 1408); LAVIS and vlmzoo do not.
+    assert info.parameters == sum(p.numel() for p in peer.parameters()) - 39 * 1408
+    assert info.tokens_per_image == 32
+
+
+def test_tiny_blip2_runs_with_one_placeholder():
+    model = vlmzoo.create_model("tiny-blip2").eval()
+    size = model.encoder.config.image_size
+    out = model(torch.randn(1, 3, size, size), torch.tensor([[IMG, 5, 6]]))
+    assert out.logits.shape[1] == 2 + model.tokens_per_image

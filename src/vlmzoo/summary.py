@@ -72,7 +72,7 @@ def summarize(name: str, kind: Kind | None = None, image_size: int | None = None
         elif getattr(model, "injection", None) == "cross_attention":
             tokens = 1  # one placeholder token in the text; the latents enter through cross-attention
         counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
+        with counter:  # grad mode on: the flop counter's module tracker needs it (meta tensors cost nothing)
             image_fn(torch.empty(1, tower.config.in_channels, size, size, device="meta"))
         gflops = counter.get_total_flops() / 1e9
     return ModelSummary(

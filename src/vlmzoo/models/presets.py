@@ -1,4 +1,4 @@
-"""Named VLMs with their published sizes (SPEC §8 LLaVA-1.5), plus tiny variants for tests and CPU.
+"""Named VLMs with their published sizes (SPEC §8 LLaVA-1.5, §6 BLIP-2), plus tiny variants.
 
 Each preset is a :class:`VLMConfig` composed from the component presets, so ``vlmzoo info
 llava-1.5-7b`` can build it on the meta device and count its parameters exactly.
@@ -7,7 +7,9 @@ llava-1.5-7b`` can build it on the meta device and count its parameters exactly.
 from __future__ import annotations
 
 from vlmzoo.adapters.mlp import MLPProjectorConfig
+from vlmzoo.adapters.qformer import QFormerConfig
 from vlmzoo.decoders.hf import DECODER_PRESETS
+from vlmzoo.encoders.eva import EVA_PRESETS
 from vlmzoo.encoders.vit import CLIP_VISION_PRESETS, ViTConfig
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
 from vlmzoo.registry import register
@@ -35,6 +37,18 @@ VLM_PRESETS: dict[str, VLMConfig] = {
         encoder=llava_features(CLIP_VISION_PRESETS["clip-vit-tiny"]),
         adapter=MLPProjectorConfig(depth=2),
         decoder=DECODER_PRESETS["tiny-llama"],
+    ),
+    # BLIP-2: EVA ViT-g/14 (257 tokens, ln_vision) -> Q-Former (32 queries) -> OPT-2.7B; the 32
+    # projected queries go in front of the text, i.e. at one placeholder (SPEC §6.2).
+    "blip2-opt-2.7b": VLMConfig(
+        encoder=EVA_PRESETS["eva-vit-g14"],
+        adapter=QFormerConfig(in_dim=1408, out_dim=2560),
+        decoder=DECODER_PRESETS["opt-2.7b"],
+    ),
+    "tiny-blip2": VLMConfig(
+        encoder=EVA_PRESETS["eva-vit-tiny"],
+        adapter=QFormerConfig(num_query_tokens=4, width=32, depth=2, num_heads=4, mlp_dim=64),
+        decoder=DECODER_PRESETS["tiny-opt"],
     ),
 }
 
