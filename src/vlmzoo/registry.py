@@ -125,13 +125,18 @@ def get_architecture(class_name: str) -> type[nn.Module]:
     return _ARCHITECTURES[class_name]
 
 
-def build(config: Config) -> nn.Module:
-    """Build the module whose ``config_class`` is ``type(config)`` (a config fully determines it)."""
+def architecture_for(config: Config) -> type[nn.Module]:
+    """The module class whose ``config_class`` is ``type(config)``."""
     _ensure_loaded()
     for cls in _ARCHITECTURES.values():
         if cls.config_class is type(config):
-            return cls(config)
+            return cls
     raise UnknownModelError(f"no registered architecture takes a {type(config).__name__}")
+
+
+def build(config: Config) -> nn.Module:
+    """Build the module a config describes (a config fully determines its module class)."""
+    return architecture_for(config)(config)
 
 
 def _creator(kind: Kind) -> Callable[..., nn.Module]:

@@ -66,6 +66,11 @@ def summarize(name: str, kind: Kind | None = None, image_size: int | None = None
         size = image_size or tower.config.image_size
         # A VLM's image cost includes its adapter; its tokens are what the text receives.
         image_fn = model.image_features if hasattr(model, "image_features") else tower
+        if getattr(model, "injection", None) == "cross_attention":  # + the perceiver resampler
+
+            def image_fn(x: torch.Tensor) -> torch.Tensor:
+                return model.adapter(model.image_features(x))
+
         tokens = tower.num_tokens(size)
         if getattr(model, "injection", None) == "prefix":
             tokens = model.adapter.num_tokens(tokens)

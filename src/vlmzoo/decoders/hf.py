@@ -128,6 +128,14 @@ class HFDecoder(nn.Module):
         return self.lm.get_input_embeddings().embedding_dim
 
     @property
+    def layer_width(self) -> int:
+        """Width of the hidden states between decoder layers (OPT-350m's differs from its embeddings)."""
+        config = self.lm.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        width = getattr(config, "hidden_size", None)
+        return int(width) if isinstance(width, int) else self.hidden_size
+
+    @property
     def vocab_size(self) -> int:
         return self.lm.get_input_embeddings().num_embeddings
 
@@ -233,6 +241,20 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
             rms_norm_eps=1e-6,
             max_position_embeddings=8192,
             tie_word_embeddings=False,
+        ),
+    ),
+    # MPT-1B-RedPajama (OpenFlamingo-3B's LM): 24 layers, 16 heads, width 2048, ALiBi, no biases,
+    # GPT-NeoX vocabulary padded to 50432. Its QK LayerNorm is not expressed by transformers' MPT.
+    "mpt-1b": DecoderConfig(
+        "mpt",
+        dict(
+            d_model=2048,
+            n_heads=16,
+            n_layers=24,
+            expansion_ratio=4,
+            max_seq_len=2048,
+            vocab_size=50432,
+            no_bias=True,
         ),
     ),
     # Tiny decoders of four families for tests and CPU demos.

@@ -1,4 +1,4 @@
-"""Named VLMs with their published sizes (SPEC §8 LLaVA-1.5, §6 BLIP-2), plus tiny variants.
+"""Named VLMs with their published sizes (SPEC §8 LLaVA-1.5, §6 BLIP-2, §7 OpenFlamingo), plus tiny variants.
 
 Each preset is a :class:`VLMConfig` composed from the component presets, so ``vlmzoo info
 llava-1.5-7b`` can build it on the meta device and count its parameters exactly.
@@ -6,6 +6,7 @@ llava-1.5-7b`` can build it on the meta device and count its parameters exactly.
 
 from __future__ import annotations
 
+from vlmzoo.adapters.cross_attention import FLAMINGO_PRESETS
 from vlmzoo.adapters.mlp import MLPProjectorConfig
 from vlmzoo.adapters.qformer import QFormerConfig
 from vlmzoo.decoders.hf import DECODER_PRESETS
@@ -49,6 +50,24 @@ VLM_PRESETS: dict[str, VLMConfig] = {
         encoder=EVA_PRESETS["eva-vit-tiny"],
         adapter=QFormerConfig(num_query_tokens=4, width=32, depth=2, num_heads=4, mlp_dim=64),
         decoder=DECODER_PRESETS["tiny-opt"],
+    ),
+    # OpenFlamingo-3B: CLIP ViT-L/14 final-block patch tokens without ln_post (the open_clip
+    # behaviour it was trained with, SPEC §7.4) -> perceiver + gated xattn every layer -> MPT-1B.
+    # `<image>` is a real token here; 50277 is the first id after the GPT-NeoX tokenizer's 50277
+    # tokens, where OpenFlamingo's added `<image>` lands — set it to your tokenizer's id.
+    "openflamingo-3b": VLMConfig(
+        encoder=CLIP_VISION_PRESETS["clip-vit-l14"].replace(
+            feature_layer=-1, feature_tokens="patch", feature_norm=False, pool="none", embed_dim=None
+        ),
+        adapter=FLAMINGO_PRESETS["openflamingo-3b-xattn"],
+        decoder=DECODER_PRESETS["mpt-1b"],
+        image_token_id=50277,
+    ),
+    "tiny-openflamingo": VLMConfig(
+        encoder=llava_features(CLIP_VISION_PRESETS["clip-vit-tiny"]).replace(feature_layer=-1),
+        adapter=FLAMINGO_PRESETS["tiny-flamingo"],
+        decoder=DECODER_PRESETS["tiny-llama"],
+        image_token_id=3,
     ),
 }
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 from vlmzoo.config import Config
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.errors import ConfigError, InputError
-from vlmzoo.registry import build, register_architecture
+from vlmzoo.registry import architecture_for, build, register_architecture
 
 Trainable = Literal["frozen", "full"]
 
@@ -93,9 +93,12 @@ class VisionLanguageModel(nn.Module):
         encoder = build(config.encoder)
         decoder = HFDecoder(config.decoder)
         adapter_config = config.adapter
+        # A prefix adapter writes into the embedding space; cross-attention into the layers' width.
+        cross = architecture_for(config.adapter).injection == "cross_attention"
+        out_width = decoder.layer_width if cross else decoder.hidden_size
         fill = {
             k: v
-            for k, v in (("in_dim", encoder.out_dim), ("out_dim", decoder.hidden_size))
+            for k, v in (("in_dim", encoder.out_dim), ("out_dim", out_width))
             if hasattr(adapter_config, k) and getattr(adapter_config, k) is None
         }
         if fill:
@@ -139,8 +142,8 @@ class VisionLanguageModel(nn.Module):
         """Freeze (``"frozen"``) or unfreeze (``"full"``) each part by ``requires_grad`` only.
 
         Nothing runs under ``no_grad``: a frozen part simply builds no graph, and unfreezing it
-        later works (DESIGN item 6). Cross-attention layers inserted into the decoder belong to
-        the adapter, so ``decoder="frozen"`` leaves them trainable.
+        later works (DESIGN item 6). Gated cross-attention blocks are the adapter's parameters
+        (they run through hooks on the decoder layers), so ``decoder="frozen"`` leaves them trainable.
         """
         for part, mode in (("encoder", encoder), ("decoder", decoder), ("adapter", adapter)):
             if mode is None:
@@ -149,9 +152,6 @@ class VisionLanguageModel(nn.Module):
                 raise ConfigError(f"trainable mode for {part} must be 'frozen' or 'full', got {mode!r}")
             for p in getattr(self, part).parameters():
                 p.requires_grad_(mode == "full")
-        if self.injection == "cross_attention" and adapter is not None:
-            for p in self.adapter.parameters():  # gated layers also live inside the decoder
-                p.requires_grad_(adapter == "full")
 
     # --- images -> embeddings -------------------------------------------------------------------
     @property
@@ -274,6 +274,8 @@ class VisionLanguageModel(nn.Module):
                 input_ids,
                 self.config.image_token_id,
             )
+            if labels is not None:  # the <image> token itself is not a prediction target (OpenFlamingo)
+                labels = labels.masked_fill(input_ids == self.config.image_token_id, IGNORE_INDEX)
             out = self.decoder(
                 input_ids=input_ids, attention_mask=attention_mask, labels=labels, **decoder_kwargs
             )
