@@ -191,3 +191,39 @@ def test_non_positive_std_is_a_config_error():
 def test_config_round_trips_through_json():
     config = ImageProcessorConfig.clip(336)
     assert ImageProcessorConfig.from_json(config.to_json()) == config
+
+
+# --- SAM: longest-side resize, 0-255 normalisation, zero padding (SPEC §2.4) -----------------
+# (width, height): landscape, portrait, square, upscaled, and sides whose scaled size ends in .5-ish
+SAM_SIZES = [(300, 200), (200, 333), (64, 64), (50, 30), (31, 97)]
+
+
+def test_sam_recipe_matches_hf_sam_image_processor_pil():
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.SamImageProcessorPil(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})
+    ours = ImageProcessor(ImageProcessorConfig.sam(64))
+    for i, (w, h) in enumerate(SAM_SIZES):
+        image = _random_image(w, h, seed=i)
+        expected = hf(image, return_tensors="pt")
+        got = ours(image)
+        assert got.shape == expected["pixel_values"].shape == (1, 3, 64, 64)
+        assert (got - expected["pixel_values"]).abs().max().item() <= 1e-4, image.size
+        new_h, new_w = (int(s) for s in expected["reshaped_input_sizes"][0])
+        assert not got[0, :, new_h:].any() and not got[0, :, :, new_w:].any()  # zeros bottom/right
+
+
+def test_sam_longest_side_rounds_half_up_and_pads_after_normalising():
+    ours = ImageProcessor(ImageProcessorConfig.sam(1024))
+    assert ours._resized_hw(480, 640) == (768, 1024)
+    assert ours._resized_hw(1000, 3) == (1024, 3)  # 3.072 -> 3
+    assert ours._resized_hw(2, 3) == (683, 1024)  # 682.67 -> 683
+    assert ours._resized_hw(3000, 1) == (1024, 1)  # 0.34 would be 0 px: kept at 1
+    white = ours(torch.ones(3, 8, 16))  # float path: 1.0 stands for 255
+    sam = ImageProcessorConfig.sam()
+    expected = (255 - torch.tensor(sam.mean)) / torch.tensor(sam.std)
+    assert torch.allclose(white[0, :, 0, 0], expected) and not white[0, :, 512:].any()
+
+
+def test_sam_config_refuses_center_crop():
+    with pytest.raises(ConfigError, match="longest_edge"):
+        ImageProcessorConfig.sam().replace(do_center_crop=True)

@@ -8,6 +8,8 @@ from vlmzoo.layers.mlp import Activation, Mlp, QuickGELU, SwiGLU, make_activatio
 from vlmzoo.layers.norm import LayerNorm2d
 from vlmzoo.layers.patch_embed import PatchEmbed, check_image
 from vlmzoo.layers.pos_embed import PosEmbedResize, resize_pos_embed
+from vlmzoo.layers.rel_pos import RelPosAttention, decomposed_rel_pos_bias, get_rel_pos
+from vlmzoo.layers.window import window_partition, window_unpartition
 
 __all__ = [
     "Activation",
@@ -20,8 +22,13 @@ __all__ = [
     "PatchEmbed",
     "PosEmbedResize",
     "QuickGELU",
+    "RelPosAttention",
     "SwiGLU",
     "check_image",
+    "decomposed_rel_pos_bias",
+    "get_rel_pos",
     "make_activation",
     "resize_pos_embed",
+    "window_partition",
+    "window_unpartition",
 ]

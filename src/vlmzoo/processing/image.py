@@ -13,6 +13,11 @@ Center-crop offsets: torchvision (and so the OpenAI CLIP recipe) uses
 ``int(round((h - crop) / 2))`` while Hugging Face's image processors (PIL and torchvision
 backends alike) use ``(h - crop) // 2``. They differ by one pixel when ``h - crop`` is
 3 mod 4; ``ImageProcessorConfig.crop_rounding`` selects the rule (``"floor"`` for HF parity).
+
+SAM's recipe (SPEC §2.4, ``ImageProcessorConfig.sam``) instead resizes the *longest* side to
+1024 (the other side ``int(old · 1024 / max(h, w) + 0.5)``), bilinearly, normalises in 0-255
+space (``rescale_factor=1``, mean/std in pixel units) and pads bottom/right with zeros — after
+normalisation, as the original and Hugging Face's ``SamImageProcessorPil`` do — to a square.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# SAM normalises 0-255 pixels: ImageNet mean/std times 255 (SPEC §2.4).
+SAM_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
+SAM_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 _PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 _LAYOUTS = "PIL images, numpy HW/HWC/NHWC arrays, torch HW/CHW/BCHW tensors, or lists of these"
@@ -46,7 +54,10 @@ class ImageProcessorConfig(Config):
     side of the square center crop. With ``do_center_crop=False`` the image is resized
     straight to ``size x size`` (aspect ratio not kept: the SigLIP-style recipe), since a
     batch needs one shape. ``crop_rounding`` picks torchvision's (``"round"``) or Hugging
-    Face's (``"floor"``) crop offset, see the module docstring.
+    Face's (``"floor"``) crop offset, see the module docstring. ``longest_edge=True`` is SAM's
+    recipe: the longest side is resized to ``size`` (aspect kept, half-up rounding), and the
+    normalised image is zero-padded bottom/right to ``size x size`` (needs
+    ``do_center_crop=False``; ``crop_size`` is then unused).
     """
 
     kind = "image_processor"
@@ -59,6 +70,7 @@ class ImageProcessorConfig(Config):
     do_center_crop: bool = True
     rescale_factor: float = 1 / 255
     crop_rounding: Literal["round", "floor"] = "round"
+    longest_edge: bool = False
 
     def validate(self) -> None:
         self._check_positive("size", "crop_size", "rescale_factor")
@@ -66,11 +78,30 @@ class ImageProcessorConfig(Config):
             self._fail("std", "every channel std must be > 0 (it is a divisor)")
         if self.do_center_crop and self.crop_size > self.size:
             self._fail("crop_size", f"must be <= size={self.size} when do_center_crop=True")
+        if self.longest_edge and self.do_center_crop:
+            self._fail(
+                "longest_edge", "longest-side resizing pads, it does not crop: set do_center_crop=False"
+            )
 
     @classmethod
     def clip(cls, image_size: int = 224) -> ImageProcessorConfig:
         """The OpenAI CLIP recipe: bicubic shortest-side resize, center crop, CLIP mean/std."""
         return cls(size=image_size, crop_size=image_size, mean=CLIP_MEAN, std=CLIP_STD)
+
+    @classmethod
+    def sam(cls, long_side: int = 1024) -> ImageProcessorConfig:
+        """The SAM recipe (SPEC §2.4): bilinear longest-side resize to ``long_side``, 0-255
+        normalisation with SAM mean/std, zero padding bottom/right to ``long_side`` squared."""
+        return cls(
+            size=long_side,
+            crop_size=long_side,
+            mean=SAM_MEAN,
+            std=SAM_STD,
+            resample="bilinear",
+            do_center_crop=False,
+            rescale_factor=1.0,
+            longest_edge=True,
+        )
 
 
 class ImageProcessor:
@@ -92,7 +123,7 @@ class ImageProcessor:
 
         Returns:
             ``pixel_values`` ``[B, 3, crop_size, crop_size]`` float32 (``[B, 3, size, size]``
-            when ``do_center_crop=False``).
+            when ``do_center_crop=False``, padded at the bottom/right with ``longest_edge``).
         """
         items = list(_split(images))
         if not items:
@@ -133,6 +164,10 @@ class ImageProcessor:
     def _resized_hw(self, h: int, w: int) -> tuple[int, int]:
         """Target (height, width) of the resize; the long side is truncated like torchvision/HF."""
         size = self.config.size
+        if self.config.longest_edge:  # SAM: scale the longest side to `size`, round half up (§2.4)
+            scale = size / max(h, w)
+            # At least 1 px: SAM and HF would crash on a 0-px side of an extremely thin image.
+            return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
         if not self.config.do_center_crop:
             return size, size
         if h <= w:
@@ -140,7 +175,7 @@ class ImageProcessor:
         return int(size * h / w), size
 
     def _crop_normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """``[3, H, W]`` rescaled floats -> center crop -> ``(x - mean) / std``."""
+        """``[3, H, W]`` rescaled floats -> center crop -> ``(x - mean) / std`` (-> SAM's zero padding)."""
         if self.config.do_center_crop:
             c = self.config.crop_size
             h, w = x.shape[-2:]
@@ -149,7 +184,11 @@ class ImageProcessor:
             else:  # Hugging Face image processors
                 top, left = (h - c) // 2, (w - c) // 2
             x = x[:, top : top + c, left : left + c]
-        return ((x - self._mean) / self._std).contiguous()
+        x = (x - self._mean) / self._std
+        if self.config.longest_edge:  # zeros *after* normalisation, bottom/right (SPEC §2.4)
+            size = self.config.size
+            x = F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
+        return x.contiguous()
 
 
 # --- input normalisation --------------------------------------------------------------------

@@ -1,0 +1,262 @@
+"""SAM image encoder -> vlmzoo (SPEC §2.5); Vary / GOT-OCR2 are in ``convert/vary.py``.
+
+vlmzoo's :class:`SamEncoder` keeps the original parameter names except the MLP (``mlp.fc1/fc2``
+like timm, the original's ``mlp.lin1/lin2``), so the layouts differ only by renames:
+
+- original ``sam_vit_*.pth``: ``image_encoder.*`` (prompt encoder and mask decoder dropped);
+- transformers ``SamVisionModel`` / ``SamModel``: ``vision_encoder.*`` with ``layers``,
+  ``layer_norm1/2``, ``patch_embed.projection``, ``neck.conv1/layer_norm1/conv2/layer_norm2``;
+- timm ``VisionTransformerSAM`` (``samvit_*``): the original names with ``mlp.fc``.
+
+Sizes are read off the peer's config (transformers) or module (timm), or off the tensors for
+state dicts: width and patch from the patch conv, the grid from ``pos_embed``, the head dim from
+the relative-position tables (heads = width / head dim), and each block's kind from its table
+length (2·grid − 1 rows: global; otherwise windowed with window = (rows + 1) / 2).
+
+Quirks carried over, not "fixed": timm builds ``samvit_*`` blocks with ``nn.LayerNorm``'s
+default eps 1e-5 where the original uses 1e-6, so a timm model converts with ``norm_eps=1e-5``.
+transformers and the original refuse inputs other than the native size; the converted models
+resize like timm (``pos_embed_resize="bicubic_antialias"``, see :mod:`vlmzoo.encoders.sam`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vlmzoo.checkpoint import load_state_dict_strict
+from vlmzoo.encoders.sam import SamConfig, SamEncoder
+from vlmzoo.errors import ConversionError
+from vlmzoo.layers import Activation
+
+StateDict = dict[str, torch.Tensor]
+
+_HF_ACTIVATIONS: dict[str, Activation] = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+# --- state-dict renames ---------------------------------------------------------------------
+def sam_state_dict_from_original(sd: StateDict) -> StateDict:
+    """Original SAM encoder keys (prefix stripped) -> SamEncoder keys: only ``mlp.lin`` -> ``mlp.fc``."""
+    return {k.replace(".mlp.lin1.", ".mlp.fc1.").replace(".mlp.lin2.", ".mlp.fc2."): v for k, v in sd.items()}
+
+
+_HF_RENAMES = (
+    ("patch_embed.projection.", "patch_embed.proj."),
+    ("neck.conv1.", "neck.0."),
+    ("neck.layer_norm1.", "neck.1."),
+    ("neck.conv2.", "neck.2."),
+    ("neck.layer_norm2.", "neck.3."),
+)
+
+
+def sam_state_dict_from_hf(sd: StateDict) -> StateDict:
+    """transformers ``SamVisionEncoder`` / ``GotOcr2VisionEncoder`` keys (no prefix) -> SamEncoder keys."""
+    out: StateDict = {}
+    for key, value in sd.items():
+        for old, new in _HF_RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+        if key.startswith("layers."):
+            key = "blocks." + key[len("layers.") :]
+            key = key.replace(".layer_norm1.", ".norm1.").replace(".layer_norm2.", ".norm2.")
+        out[key] = value
+    return sam_state_dict_from_original(out)
+
+
+def strip_prefix(sd: StateDict, prefix: str) -> StateDict:
+    """The entries whose key starts with ``prefix``, with the prefix removed (others dropped)."""
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+# --- transformers ---------------------------------------------------------------------------
+def sam_config_from_hf(hf: Any) -> SamConfig:
+    """A :class:`SamConfig` equal to a transformers ``SamVisionConfig`` / ``GotOcr2VisionConfig``."""
+    if hf.hidden_act not in _HF_ACTIVATIONS:
+        raise ConversionError(f"hidden_act={hf.hidden_act!r} has no vlmzoo equivalent")
+    image, patch = hf.image_size, hf.patch_size
+    if not isinstance(image, int) or not isinstance(patch, int):
+        raise ConversionError(f"non-square image_size={image!r} / patch_size={patch!r} are not supported")
+    mlp_dim = getattr(hf, "mlp_dim", None) or int(hf.hidden_size * getattr(hf, "mlp_ratio", 4.0))
+    return SamConfig(
+        image_size=image,
+        patch_size=patch,
+        in_channels=hf.num_channels,
+        width=hf.hidden_size,
+        depth=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        mlp_dim=mlp_dim,
+        act=_HF_ACTIVATIONS[hf.hidden_act],
+        qkv_bias=hf.qkv_bias,
+        norm_eps=hf.layer_norm_eps,
+        window_size=hf.window_size,
+        global_attn_indexes=tuple(hf.global_attn_indexes),
+        use_abs_pos=hf.use_abs_pos,
+        use_rel_pos=hf.use_rel_pos,
+        neck_dim=hf.output_channels,
+        neck_eps=1e-6,  # SamLayerNorm's default; transformers does not pass the config's eps
+    )
+
+
+def _hf_vision_encoder(model: Any) -> Any:
+    """The ``SamVisionEncoder`` / ``GotOcr2VisionEncoder`` inside a transformers model."""
+    name = type(model).__name__
+    if name in ("SamVisionEncoder", "GotOcr2VisionEncoder"):
+        return model
+    if name in ("SamVisionModel", "SamModel"):
+        return model.vision_encoder
+    if name == "GotOcr2Model":
+        return model.vision_tower
+    if name == "GotOcr2ForConditionalGeneration":
+        return model.model.vision_tower
+    raise ConversionError(f"{name} holds no SAM image encoder vlmzoo knows of")
+
+
+def from_hf_sam(model: Any) -> SamEncoder:
+    """``SamVisionModel``, ``SamModel`` (image encoder only) or a bare ``SamVisionEncoder`` /
+    ``GotOcr2VisionEncoder`` -> :class:`SamEncoder` (tokens = the neck output, ``last_hidden_state``)."""
+    encoder = _hf_vision_encoder(model)
+    config = sam_config_from_hf(encoder.config)
+    ours = SamEncoder(config)
+    load_state_dict_strict(
+        ours, sam_state_dict_from_hf(dict(encoder.state_dict())), f"converted {type(model).__name__}"
+    )
+    return ours
+
+
+# --- timm -----------------------------------------------------------------------------------
+def _timm_activation(act: nn.Module) -> Activation:
+    kind = type(act).__name__
+    if kind == "GELU":
+        return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
+    if kind == "ReLU":
+        return "relu"
+    raise ConversionError(f"timm activation {kind} has no vlmzoo equivalent")
+
+
+def sam_config_from_timm(model: Any) -> SamConfig:
+    """Read a :class:`SamConfig` off a timm ``VisionTransformerSAM``; refuses variants SAM does not have."""
+    if type(model).__name__ != "VisionTransformerSAM":
+        raise ConversionError(f"{type(model).__name__} is not a timm VisionTransformerSAM")
+    blocks = list(model.blocks)
+    block, attn = blocks[0], blocks[0].attn
+    problems = []
+    if not isinstance(model.norm_pre, nn.Identity):
+        problems.append("pre-norm (norm_pre)")
+    if model.patch_embed.proj.bias is None:
+        problems.append("patch embedding without bias")
+    if getattr(model, "rope_global", None) is not None:
+        problems.append("rotary position embedding (use_rope)")
+    if not isinstance(attn.q_norm, nn.Identity):
+        problems.append("qk-norm")
+    if not isinstance(block.ls1, nn.Identity):
+        problems.append("LayerScale")
+    if not isinstance(model.neck, nn.Sequential):
+        problems.append(f"neck {type(model.neck).__name__} (neck_chans=None)")
+    if any(p.numel() for p in model.head.parameters()):
+        problems.append("a classifier head (create it with num_classes=0 or call reset_classifier(0))")
+    if tuple(model.patch_embed.patch_size) != (model.patch_embed.patch_size[0],) * 2:
+        problems.append("non-square patches")
+    if problems:
+        raise ConversionError(
+            f"timm SAM model uses features vlmzoo's SamEncoder does not express: {problems}"
+        )
+    img = model.patch_embed.img_size
+    if img is None or img[0] != img[1]:
+        raise ConversionError(f"non-square or dynamic img_size={img} is not supported")
+    windows = {b.window_size for b in blocks if b.window_size > 0}
+    if len(windows) > 1:
+        raise ConversionError(f"blocks use several window sizes {sorted(windows)}")
+    return SamConfig(
+        image_size=img[0],
+        patch_size=model.patch_embed.patch_size[0],
+        in_channels=model.patch_embed.proj.in_channels,
+        width=model.embed_dim,
+        depth=len(blocks),
+        num_heads=attn.num_heads,
+        mlp_dim=block.mlp.fc1.out_features,
+        act=_timm_activation(block.mlp.act),
+        qkv_bias=attn.qkv.bias is not None,
+        norm_eps=block.norm1.eps,  # 1e-5 in timm's samvit_* (nn.LayerNorm default), not SAM's 1e-6
+        window_size=windows.pop() if windows else 0,
+        global_attn_indexes=tuple(i for i, b in enumerate(blocks) if b.window_size == 0),
+        use_abs_pos=model.pos_embed is not None,
+        use_rel_pos=attn.use_rel_pos,
+        neck_dim=model.neck[0].out_channels,
+        neck_eps=model.neck[1].eps,
+        pos_embed_resize="bicubic_antialias",  # timm's resample_abs_pos_embed_nhwc
+    )
+
+
+def from_timm_sam(model: Any) -> SamEncoder:
+    """timm ``VisionTransformerSAM`` (``samvit_*``, head-less) -> :class:`SamEncoder` (= ``forward_features``)."""
+    config = sam_config_from_timm(model)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    ours = SamEncoder(config)
+    load_state_dict_strict(ours, state, "converted timm VisionTransformerSAM")
+    return ours
+
+
+# --- original releases ----------------------------------------------------------------------
+def sam_config_from_state_dict(sd: StateDict) -> SamConfig:
+    """Infer a :class:`SamConfig` from SamEncoder-named tensors (see the module docstring)."""
+    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.rel_pos_h"):
+        if key not in sd:
+            raise ConversionError(
+                f"not a SAM image-encoder state dict: {key!r} is missing (sizes cannot be inferred "
+                f"without it; found e.g. {sorted(sd)[:5]})"
+            )
+    conv = sd["patch_embed.proj.weight"]
+    width, in_channels, patch = conv.shape[0], conv.shape[1], conv.shape[-1]
+    grid_h, grid_w = sd["pos_embed"].shape[1:3]
+    if grid_h != grid_w:
+        raise ConversionError(f"non-square pos_embed grid {grid_h}x{grid_w} is not supported")
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    head_dim = sd["blocks.0.attn.rel_pos_h"].shape[1]
+    windows, global_indexes = set(), []
+    for i in range(depth):
+        rows = sd[f"blocks.{i}.attn.rel_pos_h"].shape[0]
+        if rows == 2 * grid_h - 1:  # tables sized for the whole grid (a window == grid is the same thing)
+            global_indexes.append(i)
+        else:
+            windows.add((rows + 1) // 2)
+    if len(windows) > 1:
+        raise ConversionError(f"blocks use several window sizes {sorted(windows)}")
+    return SamConfig(
+        image_size=grid_h * patch,
+        patch_size=patch,
+        in_channels=in_channels,
+        width=width,
+        depth=depth,
+        num_heads=width // head_dim,
+        mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0],
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        window_size=windows.pop() if windows else 0,
+        global_attn_indexes=tuple(global_indexes),
+        neck_dim=sd["neck.0.weight"].shape[0] if "neck.0.weight" in sd else None,
+    )
+
+
+def from_original_sam(sd: StateDict) -> SamEncoder:
+    """A segment-anything checkpoint (``sam_vit_{b,l,h}_*.pth``: ``image_encoder.*``) -> :class:`SamEncoder`.
+
+    Bare encoder state dicts (no ``image_encoder.`` prefix) are accepted too; the prompt encoder
+    and mask decoder are not part of the result.
+    """
+    if any(k.startswith("image_encoder.") for k in sd):
+        sd = strip_prefix(sd, "image_encoder.")
+    state = sam_state_dict_from_original(sd)
+    ours = SamEncoder(sam_config_from_state_dict(state))
+    load_state_dict_strict(ours, state, "segment-anything image_encoder state dict")
+    return ours
+
+
+TRANSFORMERS = {
+    "SamVisionModel": from_hf_sam,
+    "SamModel": from_hf_sam,
+    "SamVisionEncoder": from_hf_sam,
+    "GotOcr2VisionEncoder": from_hf_sam,
+}
+TIMM = {"VisionTransformerSAM": from_timm_sam}
+ORIGINAL = {"segment-anything": from_original_sam}
