@@ -233,3 +233,26 @@ def test_tiny_blip2_runs_with_one_placeholder():
     size = model.encoder.config.image_size
     out = model(torch.randn(1, 3, size, size), torch.tensor([[IMG, 5, 6]]))
     assert out.logits.shape[1] == 2 + model.tokens_per_image
+
+
+def test_vary_uses_an_identity_adapter_and_per_tower_images():
+    model = vlmzoo.create_model("tiny-vary").eval()
+    clip_size = model.encoder.towers["clip"].config.image_size
+    vocab_size = model.encoder.towers["vocab"].config.image_size
+    ids = torch.tensor([[IMG, 5, 6]])
+    pixels = (torch.randn(1, 3, clip_size, clip_size), torch.randn(1, 3, vocab_size, vocab_size))
+    with torch.no_grad():
+        out = model(pixels, ids)
+    assert out.logits.shape[1] == 2 + model.tokens_per_image
+    assert sum(p.numel() for p in model.adapter.parameters()) == 0
+
+
+def test_identity_adapter_between_different_widths_is_rejected():
+    with pytest.raises(ConfigError, match="identity projector .* needs in_dim == out_dim"):
+        vlmzoo.create_adapter("identity", in_dim=64, out_dim=32)
+
+
+def test_per_tower_inputs_with_different_image_counts_are_rejected():
+    model = vlmzoo.create_model("tiny-vary")
+    with pytest.raises(InputError, match="different numbers of images"):
+        model((torch.randn(1, 3, 32, 32), torch.randn(2, 3, 64, 64)), torch.tensor([[IMG, 5]]))

@@ -1,7 +1,8 @@
 """LLaVA's projector (Liu et al. 2023; LLaVA-1.5, SPEC §8): a linear layer or an MLP per token.
 
 ``depth=1`` is LLaVA v1's ``linear``; ``depth=2`` is v1.5's ``mlp2x_gelu`` (Linear -> GELU ->
-Linear); ``mlp{N}x_gelu`` generalises. The module is an ``nn.Sequential`` so its keys are the
+Linear); ``mlp{N}x_gelu`` generalises; ``depth=0`` is LLaVA's ``identity`` (for encoders whose
+tokens already have the LLM's width, such as Vary's fused towers). The module is an ``nn.Sequential`` so its keys are the
 original ``mm_projector.{0,2}`` ones. Token count is unchanged: M = N.
 """
 
@@ -14,7 +15,7 @@ import torch.nn as nn
 
 from vlmzoo.adapters.base import PrefixAdapter
 from vlmzoo.config import Config
-from vlmzoo.errors import InputError
+from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.layers import Activation, make_activation
 from vlmzoo.registry import register, register_architecture
 
@@ -32,7 +33,7 @@ class MLPProjectorConfig(Config):
     bias: bool = True
 
     def validate(self) -> None:
-        self._check_positive("depth")
+        self._check_non_negative("depth")
         for name in ("in_dim", "out_dim"):
             if getattr(self, name) is not None:
                 self._check_positive(name)
@@ -49,6 +50,13 @@ class MLPProjector(PrefixAdapter):
         if config.in_dim is None or config.out_dim is None:
             raise InputError("MLPProjector needs in_dim and out_dim (a VisionLanguageModel fills them in)")
         self.config = config
+        if config.depth == 0:
+            if config.in_dim != config.out_dim:
+                raise ConfigError(
+                    f"an identity projector (depth=0) needs in_dim == out_dim, got {config.in_dim} -> {config.out_dim}"
+                )
+            self.proj = nn.Identity()
+            return
         layers: list[nn.Module] = [nn.Linear(config.in_dim, config.out_dim, bias=config.bias)]
         for _ in range(config.depth - 1):
             layers += [
@@ -68,6 +76,13 @@ class MLPProjector(PrefixAdapter):
         return self.proj(tokens)
 
 
+register(
+    "identity",
+    "adapter",
+    MLPProjectorConfig(depth=0),
+    MLPProjector,
+    "no projection (tokens already LLM-wide)",
+)
 register("linear", "adapter", MLPProjectorConfig(depth=1), MLPProjector, "LLaVA v1 linear projector")
 register("mlp2x_gelu", "adapter", MLPProjectorConfig(depth=2), MLPProjector, "LLaVA-1.5 MLP projector")
 register("mlp3x_gelu", "adapter", MLPProjectorConfig(depth=3), MLPProjector, "3-layer GELU MLP projector")

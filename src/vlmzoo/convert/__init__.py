@@ -39,7 +39,13 @@ def _tables() -> dict[str, dict[str, Callable[..., nn.Module]]]:
         for info in pkgutil.iter_modules(__path__):
             module = importlib.import_module(f"{__name__}.{info.name}")
             for table, entries in tables.items():
-                entries.update(getattr(module, table, {}))
+                for name, fn in getattr(module, table, {}).items():
+                    if name in entries and entries[name] is not fn:
+                        raise RuntimeError(
+                            f"{table} converter for {name!r} is declared twice "
+                            f"({entries[name].__module__} and {module.__name__})"
+                        )
+                    entries[name] = fn
         _TABLES = tables
     return _TABLES
 

@@ -2,12 +2,21 @@
 
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.encoders.clip_text import TextOutput, TextTransformer, TextTransformerConfig
+from vlmzoo.encoders.fusion import FusedEncoder, FusedEncoderConfig
+from vlmzoo.encoders.sam import SamConfig, SamEncoder
+from vlmzoo.encoders.vary import VaryVocabConfig, VaryVocabEncoder
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 
 __all__ = [
+    "FusedEncoder",
+    "FusedEncoderConfig",
+    "SamConfig",
+    "SamEncoder",
     "TextOutput",
     "TextTransformer",
     "TextTransformerConfig",
+    "VaryVocabConfig",
+    "VaryVocabEncoder",
     "ViTConfig",
     "VisionOutput",
     "VisionTransformer",

@@ -1,4 +1,5 @@
-"""Named VLMs with their published sizes (SPEC §8 LLaVA-1.5, §6 BLIP-2, §7 OpenFlamingo), plus tiny variants.
+"""Named VLMs with their published sizes (SPEC §8 LLaVA-1.5, §6 BLIP-2, §7 OpenFlamingo, §3 Vary),
+plus tiny variants.
 
 Each preset is a :class:`VLMConfig` composed from the component presets, so ``vlmzoo info
 llava-1.5-7b`` can build it on the meta device and count its parameters exactly.
@@ -11,6 +12,7 @@ from vlmzoo.adapters.mlp import MLPProjectorConfig
 from vlmzoo.adapters.qformer import QFormerConfig
 from vlmzoo.decoders.hf import DECODER_PRESETS
 from vlmzoo.encoders.eva import EVA_PRESETS
+from vlmzoo.encoders.vary import VARY_FUSED_PRESETS
 from vlmzoo.encoders.vit import CLIP_VISION_PRESETS, ViTConfig
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
 from vlmzoo.registry import register
@@ -68,6 +70,24 @@ VLM_PRESETS: dict[str, VLMConfig] = {
         adapter=FLAMINGO_PRESETS["tiny-flamingo"],
         decoder=DECODER_PRESETS["tiny-llama"],
         image_token_id=3,
+    ),
+    # Vary: the fused encoder already projects each tower to half the LLM width and joins them
+    # along channels (SPEC §3.2-3.3), so the adapter is the identity. Vary writes `<img>`, 256
+    # `<imgpad>`, `</img>`; here one placeholder per image is expanded to the 256 tokens.
+    "vary-base": VLMConfig(
+        encoder=VARY_FUSED_PRESETS["vary-base-encoder"],
+        adapter=MLPProjectorConfig(depth=0),
+        decoder=DECODER_PRESETS["qwen-7b"],
+    ),
+    "vary-toy": VLMConfig(
+        encoder=VARY_FUSED_PRESETS["vary-toy-encoder"],
+        adapter=MLPProjectorConfig(depth=0),
+        decoder=DECODER_PRESETS["qwen-1.8b"],
+    ),
+    "tiny-vary": VLMConfig(
+        encoder=VARY_FUSED_PRESETS["vary-toy-encoder-tiny"],
+        adapter=MLPProjectorConfig(depth=0),
+        decoder=DECODER_PRESETS["tiny-qwen2"],
     ),
 }
 

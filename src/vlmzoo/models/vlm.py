@@ -74,6 +74,20 @@ class VLMOutput:
     cache: Any = None
 
 
+def _num_images(pixel_values: Any) -> int:
+    """Images in ``pixel_values``: a [n, C, H, W] tensor, or one such tensor per tower of a fused
+    encoder (a tuple in tower order or a dict by tower name), all with the same n."""
+    if pixel_values is None:
+        return 0
+    if isinstance(pixel_values, torch.Tensor):
+        return pixel_values.shape[0]
+    tensors = list(pixel_values.values() if isinstance(pixel_values, dict) else pixel_values)
+    counts = {t.shape[0] for t in tensors}
+    if len(counts) != 1:
+        raise InputError(f"per-tower pixel_values hold different numbers of images: {sorted(counts)}")
+    return counts.pop()
+
+
 def kv_cache(output: Any) -> Any:
     """The KV cache of a transformers output (``cache`` in transformers >= 5.2, else ``past_key_values``)."""
     for name in ("cache", "past_key_values"):
@@ -181,7 +195,7 @@ class VisionLanguageModel(nn.Module):
             if t is not None and t.shape != input_ids.shape:
                 raise InputError(f"{name} shape {tuple(t.shape)} != input_ids shape {tuple(input_ids.shape)}")
         placeholders = int((input_ids == self.config.image_token_id).sum())
-        num_images = 0 if pixel_values is None else pixel_values.shape[0]
+        num_images = _num_images(pixel_values)
         per_image = (
             1 if self.config.expand_image_tokens or self.injection != "prefix" else self.tokens_per_image
         )
@@ -262,7 +276,8 @@ class VisionLanguageModel(nn.Module):
     ) -> VLMOutput:
         """Loss (when ``labels`` [B, L] are given, -100 = ignore) and logits over the merged text.
 
-        ``pixel_values`` [n_img, C, H, W]; ``input_ids`` [B, L] with one placeholder per image (or
+        ``pixel_values`` [n_img, C, H, W] (a tuple/dict of them for a two-tower encoder);
+        ``input_ids`` [B, L] with one placeholder per image (or
         M with ``expand_image_tokens=False``); ``attention_mask`` [B, L] 1 = token, 0 = padding.
         """
         if input_ids is None:

@@ -5,6 +5,8 @@ from vlmzoo.processing.image import (
     CLIP_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    SAM_MEAN,
+    SAM_STD,
     ImageProcessor,
     ImageProcessorConfig,
 )
@@ -14,6 +16,8 @@ __all__ = [
     "CLIP_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SAM_MEAN",
+    "SAM_STD",
     "ImageProcessor",
     "ImageProcessorConfig",
 ]
