@@ -23,7 +23,10 @@ How it runs
 How to read it
     ``median`` is the figure to compare; ``p25``/``p75`` show the spread, so a ratio whose
     difference is inside the spread is noise. ``vlmzoo / X`` < 1 means vlmzoo is faster than X;
-    the target is ``vlmzoo / faster peer`` <= 1.0.
+    the target is ``vlmzoo / faster peer`` <= 1.0. The ratio is given twice: ``of medians``
+    (median vlmzoo time / median peer time) and ``paired`` (the median over rounds of the
+    per-round ratio), which cancels slow phases that last a whole round; when the two disagree,
+    the machine was busy and the run should be repeated.
 
 Run ``python benchmarks/encoders.py`` (full) or ``--quick`` (batch 2, few repeats: a smoke test).
 New encoder pairs (SAM-B at 1024 px, DINOv2-B/14, ...) are added as a ``build_*`` function
@@ -181,7 +184,11 @@ def time_round_robin(case: Case, repeats: int, warmup: int) -> dict[str, list[fl
 
 
 def quantile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=4, method="inclusive")[int(q * 4) - 1] if len(values) > 1 else values[0]
+    return (
+        statistics.quantiles(values, n=4, method="inclusive")[int(q * 4) - 1]
+        if len(values) > 1
+        else values[0]
+    )
 
 
 def report(case: Case, times: dict[str, list[float]]) -> None:
@@ -193,10 +200,15 @@ def report(case: Case, times: dict[str, list[float]]) -> None:
             f"{1e3 * quantile(ts, 0.75):>9.1f} {1e3 * min(ts):>9.1f}  {len(ts)}"
         )
     peers = {name: m for name, m in med.items() if name != OURS}
-    for name, m in peers.items():
-        print(f"  {OURS} / {name:<13} {med[OURS] / m:.3f}x")
     fastest = min(peers, key=peers.__getitem__)
-    print(f"  {OURS} / faster peer   {med[OURS] / peers[fastest]:.3f}x  (faster peer: {fastest})")
+    width = len(f"{OURS} / faster peer ({fastest})")
+    print(f"  {'ratio':<{width}} {'of medians':>10} {'paired':>8}")
+    for label, name in [
+        *((f"{OURS} / {n}", n) for n in peers),
+        (f"{OURS} / faster peer ({fastest})", fastest),
+    ]:
+        paired = statistics.median(a / b for a, b in zip(times[OURS], times[name], strict=True))
+        print(f"  {label:<{width}} {med[OURS] / peers[name]:>9.3f}x {paired:>7.3f}x")
 
 
 def environment(threads: int) -> str:
@@ -221,12 +233,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8; 2 with --quick)")
     p.add_argument(
-        "--image-size", type=int, default=None, help="input/native image size (default: the case's, 224 for CLIP)"
+        "--image-size",
+        type=int,
+        default=None,
+        help="input/native image size (default: the case's, 224 for CLIP)",
     )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 20; 3 with --quick)")
     p.add_argument(
-        "--warmup", type=int, default=None, help="untimed calls each after the check (default 2; 0 with --quick)"
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed calls each after the check (default 2; 0 with --quick)",
     )
     p.add_argument("--quick", action="store_true", help="smoke test: batch 2, few repeats")
     p.add_argument(

@@ -133,15 +133,16 @@ class TextTransformer(nn.Module):
             # A query that sees no key at all (left padding) would give NaN: let it see itself.
             blind = ~mask.any(dim=-1, keepdim=True)
             mask = mask | (blind & torch.eye(length, dtype=torch.bool, device=x.device))
-        hidden = [x]
+        hidden = [x] if output_hidden_states else None  # kept only when asked (peak memory)
         for block in self.blocks:
             x = block(x, attn_mask=mask, is_causal=causal)
-            hidden.append(x)
+            if hidden is not None:
+                hidden.append(x)
         tokens = self.norm(x)
         pooled = tokens[torch.arange(tokens.shape[0], device=x.device), self.eot_positions(input_ids)]
         return TextOutput(
             tokens=tokens,
             pooled=pooled,
             embeds=self.head(pooled) if self.head is not None else None,
-            hidden_states=tuple(hidden) if output_hidden_states else None,
+            hidden_states=tuple(hidden) if hidden is not None else None,
         )
