@@ -1,7 +1,8 @@
 """Encoder forward time: vlmzoo vs the peer implementations, all carrying the same weights.
 
 What it measures
-    For each *case* (today: the CLIP ViT-B/16 vision tower), the wall-clock time of one
+    For each *case* (CLIP ViT-B/16 at 224 px, SAM ViT-B at 1024 px, DINOv2 ViT-B/14 at 224 px), the
+    wall-clock time of one
     ``forward`` of every implementation on the same random batch: fp32, eval mode,
     ``torch.inference_mode()``, ``torch.set_num_threads(--threads)``, on CPU. The peers are built
     without any download (random init); the weights are copied across so that all of them
@@ -132,9 +133,103 @@ def build_clip_b16(batch: int, image_size: int | None) -> Case:
     )
 
 
-# name -> builder(batch, image_size or None for the case's native size)
-CASES: dict[str, Callable[[int, int | None], Case]] = {
-    "clip-vit-b16": build_clip_b16,
+def perturb_1d_(model: nn.Module) -> nn.Module:
+    """Peers init norms to (1, 0) and biases/LayerScale to constants: perturb them so a mix-up shows."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def load_into_timm(tm: nn.Module, state: dict[str, torch.Tensor], ignore: set[str] = frozenset()) -> None:
+    result = tm.load_state_dict({k: v for k, v in state.items() if k not in ignore}, strict=False)
+    if result.unexpected_keys or result.missing_keys:
+        raise RuntimeError(
+            f"timm model does not take the vlmzoo weights: missing {result.missing_keys}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+
+
+def build_sam_b(batch: int, image_size: int | None) -> Case:
+    """SAM ViT-B image encoder at 1024 px: transformers SamVisionModel -> vlmzoo -> timm samvit_base."""
+    import timm
+    import transformers
+
+    import vlmzoo
+
+    size = image_size or 1024
+    hf = transformers.SamVisionModel(
+        transformers.SamVisionConfig(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            mlp_dim=3072,
+            image_size=size,
+            global_attn_indexes=[2, 5, 8, 11],
+            output_channels=256,
+            window_size=14,
+        )
+    )
+    hf = perturb_1d_(hf).eval()
+    ours = vlmzoo.convert.from_transformers(hf).eval()
+    tm = timm.create_model("samvit_base_patch16", pretrained=False, num_classes=0, img_size=size).eval()
+    load_into_timm(tm, ours.state_dict())
+    grid = size // 16
+    return Case(
+        title=f"SAM ViT-B image encoder, {size} px, batch {batch} (neck output 256 x {grid} x {grid})",
+        impls=[
+            Impl("transformers", hf, lambda m, x: m(pixel_values=x).last_hidden_state),
+            Impl(OURS, ours, lambda m, x: m(x).tokens.transpose(1, 2).reshape(x.shape[0], 256, grid, grid)),
+            Impl("timm", tm, lambda m, x: m.forward_features(x)),
+        ],
+        inputs=torch.randn(batch, 3, size, size),
+        notes=[
+            "timm's samvit LayerNorms use eps 1e-5 (SAM: 1e-6); negligible against these feature variances"
+        ],
+    )
+
+
+def build_dinov2_b14(batch: int, image_size: int | None) -> Case:
+    """DINOv2 ViT-B/14 (position embeddings built for the input size, so nobody interpolates)."""
+    import timm
+    import transformers
+
+    import vlmzoo
+
+    size = image_size or 224
+    hf = transformers.Dinov2Model(
+        transformers.Dinov2Config(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            mlp_ratio=4,
+            patch_size=14,
+            image_size=size,
+            layerscale_value=1.0,
+        )
+    )
+    hf = perturb_1d_(hf).eval()
+    ours = vlmzoo.convert.from_transformers(hf).eval()
+    ours.config = ours.config.replace(feature_norm=True, feature_tokens="all", pool="none")
+    tm = timm.create_model("vit_base_patch14_dinov2", pretrained=False, img_size=size, num_classes=0).eval()
+    load_into_timm(tm, ours.state_dict(), ignore={"mask_token"})
+    return Case(
+        title=f"DINOv2 ViT-B/14, {size} px, batch {batch} (final-normed tokens)",
+        impls=[
+            Impl("transformers", hf, lambda m, x: m(pixel_values=x).last_hidden_state),
+            Impl(OURS, ours, lambda m, x: m(x).tokens),
+            Impl("timm", tm, lambda m, x: m.forward_features(x)),
+        ],
+        inputs=torch.randn(batch, 3, size, size),
+    )
+
+
+# name -> (builder(batch, image_size or None for the case's native size), default batch)
+CASES: dict[str, tuple[Callable[[int, int | None], Case], int]] = {
+    "clip-vit-b16": (build_clip_b16, 8),
+    "sam-vit-b": (build_sam_b, 1),
+    "dinov2-vit-b14": (build_dinov2_b14, 8),
 }
 
 
@@ -231,7 +326,9 @@ def environment(threads: int) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 8; 2 with --quick)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="batch size (default: the case's; 1-2 with --quick)"
+    )
     p.add_argument(
         "--image-size",
         type=int,
@@ -252,7 +349,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.batch = args.batch or (2 if args.quick else 8)
     args.repeats = args.repeats or (3 if args.quick else 20)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 2)
     return args
@@ -263,11 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     print(environment(args.threads))
-    print(f"batch {args.batch}, repeats {args.repeats}, warmup {args.warmup} (round-robin, perf_counter)")
+    print(f"repeats {args.repeats}, warmup {args.warmup} (round-robin, perf_counter)")
     failed = False
     for name in args.case or list(CASES):
         t0 = time.perf_counter()
-        case = CASES[name](args.batch, args.image_size)
+        builder, default_batch = CASES[name]
+        batch = args.batch or (min(2, default_batch) if args.quick else default_batch)
+        case = builder(batch, args.image_size)
         print(f"\n== {name}: {case.title}")
         for note in case.notes:
             print(f"  {note}")
