@@ -38,7 +38,7 @@ def generate_answers(
     tokenizer: Tokenizer,
     pixel_values: torch.Tensor,
     prompts: Sequence[str],
-    max_new_tokens: int = 8,
+    max_new_tokens: int = 12,
     batch_size: int = 64,
 ) -> list[str]:
     """Greedy answers, one image ([n, 3, H, W]) per prompt; text is cut at the first EOS."""
