@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="train a tiny VLM on built-in synthetic data and report held-out accuracy"
     )
-    p.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -164,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ablate", help="compare encoders x adapters x decoders on the same data, budget and seed"
     )
-    p.add_argument("--encoders", default="clip-vit-tiny", help="comma-separated encoder names")
+    p.add_argument("--encoders", default="demo-vit", help="comma-separated encoder names")
     p.add_argument("--adapters", default="mlp2x_gelu,linear", help="comma-separated adapter names")
-    p.add_argument("--decoders", default="tiny-llama", help="comma-separated decoder names")
+    p.add_argument("--decoders", default="demo-llama", help="comma-separated decoder names")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/ablate")

@@ -74,9 +74,9 @@ def build_task(
 
 def build_model(
     tokenizer: SentencePieceTokenizer,
-    encoder: str = "clip-vit-tiny",
+    encoder: str = "demo-vit",
     adapter: str = "mlp2x_gelu",
-    decoder: str = "tiny-llama",
+    decoder: str = "demo-llama",
     image_size: int = 48,
 ) -> VisionLanguageModel:
     """A VLM from registry names, sized to the tokenizer, every part trainable (nothing is pretrained)."""
@@ -117,7 +117,7 @@ def train_and_evaluate(
     steps: int,
     seed: int,
     batch_size: int = 64,
-    lr: float = 2e-3,
+    lr: float = 3e-3,
     eval_every: int | None = None,
     progress: bool = True,
     resume: bool = False,
@@ -184,7 +184,7 @@ def plot_losses(curves: dict[str, tuple[list[int], list[float]]], path: Path, ti
 
 def run_demo(
     out: str = "runs/demo",
-    steps: int = 600,
+    steps: int = 1500,
     seed: int = 0,
     device: str = "cpu",
     resume: bool = False,
@@ -202,10 +202,13 @@ def run_demo(
         f"{len(task.val_captions)} unseen scenes; tokenizer vocabulary {task.tokenizer.vocab_size}"
     )
     print(parameter_table(model))
-    result = train_and_evaluate(model, task, run_dir, steps, seed, progress=progress, resume=resume)
+    result = train_and_evaluate(
+        model, task, run_dir, steps, seed, eval_every=max(1, steps // 4), progress=progress, resume=resume
+    )
     save(model, run_dir)
     tok = task.tokenizer
-    shown = task.val_qa[:: max(1, len(task.val_qa) // 8)][:8]
+    stride = max(1, len(task.val_qa) // 8)
+    shown = [task.val_qa[(i * stride + i) % len(task.val_qa)] for i in range(8)]  # varied question types
     answers = generate_answers(
         model, tok, task.val_pixels[[i for i, _, _ in shown]], [q for _, q, _ in shown]
     )

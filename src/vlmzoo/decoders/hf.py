@@ -257,6 +257,8 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
             no_bias=True,
         ),
     ),
+    # The `vlmzoo demo` LM (vocab_size and special ids are set from the trained tokenizer).
+    "demo-llama": _llama(64, 2, 2, 128, vocab=128, num_key_value_heads=2, max_position_embeddings=256),
     # Tiny decoders of four families for tests and CPU demos.
     "tiny-llama": _llama(64, 2, 4, 128, vocab=512, num_key_value_heads=2, max_position_embeddings=512),
     "tiny-qwen2": DecoderConfig(

@@ -4,10 +4,18 @@ One configurable model covers the published towers: OpenAI CLIP (no patch bias, 
 QuickGELU, projection without bias — SPEC §1.2), timm's ``vit_*_clip_*`` (exact GELU, projection
 with bias), and the LayerScale / register-token / SwiGLU variants. Feature selection for VLMs
 (layer -2, drop CLS, pre/post norm) is configuration, never a code change (DESIGN, LLaVA §8).
+
+Attention is a per-block choice (``block_attention``): global softmax by default, or ViTDet
+windows, Swin shifted windows, PVT spatial reduction, CSWin stripes or FLatten focused linear
+attention (SPEC §5.4, :mod:`vlmzoo.layers.block_attention`). "Replace the first 4 blocks of CLIP
+by focused linear attention" is ``config.with_attention("focused_linear", blocks=range(4))``.
+CLS and register tokens attend globally in every block and are visible to every window/stripe
+(the reasons are in :mod:`vlmzoo.layers.spatial_attention`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,8 +24,14 @@ import torch.nn as nn
 
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
-from vlmzoo.errors import InputError
+from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.layers import Activation, Block, PatchEmbed, PosEmbedResize, resize_pos_embed
+from vlmzoo.layers.block_attention import (
+    AttentionOptions,
+    BlockAttention,
+    build_block_attention,
+    shift_sizes,
+)
 from vlmzoo.registry import register, register_architecture
 
 
@@ -33,6 +47,12 @@ class ViTConfig(Config):
     ``mlp_dim`` sets the MLP hidden width exactly (for SwiGLU: the width of each half), overriding
     ``width * mlp_ratio`` (DINOv2-g's 4096 is not a round ratio of 1536, SPEC §4.1).
     ``mask_token`` adds DINOv2's learned token that replaces masked patches (SPEC §4.3).
+
+    ``block_attention``: one attention type per block (empty = all ``"global"``); the types and
+    what they add are listed in :mod:`vlmzoo.layers.block_attention`. Their hyperparameters:
+    ``window_size`` (``window``, ``shifted_window``), ``sr_ratio`` (``spatial_reduction``),
+    ``stripe_width`` (``cross_shaped``), ``focusing_factor`` and ``dwc_kernel_size``
+    (``focused_linear``; FLatten's 3 and 5, SPEC §5.1). :meth:`with_attention` edits the layout.
     """
 
     kind = "encoder"
@@ -64,6 +84,12 @@ class ViTConfig(Config):
     feature_layer: int = -1
     feature_tokens: Literal["patch", "all"] = "patch"
     feature_norm: bool = False
+    block_attention: tuple[BlockAttention, ...] = ()
+    window_size: int = 14
+    sr_ratio: int = 2
+    stripe_width: int = 7
+    focusing_factor: float = 3.0
+    dwc_kernel_size: int = 5
 
     def validate(self) -> None:
         self._check_positive(
@@ -86,6 +112,52 @@ class ViTConfig(Config):
             self._fail("embed_dim", "a projection head needs pooling (pool='cls' or 'mean')")
         if not -(self.depth + 1) <= self.feature_layer <= self.depth:
             self._fail("feature_layer", f"must index hidden_states: -{self.depth + 1} .. {self.depth}")
+        self._validate_attention()
+
+    def _validate_attention(self) -> None:
+        if self.block_attention and len(self.block_attention) != self.depth:
+            self._fail(
+                "block_attention",
+                f"needs one entry per block (depth={self.depth}), got {len(self.block_attention)}; "
+                "() means every block is 'global'",
+            )
+        self._check_positive("window_size", "sr_ratio", "stripe_width", "focusing_factor", "dwc_kernel_size")
+        kinds = set(self.attention_types)
+        if "cross_shaped" in kinds and self.num_heads % 2:
+            self._fail(
+                "block_attention",
+                f"'cross_shaped' splits the heads in two: num_heads={self.num_heads} is odd",
+            )
+        for kind in ("spatial_reduction", "focused_linear"):
+            if kind in kinds and self.qkv_bias == "qv":
+                self._fail(
+                    "block_attention", f"{kind!r} does not support qkv_bias='qv' (EVA's q/v-only biases)"
+                )
+        if "focused_linear" in kinds and self.dwc_kernel_size % 2 == 0:
+            self._fail("dwc_kernel_size", "must be odd (the DWC keeps the grid size with padding k // 2)")
+
+    @property
+    def attention_types(self) -> tuple[str, ...]:
+        """The attention type of every block (``block_attention``, or all ``"global"``)."""
+        return self.block_attention or ("global",) * self.depth
+
+    def with_attention(
+        self, kind: BlockAttention, blocks: Iterable[int] | None = None, **fields: object
+    ) -> ViTConfig:
+        """A copy in which ``blocks`` (indexes, negative counting from the end; default: all) use
+        attention ``kind``; ``fields`` set other fields too, e.g. ``window_size=14``.
+
+        ``clip.with_attention("focused_linear", blocks=range(4))`` replaces the first 4 blocks.
+        """
+        indexes = range(self.depth) if blocks is None else list(blocks)
+        layout = list(self.attention_types)
+        for i in indexes:
+            if isinstance(i, bool) or not isinstance(i, int) or not -self.depth <= i < self.depth:
+                raise ConfigError(
+                    f"ViTConfig.with_attention: block index {i!r} is not in 0 .. {self.depth - 1}"
+                )
+            layout[i] = kind
+        return self.replace(block_attention=tuple(layout), **fields)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -124,6 +196,15 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(scale * torch.randn(1, num_pos, c.width))
         self.norm_pre = nn.LayerNorm(c.width, eps=c.norm_eps) if c.pre_norm else nn.Identity()
         rates = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]  # stochastic depth rule
+        options = AttentionOptions(
+            window_size=c.window_size,
+            sr_ratio=c.sr_ratio,
+            stripe_width=c.stripe_width,
+            focusing_factor=c.focusing_factor,
+            dwc_kernel_size=c.dwc_kernel_size,
+        )
+        kinds = c.attention_types
+        shifts = shift_sizes(kinds, c.window_size)
         self.blocks = nn.ModuleList(
             Block(
                 c.width,
@@ -135,8 +216,11 @@ class VisionTransformer(nn.Module):
                 layer_scale_init=c.layer_scale_init,
                 drop_path=rate,
                 swiglu=c.swiglu,
+                attn=build_block_attention(
+                    kind, c.width, c.num_heads, c.grid, c.num_prefix_tokens, c.qkv_bias, options, shift
+                ),
             )
-            for rate in rates
+            for rate, kind, shift in zip(rates, kinds, shifts, strict=True)
         )
         self.norm = nn.LayerNorm(c.width, eps=c.norm_eps) if c.final_norm else nn.Identity()
         self.head = nn.Linear(c.width, c.embed_dim, bias=c.proj_bias) if c.embed_dim else None
@@ -212,11 +296,16 @@ class VisionTransformer(nn.Module):
         feature_index = c.feature_layer % (c.depth + 1)
         needs_all = output_hidden_states or c.pool != "none"
         last = c.depth if needs_all else feature_index
-        hidden = [x]
-        for block in self.blocks[:last]:
-            x = block(x)
-            hidden.append(x)
-        tokens = hidden[feature_index]
+        # Keep block outputs only when asked: holding all of them costs depth x [B, N, C] of peak
+        # memory and page faults on every call (measured 2-3% of a CLIP-B/16 forward on CPU).
+        hidden = [x] if output_hidden_states else None
+        tokens = x
+        for index, block in enumerate(self.blocks[:last], start=1):
+            x = block(x, grid=grid)
+            if hidden is not None:
+                hidden.append(x)
+            if index == feature_index:
+                tokens = x
         if c.feature_norm:
             tokens = self.norm(tokens)
         if c.feature_tokens == "patch":
@@ -229,7 +318,7 @@ class VisionTransformer(nn.Module):
         return VisionOutput(
             tokens=tokens,
             grid=grid,
-            hidden_states=tuple(hidden) if output_hidden_states else None,
+            hidden_states=tuple(hidden) if hidden is not None else None,
             pooled=pooled,
             embeds=embeds,
         )
@@ -263,6 +352,8 @@ CLIP_VISION_PRESETS: dict[str, ViTConfig] = {
     # Tiny towers for tests and CPU demos: same structure, a few hundred thousand parameters.
     "clip-vit-tiny": clip_vision_config(32, 8, 64, 2, 32).replace(num_heads=4),
     "clip-vit-tiny-p4": clip_vision_config(32, 4, 64, 2, 32).replace(num_heads=4),
+    # The `vlmzoo demo` tower: 48 px images, 6x6 patches, 2 heads of 32 (learns in ~1 CPU minute).
+    "demo-vit": clip_vision_config(48, 8, 64, 2, 32).replace(num_heads=2),
 }
 
 for _name, _cfg in CLIP_VISION_PRESETS.items():
