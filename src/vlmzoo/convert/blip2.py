@@ -30,7 +30,7 @@ import torch
 
 from vlmzoo.adapters.qformer import QFormer, QFormerConfig, QFormerModel
 from vlmzoo.checkpoint import load_state_dict_strict
-from vlmzoo.convert.clip import _activation
+from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.encoders.eva import eva_vit_config
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
@@ -51,7 +51,7 @@ def vision_config_from_hf(hf: Any) -> ViTConfig:
         num_heads=hf.num_attention_heads,
     ).replace(
         mlp_dim=hf.intermediate_size,  # exact, no ratio rounding
-        act=_activation(hf.hidden_act),
+        act=from_hf_activation(hf.hidden_act),
         norm_eps=hf.layer_norm_eps,
         qkv_bias="qv" if hf.qkv_bias else False,
     )
@@ -117,7 +117,7 @@ def qformer_config_from_hf(hf: Any, num_query_tokens: int = 32, out_dim: int | N
         num_heads=hf.num_attention_heads,
         mlp_dim=hf.intermediate_size,
         cross_attention_freq=hf.cross_attention_frequency,
-        act=_activation(hf.hidden_act),
+        act=from_hf_activation(hf.hidden_act),
         norm_eps=hf.layer_norm_eps,
         in_dim=hf.encoder_hidden_size,
         out_dim=out_dim,

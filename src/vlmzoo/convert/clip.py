@@ -13,28 +13,13 @@ from typing import Any
 import torch
 
 from vlmzoo.checkpoint import load_state_dict_strict
+from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.encoders.clip_text import TextTransformer, TextTransformerConfig
-from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
+from vlmzoo.encoders.vit import VisionTransformer, ViTConfig, clip_vision_config
 from vlmzoo.errors import ConversionError
-from vlmzoo.layers import Activation
 from vlmzoo.models.clip import CLIPConfig, CLIPModel
 
 StateDict = dict[str, torch.Tensor]
-
-_HF_ACTIVATIONS: dict[str, Activation] = {
-    "quick_gelu": "quick_gelu",
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-}
-
-
-def _activation(name: str) -> Activation:
-    if name not in _HF_ACTIVATIONS:
-        raise ConversionError(
-            f"hidden_act={name!r} has no vlmzoo equivalent; known: {sorted(_HF_ACTIVATIONS)}"
-        )
-    return _HF_ACTIVATIONS[name]
 
 
 def vision_config_from_hf(hf: Any, projection_dim: int | None) -> ViTConfig:
@@ -47,7 +32,7 @@ def vision_config_from_hf(hf: Any, projection_dim: int | None) -> ViTConfig:
         depth=hf.num_hidden_layers,
         num_heads=hf.num_attention_heads,
         mlp_ratio=hf.intermediate_size / hf.hidden_size,
-        act=_activation(hf.hidden_act),
+        act=from_hf_activation(hf.hidden_act),
         patch_bias=False,
         pre_norm=True,
         norm_eps=hf.layer_norm_eps,
@@ -71,7 +56,7 @@ def text_config_from_hf(hf: Any, projection_dim: int | None) -> TextTransformerC
         depth=hf.num_hidden_layers,
         num_heads=hf.num_attention_heads,
         mlp_ratio=hf.intermediate_size / hf.hidden_size,
-        act=_activation(hf.hidden_act),
+        act=from_hf_activation(hf.hidden_act),
         norm_eps=hf.layer_norm_eps,
         embed_dim=projection_dim,
         pooling="argmax" if legacy else "eos_token",
@@ -219,19 +204,7 @@ def from_openai_clip(sd: StateDict) -> CLIPModel:
     text_width = sd["ln_final.weight"].shape[0]
     vocab = sd["token_embedding.weight"].shape[0]
     config = CLIPConfig(
-        vision=ViTConfig(
-            image_size=grid * patch,
-            patch_size=patch,
-            width=width,
-            depth=vision_depth,
-            num_heads=width // 64,
-            act="quick_gelu",
-            patch_bias=False,
-            pre_norm=True,
-            norm_eps=1e-5,
-            embed_dim=embed_dim,
-            proj_bias=False,
-        ),
+        vision=clip_vision_config(grid * patch, patch, width, vision_depth, embed_dim),
         text=TextTransformerConfig(
             vocab_size=vocab,
             context_length=sd["positional_embedding"].shape[0],

@@ -21,22 +21,12 @@ from typing import Any
 import torch
 
 from vlmzoo.checkpoint import load_state_dict_strict
+from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.encoders.dinov2 import LAYER_SCALE_INIT, dinov2_config
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.errors import ConversionError
-from vlmzoo.layers import Activation
 
 StateDict = dict[str, torch.Tensor]
-
-_HF_ACTIVATIONS: dict[str, Activation] = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "quick_gelu": "quick_gelu",
-    "silu": "silu",
-    "swish": "silu",
-    "relu": "relu",
-}
 
 
 def _grid_side(pos_embed: torch.Tensor, source: str) -> int:
@@ -69,10 +59,6 @@ def config_from_hf(model: Any) -> ViTConfig:
         raise ConversionError(f"{name}: attention width (heads x head_dim) differs from hidden size {width}")
     swiglu = "encoder.layer.0.mlp.gate_proj.weight" in sd
     act = cfg.hidden_act
-    if not swiglu and act not in _HF_ACTIVATIONS:
-        raise ConversionError(
-            f"{name}: hidden_act={act!r} has no vlmzoo equivalent; known: {sorted(_HF_ACTIVATIONS)}"
-        )
     hidden = sd["encoder.layer.0.mlp.gate_proj.weight" if swiglu else "encoder.layer.0.mlp.fc1.weight"]
     registers = sd.get("embeddings.register_tokens")
     return dinov2_config(
@@ -87,7 +73,7 @@ def config_from_hf(model: Any) -> ViTConfig:
         # §4.4: Dinov2Model resizes by size without antialias; the register model with antialias.
         pos_embed_resize="bicubic_antialias" if name == "Dinov2WithRegistersModel" else "bicubic",
         in_channels=conv.shape[1],
-        act="silu" if swiglu else _HF_ACTIVATIONS[act],
+        act="silu" if swiglu else from_hf_activation(act, where=f"{name} hidden_act"),
         qkv_bias="encoder.layer.0.attention.q_proj.bias" in sd,
         mask_token="embeddings.mask_token" in sd,  # Dinov2Model drops it when use_mask_token=False
         norm_eps=model.layernorm.eps,

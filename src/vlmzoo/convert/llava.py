@@ -56,11 +56,7 @@ def from_hf_llava(model: Any) -> VisionLanguageModel:
         embed_dim=None,
     )
     projector = model.model.multi_modal_projector
-    act = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu", "relu": "relu"}.get(
-        cfg.projector_hidden_act
-    )
-    if act is None:
-        raise ConversionError(f"projector_hidden_act={cfg.projector_hidden_act!r} has no vlmzoo equivalent")
+    act = from_hf_activation(cfg.projector_hidden_act, where="projector_hidden_act")
     adapter_config = MLPProjectorConfig(
         in_dim=projector.linear_1.in_features,
         out_dim=projector.linear_2.out_features,

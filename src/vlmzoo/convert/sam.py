@@ -27,13 +27,11 @@ import torch
 import torch.nn as nn
 
 from vlmzoo.checkpoint import load_state_dict_strict
+from vlmzoo.convert.activations import from_hf_activation, from_module_activation
 from vlmzoo.encoders.sam import SamConfig, SamEncoder
 from vlmzoo.errors import ConversionError
-from vlmzoo.layers import Activation
 
 StateDict = dict[str, torch.Tensor]
-
-_HF_ACTIVATIONS: dict[str, Activation] = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
 # --- state-dict renames ---------------------------------------------------------------------
@@ -73,8 +71,6 @@ def strip_prefix(sd: StateDict, prefix: str) -> StateDict:
 # --- transformers ---------------------------------------------------------------------------
 def sam_config_from_hf(hf: Any) -> SamConfig:
     """A :class:`SamConfig` equal to a transformers ``SamVisionConfig`` / ``GotOcr2VisionConfig``."""
-    if hf.hidden_act not in _HF_ACTIVATIONS:
-        raise ConversionError(f"hidden_act={hf.hidden_act!r} has no vlmzoo equivalent")
     image, patch = hf.image_size, hf.patch_size
     if not isinstance(image, int) or not isinstance(patch, int):
         raise ConversionError(f"non-square image_size={image!r} / patch_size={patch!r} are not supported")
@@ -87,7 +83,7 @@ def sam_config_from_hf(hf: Any) -> SamConfig:
         depth=hf.num_hidden_layers,
         num_heads=hf.num_attention_heads,
         mlp_dim=mlp_dim,
-        act=_HF_ACTIVATIONS[hf.hidden_act],
+        act=from_hf_activation(hf.hidden_act),
         qkv_bias=hf.qkv_bias,
         norm_eps=hf.layer_norm_eps,
         window_size=hf.window_size,
@@ -126,15 +122,6 @@ def from_hf_sam(model: Any) -> SamEncoder:
 
 
 # --- timm -----------------------------------------------------------------------------------
-def _timm_activation(act: nn.Module) -> Activation:
-    kind = type(act).__name__
-    if kind == "GELU":
-        return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
-    if kind == "ReLU":
-        return "relu"
-    raise ConversionError(f"timm activation {kind} has no vlmzoo equivalent")
-
-
 def sam_config_from_timm(model: Any) -> SamConfig:
     """Read a :class:`SamConfig` off a timm ``VisionTransformerSAM``; refuses variants SAM does not have."""
     if type(model).__name__ != "VisionTransformerSAM":
@@ -176,7 +163,7 @@ def sam_config_from_timm(model: Any) -> SamConfig:
         depth=len(blocks),
         num_heads=attn.num_heads,
         mlp_dim=block.mlp.fc1.out_features,
-        act=_timm_activation(block.mlp.act),
+        act=from_module_activation(block.mlp.act),
         qkv_bias=attn.qkv.bias is not None,
         norm_eps=block.norm1.eps,  # 1e-5 in timm's samvit_* (nn.LayerNorm default), not SAM's 1e-6
         window_size=windows.pop() if windows else 0,

@@ -21,20 +21,9 @@ import torch
 import torch.nn as nn
 
 from vlmzoo.checkpoint import load_state_dict_strict
+from vlmzoo.convert.activations import from_module_activation
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.errors import ConversionError
-from vlmzoo.layers import Activation
-
-
-def _activation(act: nn.Module) -> Activation:
-    kind = type(act).__name__
-    if kind == "GELU":
-        return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
-    if kind == "QuickGELU":
-        return "quick_gelu"
-    if kind in ("SiLU", "ReLU"):
-        return kind.lower()  # type: ignore[return-value]
-    raise ConversionError(f"timm activation {kind} has no vlmzoo equivalent")
 
 
 def _unsupported(model: Any) -> list[str]:
@@ -99,7 +88,7 @@ def config_from_timm(model: Any) -> ViTConfig:
         num_heads=block.attn.num_heads,
         mlp_ratio=block.mlp.fc1.out_features / width,
         mlp_dim=block.mlp.fc1.out_features // 2 if swiglu else None,  # packed: fc1 holds both halves
-        act=_activation(block.mlp.act),
+        act=from_module_activation(block.mlp.act),
         swiglu=swiglu,
         qkv_bias=block.attn.qkv.bias is not None,
         patch_bias=proj.bias is not None,

@@ -17,6 +17,9 @@ class VisionOutput:
       row-major order.
     - ``hidden_states``: when requested, the [B, P + H'·W', width] output of the embeddings
       (entry 0) and of every block (entry k), P prefix tokens (CLS, registers) included.
+      Hierarchical encoders (Swin, PVT) have no single width: their entries are the patch
+      embeddings and each *stage's* output (see the encoder's docstring); ``tokens`` and
+      ``grid`` then belong to the last stage.
     - ``pooled``: [B, width] the pooled, final-normed feature (CLS or mean), if the encoder pools.
     - ``embeds``: [B, embed_dim] ``pooled`` after the projection head (CLIP's image embedding).
     """
