@@ -17,6 +17,7 @@ import torch
 
 from vlmzoo.adapters.mlp import MLPProjectorConfig
 from vlmzoo.checkpoint import load_state_dict_strict
+from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.convert.clip import from_hf_clip
 from vlmzoo.decoders.hf import HFDecoder
 from vlmzoo.errors import ConversionError
