@@ -207,8 +207,11 @@ def run_demo(
     )
     save(model, run_dir)
     tok = task.tokenizer
-    stride = max(1, len(task.val_qa) // 8)
-    shown = [task.val_qa[(i * stride + i) % len(task.val_qa)] for i in range(8)]  # varied question types
+    by_scene: dict[int, list[tuple[int, str, str]]] = {}
+    for qa in task.val_qa:
+        by_scene.setdefault(qa[0], []).append(qa)
+    scenes = list(by_scene.values())[:: max(1, len(by_scene) // 8)][:8]
+    shown = [qas[i % len(qas)] for i, qas in enumerate(scenes)]  # a different question type per scene
     answers = generate_answers(
         model, tok, task.val_pixels[[i for i, _, _ in shown]], [q for _, q, _ in shown]
     )
