@@ -33,7 +33,21 @@ _LAZY = {
     "UnknownModelError": "vlmzoo.errors",
     "VlmzooError": "vlmzoo.errors",
 }
-_SUBMODULES = {"convert", "layers", "encoders", "models", "processing", "registry", "config", "errors"}
+_SUBMODULES = {
+    "adapters",
+    "config",
+    "convert",
+    "data",
+    "decoders",
+    "encoders",
+    "errors",
+    "eval",
+    "kernels",
+    "layers",
+    "models",
+    "processing",
+    "registry",
+}
 
 __all__ = [*sorted(_LAZY), "__version__"]
 
