@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from machine import cpu_name
 
 TOLERANCE = 1e-3
 OURS = "vlmzoo"
@@ -310,12 +311,7 @@ def environment(threads: int) -> str:
     import timm
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     return (
         f"python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, "
         f"transformers {transformers.__version__}\n"

@@ -71,6 +71,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from machine import cpu_name
 from torch.profiler import ProfilerActivity, profile
 
 from vlmzoo.kernels import focused_linear_attention
@@ -279,12 +280,7 @@ def machine_check() -> float:
 
 
 def environment(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     return (
         f"python {platform.python_version()}, torch {torch.__version__}; cpu: {cpu}; "
         f"threads {threads} (torch.get_num_threads()={torch.get_num_threads()}); fp32"

@@ -1,0 +1,14 @@
+"""What the benchmark scripts print about the machine they ran on (shared by every script)."""
+
+from __future__ import annotations
+
+import platform
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
