@@ -32,6 +32,7 @@ from vlmzoo.layers.block_attention import (
     build_block_attention,
     shift_sizes,
 )
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
 
 
@@ -173,7 +174,7 @@ class ViTConfig(Config):
 
 
 @register_architecture
-class VisionTransformer(nn.Module):
+class VisionTransformer(BlockStack, nn.Module):
     """ViT encoder: [B, C, H, W] -> :class:`VisionOutput` (tokens [B, N, out_dim]).
 
     Token order is [CLS, registers..., patches...]. Position embeddings cover CLS + patches
@@ -229,6 +230,9 @@ class VisionTransformer(nn.Module):
     def out_dim(self) -> int:
         """Channel width of ``VisionOutput.tokens``."""
         return self.config.width
+
+    def wrap_units(self) -> list[nn.Module]:
+        return list(self.blocks)
 
     def num_tokens(self, image_size: tuple[int, int] | int | None = None) -> int:
         """Number of tokens in ``VisionOutput.tokens`` for an image of ``image_size`` (default native)."""
@@ -301,7 +305,7 @@ class VisionTransformer(nn.Module):
         hidden = [x] if output_hidden_states else None
         tokens = x
         for index, block in enumerate(self.blocks[:last], start=1):
-            x = block(x, grid=grid)
+            x = self.run_block(block, x, grid=grid)
             if hidden is not None:
                 hidden.append(x)
             if index == feature_index:

@@ -167,6 +167,16 @@ class VisionLanguageModel(nn.Module):
             for p in getattr(self, part).parameters():
                 p.requires_grad_(mode == "full")
 
+    def wrap_units(self) -> list[nn.Module]:
+        """Per-block units of every part (encoder blocks, adapter layers, decoder layers), for
+        FSDP2 ``fully_shard`` one unit at a time before the root."""
+        return [unit for part in (self.encoder, self.adapter, self.decoder) for unit in part.wrap_units()]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Per-block gradient checkpointing in the encoder, the adapter and the decoder."""
+        for part in (self.encoder, self.adapter, self.decoder):
+            part.set_grad_checkpointing(enable)
+
     # --- images -> embeddings -------------------------------------------------------------------
     @property
     def tokens_per_image(self) -> int:
