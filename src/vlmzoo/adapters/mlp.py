@@ -68,6 +68,13 @@ class MLPProjector(PrefixAdapter):
     def num_tokens(self, num_input_tokens: int) -> int:
         return num_input_tokens
 
+    def wrap_units(self) -> list[nn.Module]:
+        """None: two Linears are not worth a unit of their own (they stay in the root unit)."""
+        return []
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Nothing to recompute: the projector's activations are one [B, N, out_dim] tensor."""
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.shape[-1] != self.config.in_dim:
             raise InputError(

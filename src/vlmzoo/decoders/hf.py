@@ -168,6 +168,24 @@ class HFDecoder(nn.Module):
         """The decoder layers, in order (what cross-attention adapters wrap)."""
         return _get_path(self.lm, self.layer_path)
 
+    # --- training at scale ----------------------------------------------------------------
+    def wrap_units(self) -> list[nn.Module]:
+        """The decoder layers: checkpointing and FSDP wrapping units."""
+        return list(self.layers)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """The family's own per-layer checkpointing; non-reentrant, so a frozen LM still passes
+        gradients back to trainable input embeddings (a prefix adapter) without
+        ``enable_input_require_grads``. Like transformers, it is active in ``train()`` mode only."""
+        # transformers 5 renamed it (the old name warns); 4.x has only the old one.
+        new = hasattr(self.lm, "activation_checkpointing_enable")
+        if not enable:
+            (self.lm.activation_checkpointing_disable if new else self.lm.gradient_checkpointing_disable)()
+        elif new:
+            self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids -> [B, L, hidden] input embeddings (with the family's own scaling)."""
         return self.embed_tokens(input_ids)
