@@ -20,10 +20,12 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn as nn
 
+from vlmzoo.layers.stack import BlockStack
+
 Injection = Literal["prefix", "cross_attention"]
 
 
-class PrefixAdapter(nn.Module):
+class PrefixAdapter(BlockStack, nn.Module):
     """Base of adapters whose outputs are spliced into the text as M extra embeddings."""
 
     injection: ClassVar[Injection] = "prefix"

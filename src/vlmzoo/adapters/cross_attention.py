@@ -59,6 +59,7 @@ from einops import rearrange, repeat
 from vlmzoo.adapters.base import Injection
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
 
 
@@ -323,7 +324,7 @@ class _Conditioning:
 
 
 @register_architecture
-class FlamingoAdapter(nn.Module):
+class FlamingoAdapter(BlockStack, nn.Module):
     """Perceiver Resampler + gated cross-attention blocks inserted into any HF causal LM.
 
     Use: ``attach(decoder)`` once (a VisionLanguageModel does this), then before each LM call

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
 
 # Where each family keeps its decoder layers (attribute path from the *ForCausalLM object).
@@ -80,7 +81,7 @@ def _get_path(root: nn.Module, path: str) -> Any:
 
 
 @register_architecture
-class HFDecoder(nn.Module):
+class HFDecoder(BlockStack, nn.Module):
     """A transformers ``*ForCausalLM`` with a family-independent surface.
 
     ``forward`` takes ``input_ids`` or ``inputs_embeds`` [B, L(, hidden)] and returns the

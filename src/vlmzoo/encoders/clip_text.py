@@ -11,6 +11,7 @@ import torch.nn as nn
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError
 from vlmzoo.layers import Activation, Block
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register_architecture
 
 
@@ -62,7 +63,7 @@ class TextOutput:
 
 
 @register_architecture
-class TextTransformer(nn.Module):
+class TextTransformer(BlockStack, nn.Module):
     """CLIP text encoder: token ids [B, L] (L <= context_length) -> :class:`TextOutput`."""
 
     config_class = TextTransformerConfig

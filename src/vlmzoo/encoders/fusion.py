@@ -48,6 +48,7 @@ from einops import rearrange
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import build, get_entry, register_architecture
 
 Join = Literal["channel", "sequence"]
@@ -108,7 +109,7 @@ class FusedEncoderConfig(Config):
 
 
 @register_architecture
-class FusedEncoder(nn.Module):
+class FusedEncoder(BlockStack, nn.Module):
     """Two towers -> projections -> join: inputs per tower (module docstring) -> :class:`VisionOutput`.
 
     ``tokens``: channel join [B, N1, C1' + C2'] on the first tower's grid; sequence join

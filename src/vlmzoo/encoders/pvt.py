@@ -48,6 +48,7 @@ from vlmzoo.errors import InputError
 from vlmzoo.layers import Block, check_image
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.spatial_reduction_attention import SpatialReductionAttention
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
 
 PvtStageAttention = Literal["spatial_reduction", "focused_linear"]
@@ -133,7 +134,7 @@ class PvtConfig(Config):
 
 
 @register_architecture
-class PyramidVisionTransformer(nn.Module):
+class PyramidVisionTransformer(BlockStack, nn.Module):
     """PVT v1 / FLatten-PVT encoder: [B, C, H, W] -> :class:`VisionOutput` (module docstring)."""
 
     config_class = PvtConfig

@@ -49,6 +49,7 @@ from vlmzoo.layers import (
     window_partition,
     window_unpartition,
 )
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
 
 
@@ -165,7 +166,7 @@ class SamBlock(nn.Module):
 
 
 @register_architecture
-class SamEncoder(nn.Module):
+class SamEncoder(BlockStack, nn.Module):
     """SAM image encoder: [B, C, H, W] -> :class:`VisionOutput` (tokens [B, H'·W', out_dim]).
 
     Parameter names follow the original's (``patch_embed.proj``, ``pos_embed``,

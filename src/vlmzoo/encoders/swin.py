@@ -51,6 +51,7 @@ from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.layers import Block, PatchEmbed
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.layers.swin_attention import ShiftedWindowAttention
 from vlmzoo.registry import register, register_architecture
 
@@ -188,7 +189,7 @@ def _stage_window(window: int, native_grid: tuple[int, int]) -> tuple[int, bool]
 
 
 @register_architecture
-class SwinTransformer(nn.Module):
+class SwinTransformer(BlockStack, nn.Module):
     """Swin / FLatten-Swin encoder: [B, C, H, W] -> :class:`VisionOutput` (module docstring).
 
     H and W must be multiples of ``patch_size``; windows pad as needed.
