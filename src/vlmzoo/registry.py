@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch.nn as nn
 
 from vlmzoo.config import Config
-from vlmzoo.errors import UnknownModelError
+from vlmzoo.errors import ConfigError, UnknownModelError
 
 Kind = Literal["encoder", "adapter", "decoder", "model"]
 KINDS: tuple[Kind, ...] = ("encoder", "adapter", "decoder", "model")
@@ -95,7 +95,7 @@ def list_models(pattern: str = "*", kind: Kind | None = None) -> list[str]:
     """
     _ensure_loaded()
     if kind is not None and kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
+        raise ConfigError(f"kind must be one of {KINDS} or None, got {kind!r}")
     kinds = KINDS if kind is None else (kind,)
     names = {n for k in kinds for n in _ENTRIES[k] if fnmatch.fnmatchcase(n, pattern)}
     return sorted(names)

@@ -20,12 +20,13 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn as nn
 
+from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 
 Injection = Literal["prefix", "cross_attention"]
 
 
-class PrefixAdapter(BlockStack, nn.Module):
+class PrefixAdapter(BlockStack, HubMixin, nn.Module):
     """Base of adapters whose outputs are spliced into the text as M extra embeddings."""
 
     injection: ClassVar[Injection] = "prefix"
