@@ -1,4 +1,4 @@
-"""The ``vlmzoo`` command: ``list``, ``info NAME``, ``demo``."""
+"""The ``vlmzoo`` command: ``list``, ``info NAME``, ``demo``, ``train`` (also under torchrun), ..."""
 
 from __future__ import annotations
 
@@ -66,6 +66,91 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vlmzoo.distributed import check_precision, init_world, teardown
+
+    world = init_world(args.strategy, device=args.device, backend=args.backend)
+    try:
+        check_precision(args.precision, world.device)
+        _train(args, world)
+    finally:
+        teardown(world)
+    return 0
+
+
+def _train(args: argparse.Namespace, world) -> None:
+    """The demo recipe (shapes VQA) with a chosen model, strategy and precision; run folder gets
+    ``checkpoint/``, ``metrics.json`` and the final ``config.json`` + ``model.safetensors``."""
+    from pathlib import Path
+
+    import torch
+
+    from vlmzoo.checkpoint import load_weights, save
+    from vlmzoo.demo import build_model, build_task, train_and_evaluate
+    from vlmzoo.distributed import convert_checkpoint
+    from vlmzoo.models.vlm import VisionLanguageModel
+    from vlmzoo.train import check_run_dir, parameter_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
+    check_run_dir(run_dir, args.resume, args.overwrite, is_main=world.is_main)
+    world.barrier()
+    # Rank 0 trains the tokenizer; the others then read the same model file from the cache.
+    task = build_task(args.seed, train_size=args.train_size) if world.is_main else None
+    world.barrier()
+    task = task or build_task(args.seed, train_size=args.train_size)
+    config = build_model(task.tokenizer, args.encoder, args.adapter, args.decoder).config.replace(
+        train_encoder=args.train_encoder, train_decoder=args.train_decoder
+    )
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    model = VisionLanguageModel(config)
+    if args.init_from:
+        load_weights(model, args.init_from)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if world.is_main:
+        print(
+            f"train: {args.encoder} + {args.adapter} + {args.decoder}, --strategy {world.strategy} on "
+            f"{world.world_size} process(es), {world.device.type}, {args.precision}, global batch "
+            f"{args.batch_size}"
+        )
+        print(parameter_table(model))
+    result = train_and_evaluate(
+        model,
+        task,
+        run_dir,
+        args.steps,
+        args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        progress=not args.no_progress,
+        resume=args.resume,
+        world=world,
+        bf16=args.precision == "bf16",
+    )
+    if not world.distributed:
+        save(model, run_dir)
+    elif world.is_main:  # the last step always writes a checkpoint: merge its shards
+        convert_checkpoint(run_dir / "checkpoint", run_dir)
+    world.barrier()
+    if world.is_main:
+        history = result["history"]
+        print(
+            f"final loss {history['loss'][-1]:.4f}, held-out exact match "
+            f"{100 * result['val_exact_match']:.1f}% after {args.steps} steps; weights: {run_dir}"
+        )
+
+
+def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from vlmzoo.distributed import convert_checkpoint
+
+    out = convert_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {out} (config.json + safetensors; open with vlmzoo.load)")
     return 0
 
 
@@ -160,6 +245,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "train",
+        help="train a VLM on the built-in data, on one process or under torchrun (DDP / FSDP2)",
+        description="Launch distributed runs with torchrun, e.g. `torchrun --nproc_per_node 2 -m vlmzoo "
+        "train --strategy fsdp`; vlmzoo never starts processes itself.",
+    )
+    p.add_argument("--strategy", choices=["single", "ddp", "fsdp"], default="single")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
+    p.add_argument("--run-dir", default="runs/train", help="run folder (default runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir")
+    p.add_argument("--encoder", default="demo-vit", help="encoder name (default demo-vit)")
+    p.add_argument("--adapter", default="mlp2x_gelu", help="adapter name (default mlp2x_gelu)")
+    p.add_argument("--decoder", default="demo-llama", help="decoder name (default demo-llama)")
+    p.add_argument("--train-encoder", choices=["full", "frozen"], default="full")
+    p.add_argument("--train-decoder", choices=["full", "frozen"], default="full")
+    p.add_argument("--init-from", default=None, help="start from the weights of a vlmzoo checkpoint folder")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch, split over the processes")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=int, default=2000, help="training scenes (default 2000)")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: end)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when visible)")
+    p.add_argument(
+        "--backend", choices=["gloo", "nccl"], default=None, help="default: nccl on cuda, else gloo"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "convert-checkpoint", help="merge a sharded (DDP/FSDP) checkpoint into config.json + safetensors"
+    )
+    p.add_argument("checkpoint", help="RUN_DIR/checkpoint (or the run folder)")
+    p.add_argument("out", help="output folder, opened with vlmzoo.load")
+    p.set_defaults(func=_cmd_convert_checkpoint)
 
     p = sub.add_parser(
         "ablate", help="compare encoders x adapters x decoders on the same data, budget and seed"

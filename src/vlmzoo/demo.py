@@ -24,6 +24,7 @@ import torch
 
 from vlmzoo.checkpoint import save
 from vlmzoo.data import SyntheticDataset
+from vlmzoo.distributed import World
 from vlmzoo.eval import exact_match, generate_answers
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
@@ -121,8 +122,13 @@ def train_and_evaluate(
     eval_every: int | None = None,
     progress: bool = True,
     resume: bool = False,
+    world: World | None = None,
+    bf16: bool = False,
 ) -> dict:
-    """Train on the task's QA pairs and return the metrics of the final model."""
+    """Train on the task's QA pairs and return the metrics of the final model.
+
+    ``world`` (:func:`vlmzoo.distributed.init_world`) trains with DDP or FSDP under torchrun;
+    ``batch_size`` is then the global batch, split over the processes."""
     tok = task.tokenizer
 
     def batch_fn(step: int, micro: int):
@@ -150,9 +156,12 @@ def train_and_evaluate(
         warmup_steps=max(1, steps // 10),
         eval_every=eval_every or steps,
         checkpoint_every=max(1, steps // 4),
+        bf16=bf16,
         seed=seed,
     )
-    trainer = Trainer(model, config, batch_fn, loss_fn, run_dir, evaluate=evaluate, progress=progress)
+    trainer = Trainer(
+        model, config, batch_fn, loss_fn, run_dir, evaluate=evaluate, progress=progress, world=world
+    )
     if resume:
         trainer.resume()
     start = time.perf_counter()

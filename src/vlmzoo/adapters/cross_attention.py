@@ -31,8 +31,15 @@ in ``decoder.layers``. We chose hooks over a wrapper module because:
   do not matter.
 
 The price: the blocks do not show in ``print(decoder)``; :meth:`FlamingoAdapter.detach`
-removes the hooks. transformers' gradient checkpointing wraps a layer's ``forward``, so the
-block (running in the pre-hook) is outside the checkpoint and simply keeps its activations.
+removes the hooks.
+
+Gradient checkpointing. transformers 5 checkpoints a decoder layer's ``forward``, so the
+layer's pre-hooks, and the gated block with them, run outside the layer's checkpoint: the
+adapter's own ``set_grad_checkpointing`` checkpoints each gated block (and each resampler
+layer), independently of the decoder's. transformers 4.x checkpoints the layer's ``__call__``,
+hooks included: the block is then also recomputed inside the layer's checkpoint (nested
+non-reentrant checkpoints are exact; the block runs once more) and the hook reads the adapter's
+conditioning again during backward, so there run backward before conditioning the next batch.
 
 A second pre-hook on ``decoder.lm`` reads each call's ``input_ids`` and KV cache: a call on an
 empty cache starts a new sequence (text_time = cumsum of ``<image>`` positions); a call that
@@ -59,6 +66,7 @@ from einops import rearrange, repeat
 from vlmzoo.adapters.base import Injection
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
 
@@ -107,7 +115,25 @@ class PerceiverAttention(nn.Module):
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
-class PerceiverResampler(nn.Module):
+class PerceiverLayer(nn.ModuleList):
+    """One resampler layer, ``latents + attn(x, latents)`` then ``latents + ff(latents)``:
+    [n, N, D], [n, m, D] -> [n, m, D].
+
+    A ``ModuleList`` [attn, ff] that runs itself, so that the keys stay OpenFlamingo's
+    ``layers.{i}.0.*`` / ``layers.{i}.1.*`` (§7.4) while the layer is one callable module (a
+    checkpointing and FSDP unit).
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int, ff_mult: int):
+        super().__init__([PerceiverAttention(dim, heads, dim_head), feed_forward(dim, ff_mult)])
+
+    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        attn, ff = self
+        latents = attn(x, latents) + latents
+        return ff(latents) + latents
+
+
+class PerceiverResampler(BlockStack, nn.Module):
     """Resample any number of visual tokens to ``num_latents``: [n, N, D] -> [n, num_latents, D].
 
     Each image is resampled on its own (the media axis of OpenFlamingo's [b, T, F, v, D] input is
@@ -133,10 +159,7 @@ class PerceiverResampler(nn.Module):
         self.latents = nn.Parameter(torch.randn(num_latents, dim))
         self.frame_embs = nn.Parameter(torch.randn(max_num_frames, dim)) if max_num_frames else None
         self.media_time_embs = nn.Parameter(torch.randn(max_num_media, 1, dim)) if max_num_media else None
-        self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim, heads, dim_head), feed_forward(dim, ff_mult)])
-            for _ in range(depth)
-        )
+        self.layers = nn.ModuleList(PerceiverLayer(dim, heads, dim_head, ff_mult) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, media_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -162,10 +185,12 @@ class PerceiverResampler(nn.Module):
                 )
             x = x + self.media_time_embs[media_index]
         latents = repeat(self.latents, "m d -> n m d", n=x.shape[0])
-        for attn, ff in self.layers:
-            latents = attn(x, latents) + latents
-            latents = ff(latents) + latents
+        for layer in self.layers:
+            latents = self.run_block(layer, x, latents)
         return self.norm(latents)
+
+    def wrap_units(self) -> list[nn.Module]:
+        return list(self.layers)
 
 
 # --- gated cross-attention (§7.2) and media masking (§7.3) ----------------------------------
@@ -324,7 +349,7 @@ class _Conditioning:
 
 
 @register_architecture
-class FlamingoAdapter(BlockStack, nn.Module):
+class FlamingoAdapter(BlockStack, HubMixin, nn.Module):
     """Perceiver Resampler + gated cross-attention blocks inserted into any HF causal LM.
 
     Use: ``attach(decoder)`` once (a VisionLanguageModel does this), then before each LM call
@@ -368,6 +393,15 @@ class FlamingoAdapter(BlockStack, nn.Module):
     def forward(self, tokens: torch.Tensor, media_index: torch.Tensor | None = None) -> torch.Tensor:
         """The resampler: [n_img, N, in_dim] -> [n_img, num_latents, in_dim]."""
         return self.perceiver(tokens, media_index)
+
+    # --- training at scale ------------------------------------------------------------------
+    def stack_parts(self) -> list[BlockStack]:
+        """The resampler, which runs (and checkpoints) its own layers."""
+        return [self.perceiver]
+
+    def wrap_units(self) -> list[nn.Module]:
+        """The resampler layers, then the gated blocks in decoder order (present from ``attach``)."""
+        return [*self.perceiver.wrap_units(), *self.gated_cross_attn_layers.values()]
 
     # --- inserting the blocks ---------------------------------------------------------------
     def attach(self, decoder: Any) -> None:
@@ -544,7 +578,9 @@ class FlamingoAdapter(BlockStack, nn.Module):
                 f"hidden states {tuple(hidden.shape)} do not match the media mask "
                 f"{tuple(self._attend.shape)}: call the causal LM (decoder.lm), not its inner model"
             )
-        out = self.gated_cross_attn_layers[str(index)](hidden, self._media, self._attend)
+        # Media and mask go in as the checkpoint's inputs, so a recomputation in backward uses
+        # this call's tensors even if the adapter has been conditioned again since.
+        out = self.run_block(self.gated_cross_attn_layers[str(index)], hidden, self._media, self._attend)
         if positional:
             return (out, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": out}

@@ -29,6 +29,7 @@ from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.layers import Activation, Attention, Mlp
 from vlmzoo.layers.attention import CrossAttention
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
 
 
@@ -105,7 +106,7 @@ class QFormerLayer(nn.Module):
         return self.mlp_norm(x + self.mlp(x))
 
 
-class QFormerModel(nn.Module):
+class QFormerModel(BlockStack, nn.Module):
     """The BERT part of the Q-Former, without its learned queries or projection.
 
     [B, M, width] query embeddings + [B, N, in_dim] visual tokens -> [B, M, width]. This is what
@@ -152,8 +153,11 @@ class QFormerModel(nn.Module):
         visual = visual.to(self.layernorm.weight.dtype)
         x = self.layernorm(query_embeds)  # "layernorm on queries" (SPEC §6.2)
         for layer in self.layers:
-            x = layer(x, visual)
+            x = self.run_block(layer, x, visual)
         return x
+
+    def wrap_units(self) -> list[nn.Module]:
+        return list(self.layers)
 
 
 @register_architecture
@@ -198,6 +202,10 @@ class QFormer(PrefixAdapter):
     def num_tokens(self, num_input_tokens: int) -> int:
         """M = ``num_query_tokens``, whatever the number of visual tokens."""
         return self.config.num_query_tokens
+
+    def stack_parts(self) -> list[BlockStack]:
+        """The BERT layers' stack (the queries and the projection stay in the root unit)."""
+        return [self.qformer]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, N, in_dim] visual tokens -> [B, num_query_tokens, out_dim] LLM input embeddings."""

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError
+from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
 
@@ -51,6 +52,10 @@ GENERIC_LAYER_PATHS = (
 )
 
 
+# Module names of learned absolute position tables (a hard sequence-length limit, unlike RoPE).
+_LEARNED_POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+
+
 @dataclass
 class DecoderConfig(Config):
     """A transformers causal LM: ``model_type`` + ``hf_config`` fields, or ``pretrained`` weights.
@@ -74,6 +79,8 @@ class DecoderConfig(Config):
             )
         if not isinstance(self.hf_config, dict):
             self._fail("hf_config", "must be a dict of transformers config fields")
+        if self.pretrained is not None and not self.pretrained.strip():
+            self._fail("pretrained", "must be a local directory or hub id, or None for random init")
 
 
 def _get_path(root: nn.Module, path: str) -> Any:
@@ -81,7 +88,7 @@ def _get_path(root: nn.Module, path: str) -> Any:
 
 
 @register_architecture
-class HFDecoder(BlockStack, nn.Module):
+class HFDecoder(BlockStack, HubMixin, nn.Module):
     """A transformers ``*ForCausalLM`` with a family-independent surface.
 
     ``forward`` takes ``input_ids`` or ``inputs_embeds`` [B, L(, hidden)] and returns the
@@ -100,8 +107,9 @@ class HFDecoder(BlockStack, nn.Module):
         else:
             try:
                 hf_config = transformers.AutoConfig.for_model(config.model_type, **config.hf_config)
-            except ValueError as e:
-                raise ConfigError(f"DecoderConfig.model_type={config.model_type!r}: {e}") from e
+            except Exception as e:  # unknown model_type, or a field transformers' strict config rejects
+                field = "model_type" if config.model_type not in transformers.CONFIG_MAPPING else "hf_config"
+                raise ConfigError(f"DecoderConfig.{field}={getattr(config, field)!r}: {e}") from e
             self.lm = transformers.AutoModelForCausalLM.from_config(hf_config)
 
     @classmethod
@@ -139,6 +147,20 @@ class HFDecoder(BlockStack, nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.lm.get_input_embeddings().num_embeddings
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the LM can embed: the size of its learned position table (GPT-2's
+        ``wpe``, OPT's ``embed_positions``); None for rotary/ALiBi families, which have no hard limit."""
+        learned = any(
+            isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in _LEARNED_POSITION_TABLES
+            for name, module in self.lm.named_modules()
+        )
+        if not learned:
+            return None
+        config = self.lm.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return int(limit) if isinstance(limit, int) else None
 
     @property
     def embed_tokens(self) -> nn.Embedding:

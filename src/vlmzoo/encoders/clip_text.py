@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError
+from vlmzoo.hub import HubMixin
 from vlmzoo.layers import Activation, Block
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register_architecture
@@ -63,7 +64,7 @@ class TextOutput:
 
 
 @register_architecture
-class TextTransformer(BlockStack, nn.Module):
+class TextTransformer(BlockStack, HubMixin, nn.Module):
     """CLIP text encoder: token ids [B, L] (L <= context_length) -> :class:`TextOutput`."""
 
     config_class = TextTransformerConfig
@@ -80,6 +81,9 @@ class TextTransformer(BlockStack, nn.Module):
         self.norm = nn.LayerNorm(c.width, eps=c.norm_eps)
         self.head = nn.Linear(c.width, c.embed_dim, bias=c.proj_bias) if c.embed_dim else None
 
+    def wrap_units(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def _check(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         c = self.config
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
@@ -89,6 +93,8 @@ class TextTransformer(BlockStack, nn.Module):
             raise InputError(f"input_ids must be a [B, L] tensor, got {shape}")
         if input_ids.dtype not in (torch.int32, torch.int64):
             raise InputError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.shape[1] == 0:
+            raise InputError(f"input_ids hold no tokens (shape {tuple(input_ids.shape)}): nothing to pool")
         if input_ids.shape[1] > c.context_length:
             raise InputError(
                 f"sequence length {input_ids.shape[1]} exceeds the context length {c.context_length}"
@@ -136,7 +142,7 @@ class TextTransformer(BlockStack, nn.Module):
             mask = mask | (blind & torch.eye(length, dtype=torch.bool, device=x.device))
         hidden = [x] if output_hidden_states else None  # kept only when asked (peak memory)
         for block in self.blocks:
-            x = block(x, attn_mask=mask, is_causal=causal)
+            x = self.run_block(block, x, attn_mask=mask, is_causal=causal)
             if hidden is not None:
                 hidden.append(x)
         tokens = self.norm(x)

@@ -48,6 +48,7 @@ from einops import rearrange
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import build, get_entry, register_architecture
 
@@ -89,6 +90,8 @@ class FusedEncoderConfig(Config):
             value = getattr(self, field)
             if type(value) is Config or getattr(value, "kind", None) != "encoder":
                 self._fail(field, "must be an encoder config or a registered encoder name")
+            if not hasattr(value, "image_size"):  # e.g. the CLIP text tower, also of kind "encoder"
+                self._fail(field, "must be a vision encoder config (one with an image_size)")
         for field in ("first_proj_dim", "second_proj_dim"):
             if getattr(self, field) is not None:
                 self._check_positive(field)
@@ -109,7 +112,7 @@ class FusedEncoderConfig(Config):
 
 
 @register_architecture
-class FusedEncoder(BlockStack, nn.Module):
+class FusedEncoder(BlockStack, HubMixin, nn.Module):
     """Two towers -> projections -> join: inputs per tower (module docstring) -> :class:`VisionOutput`.
 
     ``tokens``: channel join [B, N1, C1' + C2'] on the first tower's grid; sequence join
@@ -147,6 +150,10 @@ class FusedEncoder(BlockStack, nn.Module):
     def out_dim(self) -> int:
         """Channel width of ``VisionOutput.tokens``."""
         return sum(self._dims) if self.config.join == "channel" else self._dims[0]
+
+    def stack_parts(self) -> list[BlockStack]:
+        """The two towers (the projections are too small to be units of their own)."""
+        return list(self.towers.values())
 
     def num_tokens(self, image_size: Any = None) -> int:
         """Number of output tokens.

@@ -45,6 +45,7 @@ from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.encoders.swin import NormedPatchEmbed
 from vlmzoo.errors import InputError
+from vlmzoo.hub import HubMixin
 from vlmzoo.layers import Block, check_image
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.spatial_reduction_attention import SpatialReductionAttention
@@ -92,7 +93,11 @@ class PvtConfig(Config):
             self._fail("depths", "must be a non-empty tuple of positive block counts")
         for name in ("widths", "num_heads", "mlp_ratios", "sr_ratios", "patch_sizes", "stage_attention"):
             if len(getattr(self, name)) != len(self.depths):
-                self._fail(name, f"needs one entry per stage ({len(self.depths)} stages, from depths)")
+                self._fail(
+                    name,
+                    f"has {len(getattr(self, name))} entries but PvtConfig.depths={self.depths} has "
+                    f"{len(self.depths)}: every per-stage field needs one entry per stage",
+                )
         for name in ("widths", "num_heads", "mlp_ratios", "sr_ratios", "patch_sizes"):
             if any(v <= 0 for v in getattr(self, name)):
                 self._fail(name, "entries must be positive")
@@ -134,7 +139,7 @@ class PvtConfig(Config):
 
 
 @register_architecture
-class PyramidVisionTransformer(BlockStack, nn.Module):
+class PyramidVisionTransformer(BlockStack, HubMixin, nn.Module):
     """PVT v1 / FLatten-PVT encoder: [B, C, H, W] -> :class:`VisionOutput` (module docstring)."""
 
     config_class = PvtConfig
@@ -204,6 +209,10 @@ class PyramidVisionTransformer(BlockStack, nn.Module):
         """Channel width of ``VisionOutput.tokens`` (the last stage's)."""
         return self.config.widths[-1]
 
+    def wrap_units(self) -> list[nn.Module]:
+        """Every stage's blocks, in order (the patch embeddings stay in the root unit)."""
+        return [block for stage in self.stages for block in stage]
+
     def num_tokens(self, image_size: tuple[int, int] | int | None = None) -> int:
         """Number of tokens in ``VisionOutput.tokens`` for an image of ``image_size`` (default native)."""
         h, w = self.config.stage_grids(image_size)[-1]
@@ -224,7 +233,7 @@ class PyramidVisionTransformer(BlockStack, nn.Module):
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> VisionOutput:
         """[B, C, H, W] -> VisionOutput; H and W multiples of the total stride (32)."""
         c = self.config
-        h, w = check_image(pixel_values, c.in_channels, 1)
+        h, w = check_image(pixel_values, c.in_channels, 1, self.norm.weight.device)
         if h % c.stride or w % c.stride:
             raise InputError(
                 f"image size {h}x{w} is not a multiple of PVT's total stride {c.stride}; resize or pad to "
@@ -239,7 +248,7 @@ class PyramidVisionTransformer(BlockStack, nn.Module):
             if s == 0:
                 hidden.append(tokens)
             for block in blocks:
-                tokens = block(tokens, grid=grid)
+                tokens = self.run_block(block, tokens, grid=grid)
             hidden.append(tokens)
             x = rearrange(tokens[:, -grid[0] * grid[1] :], "b (h w) c -> b c h w", h=grid[0])
         final = self.norm(tokens)

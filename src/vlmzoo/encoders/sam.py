@@ -37,6 +37,7 @@ from einops import rearrange
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.errors import InputError
+from vlmzoo.hub import HubMixin
 from vlmzoo.layers import (
     Activation,
     DropPath,
@@ -166,7 +167,7 @@ class SamBlock(nn.Module):
 
 
 @register_architecture
-class SamEncoder(BlockStack, nn.Module):
+class SamEncoder(BlockStack, HubMixin, nn.Module):
     """SAM image encoder: [B, C, H, W] -> :class:`VisionOutput` (tokens [B, H'·W', out_dim]).
 
     Parameter names follow the original's (``patch_embed.proj``, ``pos_embed``,
@@ -212,6 +213,9 @@ class SamEncoder(BlockStack, nn.Module):
     def out_dim(self) -> int:
         """Channel width of ``VisionOutput.tokens``."""
         return self.config.neck_dim if self.config.neck_dim is not None else self.config.width
+
+    def wrap_units(self) -> list[nn.Module]:
+        return list(self.blocks)
 
     def num_tokens(self, image_size: tuple[int, int] | int | None = None) -> int:
         """Number of tokens in ``VisionOutput.tokens`` for an image of ``image_size`` (default native)."""
@@ -269,7 +273,7 @@ class SamEncoder(BlockStack, nn.Module):
             x = x + self.position_embedding(grid)
         hidden = [x] if output_hidden_states else None
         for block in self.blocks:
-            x = block(x)
+            x = self.run_block(block, x)
             if hidden is not None:
                 hidden.append(x)
         flat = tuple(rearrange(h, "b y x c -> b (y x) c") for h in hidden) if hidden is not None else None

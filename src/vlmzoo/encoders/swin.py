@@ -49,6 +49,7 @@ from einops import rearrange
 
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
+from vlmzoo.hub import HubMixin
 from vlmzoo.layers import Block, PatchEmbed
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.stack import BlockStack
@@ -101,7 +102,11 @@ class SwinConfig(Config):
             self._fail("depths", "must be a non-empty tuple of positive block counts")
         for name in ("num_heads", "stage_attention"):
             if len(getattr(self, name)) != len(self.depths):
-                self._fail(name, f"needs one entry per stage ({len(self.depths)} stages, from depths)")
+                self._fail(
+                    name,
+                    f"has {len(getattr(self, name))} entries but SwinConfig.depths={self.depths} has "
+                    f"{len(self.depths)}: every per-stage field needs one entry per stage",
+                )
         for s, heads in enumerate(self.num_heads):
             if heads <= 0 or self.stage_dim(s) % heads:
                 self._fail(
@@ -154,7 +159,7 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x)), ((h + 1) // 2, (w + 1) // 2)
 
 
-class SwinStage(nn.Module):
+class SwinStage(BlockStack, nn.Module):
     """One stage: ``blocks`` on a fixed-width grid, then an optional ``downsample`` (patch merging)."""
 
     def __init__(self, blocks: list[Block], downsample: PatchMerging | None):
@@ -165,8 +170,11 @@ class SwinStage(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """[B, h·w, C] -> [B, h·w, C] (the stage output before downsampling)."""
         for block in self.blocks:
-            x = block(x, grid=grid)
+            x = self.run_block(block, x, grid=grid)
         return x
+
+    def wrap_units(self) -> list[nn.Module]:
+        return list(self.blocks)
 
 
 class NormedPatchEmbed(PatchEmbed):
@@ -189,7 +197,7 @@ def _stage_window(window: int, native_grid: tuple[int, int]) -> tuple[int, bool]
 
 
 @register_architecture
-class SwinTransformer(BlockStack, nn.Module):
+class SwinTransformer(BlockStack, HubMixin, nn.Module):
     """Swin / FLatten-Swin encoder: [B, C, H, W] -> :class:`VisionOutput` (module docstring).
 
     H and W must be multiples of ``patch_size``; windows pad as needed.
@@ -255,6 +263,10 @@ class SwinTransformer(BlockStack, nn.Module):
     def out_dim(self) -> int:
         """Channel width of ``VisionOutput.tokens`` (the last stage's)."""
         return self.config.stage_dim(len(self.config.depths) - 1)
+
+    def stack_parts(self) -> list[BlockStack]:
+        """The stages: each runs (and checkpoints) its own blocks."""
+        return list(self.layers)
 
     def num_tokens(self, image_size: tuple[int, int] | int | None = None) -> int:
         """Number of tokens in ``VisionOutput.tokens`` for an image of ``image_size`` (default native)."""

@@ -25,6 +25,7 @@ import torch.nn as nn
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.hub import HubMixin
 from vlmzoo.layers import Activation, Block, PatchEmbed, PosEmbedResize, resize_pos_embed
 from vlmzoo.layers.block_attention import (
     AttentionOptions,
@@ -107,6 +108,9 @@ class ViTConfig(Config):
             self._fail("mlp_dim", "must be positive or None")
         if self.embed_dim is not None and self.embed_dim <= 0:
             self._fail("embed_dim", "must be positive or None")
+        if self.layer_scale_init is not None and self.layer_scale_init <= 0:
+            # timm's init_values=0 means "no LayerScale"; here that is None, not a zero gamma.
+            self._fail("layer_scale_init", "must be > 0, or None for no LayerScale")
         if self.pool == "cls" and not self.class_token:
             self._fail("pool", "'cls' pooling needs class_token=True")
         if self.embed_dim is not None and self.pool == "none":
@@ -128,6 +132,11 @@ class ViTConfig(Config):
             self._fail(
                 "block_attention",
                 f"'cross_shaped' splits the heads in two: num_heads={self.num_heads} is odd",
+            )
+        if "spatial_reduction" in kinds and min(self.grid) < self.sr_ratio:  # as PvtConfig checks
+            self._fail(
+                "sr_ratio",
+                f"the native {self.grid[0]}x{self.grid[1]} token grid is smaller than the reduction",
             )
         for kind in ("spatial_reduction", "focused_linear"):
             if kind in kinds and self.qkv_bias == "qv":
@@ -174,7 +183,7 @@ class ViTConfig(Config):
 
 
 @register_architecture
-class VisionTransformer(BlockStack, nn.Module):
+class VisionTransformer(BlockStack, HubMixin, nn.Module):
     """ViT encoder: [B, C, H, W] -> :class:`VisionOutput` (tokens [B, N, out_dim]).
 
     Token order is [CLS, registers..., patches...]. Position embeddings cover CLS + patches

@@ -19,6 +19,8 @@ from vlmzoo.config import Config
 from vlmzoo.encoders.clip_text import TextTransformer, TextTransformerConfig
 from vlmzoo.encoders.vit import CLIP_VISION_PRESETS, VisionTransformer, ViTConfig
 from vlmzoo.errors import InputError
+from vlmzoo.hub import HubMixin
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
 
 
@@ -72,7 +74,7 @@ def contrastive_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
 
 
 @register_architecture
-class CLIPModel(nn.Module):
+class CLIPModel(BlockStack, HubMixin, nn.Module):
     """Dual encoder: ``visual`` (:class:`VisionTransformer`) and ``text`` (:class:`TextTransformer`)."""
 
     config_class = CLIPConfig
@@ -83,6 +85,10 @@ class CLIPModel(nn.Module):
         self.visual = VisionTransformer(config.vision)
         self.text = TextTransformer(config.text)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+
+    def stack_parts(self) -> list[BlockStack]:
+        """The two towers: their blocks are the checkpointing and FSDP units."""
+        return [self.visual, self.text]
 
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """[B, 3, H, W] -> [B, embed_dim] image embeddings (L2-normalised if ``normalize``)."""

@@ -25,6 +25,8 @@ import torch.nn as nn
 from vlmzoo.config import Config
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.hub import HubMixin
+from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import architecture_for, build, register_architecture
 
 Trainable = Literal["frozen", "full"]
@@ -97,7 +99,7 @@ def kv_cache(output: Any) -> Any:
 
 
 @register_architecture
-class VisionLanguageModel(nn.Module):
+class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
     """``encoder`` + ``adapter`` + ``decoder`` (an :class:`HFDecoder`), composed by config."""
 
     config_class = VLMConfig
@@ -167,15 +169,11 @@ class VisionLanguageModel(nn.Module):
             for p in getattr(self, part).parameters():
                 p.requires_grad_(mode == "full")
 
-    def wrap_units(self) -> list[nn.Module]:
-        """Per-block units of every part (encoder blocks, adapter layers, decoder layers), for
-        FSDP2 ``fully_shard`` one unit at a time before the root."""
-        return [unit for part in (self.encoder, self.adapter, self.decoder) for unit in part.wrap_units()]
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Per-block gradient checkpointing in the encoder, the adapter and the decoder."""
-        for part in (self.encoder, self.adapter, self.decoder):
-            part.set_grad_checkpointing(enable)
+    def stack_parts(self) -> list[BlockStack]:
+        """Encoder, adapter, decoder: ``wrap_units()`` is their blocks in that order (for FSDP2
+        ``fully_shard`` one unit at a time before the root) and ``set_grad_checkpointing`` reaches
+        all three."""
+        return [self.encoder, self.adapter, self.decoder]
 
     # --- images -> embeddings -------------------------------------------------------------------
     @property
@@ -201,9 +199,26 @@ class VisionLanguageModel(nn.Module):
             raise InputError(
                 f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', type(input_ids))}"
             )
+        if input_ids.dtype not in (torch.int32, torch.int64):
+            raise InputError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel() == 0:
+            raise InputError(f"input_ids hold no tokens (shape {tuple(input_ids.shape)})")
         for name, t in (("attention_mask", attention_mask), ("labels", labels)):
             if t is not None and t.shape != input_ids.shape:
                 raise InputError(f"{name} shape {tuple(t.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        device = self.decoder.embed_tokens.weight.device
+        if input_ids.device != device:
+            raise InputError(
+                f"input_ids are on {input_ids.device} but the decoder's weights are on {device}; "
+                "move one of them with .to()"
+            )
+        text = input_ids[input_ids != self.config.image_token_id]
+        vocab = self.decoder.vocab_size
+        if text.numel() and (int(text.min()) < 0 or int(text.max()) >= vocab):
+            raise InputError(
+                f"token ids must be in [0, {vocab}) (the decoder's vocabulary) or the image placeholder "
+                f"{self.config.image_token_id}, got range [{int(text.min())}, {int(text.max())}]"
+            )
         placeholders = int((input_ids == self.config.image_token_id).sum())
         num_images = _num_images(pixel_values)
         per_image = (
@@ -216,6 +231,20 @@ class VisionLanguageModel(nn.Module):
                 f"{num_images} images were given; expected {per_image} {unit}"
             )
         return num_images
+
+    def _check_length(self, length: int, new_tokens: int = 0) -> None:
+        """Refuse a (merged) sequence longer than ``max_length`` or than the decoder's learned
+        position table (GPT-2, OPT), which would otherwise fail deep inside with an IndexError."""
+        total = length + new_tokens
+        plus = f" + {new_tokens} new tokens" if new_tokens else ""
+        if self.config.max_length is not None and total > self.config.max_length:
+            raise InputError(f"sequence of {length} tokens{plus} > max_length={self.config.max_length}")
+        limit = self.decoder.max_positions
+        if limit is not None and total > limit:
+            raise InputError(
+                f"sequence of {length} tokens{plus} exceeds the {limit} learned positions of the "
+                f"{self.decoder.lm.config.model_type} decoder; shorten the text or use fewer images"
+            )
 
     def merge(
         self,
@@ -294,6 +323,7 @@ class VisionLanguageModel(nn.Module):
             raise InputError("input_ids are required")
         num_images = self._check_inputs(pixel_values, input_ids, attention_mask, labels)
         if self.injection == "cross_attention":
+            self._check_length(input_ids.shape[1])
             self.adapter.condition(
                 self.image_features(pixel_values) if num_images else None,
                 input_ids,
@@ -307,6 +337,7 @@ class VisionLanguageModel(nn.Module):
             return VLMOutput(out.logits, out.loss, attention_mask, labels, kv_cache(out))
         features = self.image_features(pixel_values) if num_images else None
         embeds, mask, merged_labels = self.merge(input_ids, features, attention_mask, labels)
+        self._check_length(embeds.shape[1])
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, labels=merged_labels, **decoder_kwargs)
         return VLMOutput(out.logits, out.loss, mask, merged_labels, kv_cache(out))
 
@@ -325,6 +356,8 @@ class VisionLanguageModel(nn.Module):
         computed once, before decoding starts.
         """
         num_images = self._check_inputs(pixel_values, input_ids, attention_mask, None)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+            raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive int")
         if attention_mask is not None and bool((attention_mask[:, -1] == 0).any()):
             raise InputError(
                 "generate() needs left padding: a prompt ends in padding (attention_mask[:, -1] == 0)"
@@ -332,6 +365,7 @@ class VisionLanguageModel(nn.Module):
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("pad_token_id", self._pad_token_id())
         if self.injection == "cross_attention":
+            self._check_length(input_ids.shape[1], max_new_tokens)
             self.adapter.condition(
                 self.image_features(pixel_values) if num_images else None,
                 input_ids,
@@ -346,6 +380,7 @@ class VisionLanguageModel(nn.Module):
             return out[:, input_ids.shape[1] :]
         features = self.image_features(pixel_values) if num_images else None
         embeds, mask, _ = self.merge(input_ids, features, attention_mask)
+        self._check_length(embeds.shape[1], max_new_tokens)
         return self.decoder.generate(
             inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **generate_kwargs
         )
