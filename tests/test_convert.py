@@ -30,7 +30,7 @@ def test_unknown_peer_class_lists_supported_ones():
 
 
 def test_unknown_original_layout_lists_known_ones():
-    with pytest.raises(ConversionError, match="known: .*'openai-clip'"):
+    with pytest.raises(vlmzoo.errors.UnknownModelError, match="known: .*'openai-clip'"):
         vlmzoo.convert.from_original({}, "openai-clipp")
 
 

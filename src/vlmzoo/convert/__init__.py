@@ -13,6 +13,7 @@ imports transformers or timm itself.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import pkgutil
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vlmzoo.errors import CheckpointError, ConversionError
+from vlmzoo.errors import CheckpointError, ConversionError, UnknownModelError, VlmzooError
 
 _TABLES: dict[str, dict[str, Callable[..., nn.Module]]] | None = None
 
@@ -82,9 +83,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file (truncated or corrupted?): {e}"
+            ) from e
     import zipfile
 
     if zipfile.is_zipfile(path):
@@ -100,7 +107,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path} cannot be opened with weights_only=True (refused, it may carry code): {e}"
         ) from e
-    for key in ("state_dict", "model", "module"):  # training checkpoints wrap the weights
+    # Training checkpoints wrap the weights (OpenFlamingo's: "model_state_dict").
+    for key in ("state_dict", "model_state_dict", "model", "module"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
     if not isinstance(state, Mapping):
@@ -108,17 +116,32 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def from_original(state_dict: Mapping[str, torch.Tensor] | str | os.PathLike, name: str) -> nn.Module:
+def from_original(
+    state_dict: Mapping[str, torch.Tensor] | str | os.PathLike, name: str, **options: Any
+) -> nn.Module:
     """Convert a checkpoint in an original release's key layout; ``name`` picks the layout.
 
-    ``state_dict`` is a mapping of tensors or a path (see :func:`read_state_dict`).
+    ``state_dict`` is a mapping of tensors or a path (see :func:`read_state_dict`). ``options``
+    go to the layout's converter, e.g. the parts a partial release leaves out
+    (``encoder=``, ``decoder=`` for ``"llava"``, ``"openflamingo"``, ``"lavis-blip2"``).
+    Raises :class:`UnknownModelError` listing the known layouts for an unknown ``name``.
     """
     table = _tables()["ORIGINAL"]
     if name not in table:
-        raise ConversionError(f"unknown original layout {name!r}; known: {sorted(table)}")
+        close = difflib.get_close_matches(name, table, n=3)
+        hint = f" (did you mean {close}?)" if close else ""
+        raise UnknownModelError(f"unknown original layout {name!r}{hint}; known: {sorted(table)}")
     if not isinstance(state_dict, Mapping):
         state_dict = read_state_dict(state_dict)
-    return table[name](dict(state_dict))
+    try:
+        return table[name](dict(state_dict), **options)
+    except VlmzooError:
+        raise
+    except (KeyError, ValueError, IndexError) as e:  # the converter looked for a tensor that is not there
+        raise ConversionError(
+            f"the state dict ({len(state_dict)} tensors) is not in the {name!r} layout: "
+            f"{type(e).__name__}: {e}"
+        ) from e
 
 
 __all__ = ["from_original", "from_timm", "from_transformers", "original_layouts", "read_state_dict"]

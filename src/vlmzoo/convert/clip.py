@@ -182,6 +182,60 @@ def _openai_blocks(sd: StateDict, prefix: str) -> tuple[StateDict, int]:
     return out, depth
 
 
+def openai_vision_state_dict(sd: StateDict, prefix: str = "visual.") -> tuple[ViTConfig, StateDict]:
+    """An OpenAI / open_clip ``VisionTransformer`` under ``prefix`` -> (:class:`ViTConfig`, its keys).
+
+    Sizes are read off the tensors the way the original ``build_model`` does (heads = width / 64,
+    QuickGELU); the projection ``proj`` becomes ``head`` (``embed_dim``) when present. open_clip's
+    ``visual`` (OpenFlamingo's ``vision_encoder``) uses the same names.
+    """
+    for key in ("conv1.weight", "class_embedding", "positional_embedding"):
+        if prefix + key not in sd:
+            raise ConversionError(
+                f"not an OpenAI CLIP ViT state dict: no {prefix}{key} "
+                "(the ModifiedResNet towers are not supported)"
+            )
+    blocks, depth = _openai_blocks(sd, prefix)
+    conv = sd[f"{prefix}conv1.weight"]
+    width, patch = conv.shape[0], conv.shape[-1]
+    grid = round((sd[f"{prefix}positional_embedding"].shape[0] - 1) ** 0.5)
+    proj = sd.get(f"{prefix}proj")
+    config = clip_vision_config(grid * patch, patch, width, depth, None if proj is None else proj.shape[1])
+    state = {
+        "patch_embed.proj.weight": conv,
+        "cls_token": sd[f"{prefix}class_embedding"].reshape(1, 1, -1),
+        "pos_embed": sd[f"{prefix}positional_embedding"].unsqueeze(0),
+        "norm_pre.weight": sd[f"{prefix}ln_pre.weight"],
+        "norm_pre.bias": sd[f"{prefix}ln_pre.bias"],
+        "norm.weight": sd[f"{prefix}ln_post.weight"],
+        "norm.bias": sd[f"{prefix}ln_post.bias"],
+        **blocks,
+    }
+    if proj is not None:
+        state["head.weight"] = proj.t()  # the original computes x @ proj
+    return config, state
+
+
+def vision_config_from_hub_state_dict(sd: StateDict) -> ViTConfig:
+    """OpenAI CLIP vision sizes read off hub-format ``vision_model.*`` tensors (no projection).
+
+    For checkpoints that embed transformers' ``CLIPVisionModel`` of an OpenAI release (LLaVA,
+    Vary): QuickGELU, eps 1e-5, ``ln_pre``, no patch bias, and heads by OpenAI's rule (head dim
+    64): the q/k/v tensors do not tell the head count.
+    """
+    key = "vision_model.embeddings.patch_embedding.weight"
+    if key not in sd:
+        raise ConversionError(f"no CLIP vision tower: {key} is missing")
+    conv = sd[key]
+    width, patch = conv.shape[0], conv.shape[-1]
+    grid = round((sd["vision_model.embeddings.position_embedding.weight"].shape[0] - 1) ** 0.5)
+    depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("vision_model.encoder.layers."))
+    mlp = sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
+    return clip_vision_config(grid * patch, patch, width, depth, None).replace(
+        mlp_ratio=mlp / width, pool="none"
+    )
+
+
 def from_openai_clip(sd: StateDict) -> CLIPModel:
     """The OpenAI CLIP release (``ViT-*.pt`` state dict) -> :class:`CLIPModel`.
 
@@ -190,21 +244,16 @@ def from_openai_clip(sd: StateDict) -> CLIPModel:
     wrong features).
     """
     sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
-    if "visual.conv1.weight" not in sd or "visual.class_embedding" not in sd:
-        raise ConversionError(
-            "not an OpenAI CLIP ViT state dict (no visual.conv1 / visual.class_embedding; "
-            "the ModifiedResNet towers are not supported)"
-        )
-    vision_blocks, vision_depth = _openai_blocks(sd, "visual.")
+    vision, vision_state = openai_vision_state_dict(sd, "visual.")
+    for key in ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"):
+        if key not in sd:
+            raise ConversionError(f"OpenAI CLIP state dict without the text tower: no {key}")
     text_blocks, text_depth = _openai_blocks(sd, "")
-    conv = sd["visual.conv1.weight"]
-    width, patch = conv.shape[0], conv.shape[-1]
-    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     embed_dim = sd["text_projection"].shape[1]
     text_width = sd["ln_final.weight"].shape[0]
     vocab = sd["token_embedding.weight"].shape[0]
     config = CLIPConfig(
-        vision=clip_vision_config(grid * patch, patch, width, vision_depth, embed_dim),
+        vision=vision,
         text=TextTransformerConfig(
             vocab_size=vocab,
             context_length=sd["positional_embedding"].shape[0],
@@ -217,21 +266,13 @@ def from_openai_clip(sd: StateDict) -> CLIPModel:
         ),
     )
     state = {
-        "visual.patch_embed.proj.weight": conv,
-        "visual.cls_token": sd["visual.class_embedding"].reshape(1, 1, -1),
-        "visual.pos_embed": sd["visual.positional_embedding"].unsqueeze(0),
-        "visual.norm_pre.weight": sd["visual.ln_pre.weight"],
-        "visual.norm_pre.bias": sd["visual.ln_pre.bias"],
-        "visual.norm.weight": sd["visual.ln_post.weight"],
-        "visual.norm.bias": sd["visual.ln_post.bias"],
-        "visual.head.weight": sd["visual.proj"].t(),  # the original computes x @ proj
         "text.token_embedding.weight": sd["token_embedding.weight"],
         "text.pos_embed": sd["positional_embedding"].unsqueeze(0),
         "text.norm.weight": sd["ln_final.weight"],
         "text.norm.bias": sd["ln_final.bias"],
         "text.head.weight": sd["text_projection"].t(),
         "logit_scale": sd["logit_scale"].reshape(()),
-        **{f"visual.{k}": v for k, v in vision_blocks.items()},
+        **{f"visual.{k}": v for k, v in vision_state.items()},
         **{f"text.{k}": v for k, v in text_blocks.items()},
     }
     model = CLIPModel(config)

@@ -7,21 +7,38 @@ converter; the feature choice (``vision_feature_layer``, ``vision_feature_select
 becomes encoder config; the LM is rebuilt as a ``*ForCausalLM`` from ``text_config``.
 transformers' processor writes ``image_seq_length`` placeholders per image, so the converted
 model uses ``expand_image_tokens=False``.
+
+``from_original(sd, "llava")`` reads the original haotian-liu/LLaVA layout (SPEC §8):
+``model.mm_projector.*`` (``linear``: ``weight``/``bias``; ``mlp{N}x_gelu``: ``0``, ``2``, ...),
+the LLaMA/Vicuna LM as ``model.embed_tokens``, ``model.layers.{i}.*``, ``model.norm``,
+``lm_head`` (``LlamaForCausalLM`` keys), and the CLIP tower, when saved, as
+``model.vision_tower.vision_tower.vision_model.*`` (transformers' hub format). Checkpoints
+without the tower (the usual case: LLaVA loads it from ``mm_vision_tower``) or without the LM
+(``mm_projector.bin`` of the pretraining stage) take ``encoder=`` / ``decoder=``
+(:mod:`vlmzoo.convert.parts`). The result uses LLaVA's own image token: one ``-200`` per image,
+expanded to the image's features.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 
 from vlmzoo.adapters.mlp import MLPProjectorConfig
 from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.convert.activations import from_hf_activation
-from vlmzoo.convert.clip import from_hf_clip
-from vlmzoo.decoders.hf import HFDecoder
+from vlmzoo.convert.clip import from_hf_clip, vision_config_from_hub_state_dict, vision_state_dict_from_hf
+from vlmzoo.convert.parts import assemble_vlm, supplied_decoder, supplied_encoder
+from vlmzoo.convert.sam import strip_prefix
+from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
+from vlmzoo.encoders.vit import ViTConfig
 from vlmzoo.errors import ConversionError
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
+
+StateDict = dict[str, torch.Tensor]
 
 
 def decoder_from_hf_parts(
@@ -89,4 +106,126 @@ def from_hf_llava(model: Any) -> VisionLanguageModel:
     return vlm
 
 
+# --- the original release (haotian-liu/LLaVA, SPEC §8) -----------------------------------------
+PROJECTOR = "model.mm_projector."
+VISION_TOWER = "model.vision_tower.vision_tower."
+# Vicuna / LLaMA-2 facts no tensor holds (LLaVA-1.5's LLMs, SPEC §8): head dim 128, RMSNorm eps
+# 1e-5, context 4096. Other LLMs (LLaMA-1's eps 1e-6, Mistral's rope) need decoder=DecoderConfig(...).
+VICUNA_HEAD_DIM = 128
+
+
+def _projector(sd: StateDict) -> tuple[MLPProjectorConfig, StateDict]:
+    """``model.mm_projector.*`` (``linear`` or ``mlp{N}x_gelu``) -> MLPProjector config and weights."""
+    proj = strip_prefix(sd, PROJECTOR)
+    if "weight" in proj:  # linear: one bare Linear
+        proj = {f"0.{k}": v for k, v in proj.items()}
+    indices = sorted({int(k.split(".")[0]) for k in proj if re.match(r"^\d+\.weight$", k)})
+    if not indices or indices != list(range(0, 2 * len(indices), 2)):
+        raise ConversionError(
+            f"not an original LLaVA checkpoint: {PROJECTOR}* holds {sorted(proj)[:6] or 'nothing'}, "
+            "expected weight/bias (linear) or 0., 2., ... (mlpNx_gelu); identity projectors have no keys "
+            "to read, build those with create_model"
+        )
+    first = proj["0.weight"]
+    config = MLPProjectorConfig(
+        in_dim=first.shape[1],
+        out_dim=first.shape[0],
+        depth=len(indices),
+        act="gelu",
+        bias="0.bias" in proj,
+    )
+    return config, {f"proj.{k}": v for k, v in proj.items()}
+
+
+def vicuna_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> DecoderConfig:
+    """The :class:`DecoderConfig` of a ``LlamaForCausalLM`` state dict with Vicuna-v1.5 conventions."""
+    p = "model.layers.0."
+    needed = ("model.embed_tokens.weight", f"{p}self_attn.q_proj.weight", f"{p}self_attn.k_proj.weight")
+    absent = [k for k in needed if k not in sd]
+    if absent:
+        raise ConversionError(f"no LLaMA language model in the checkpoint ({absent} missing)")
+    vocab, hidden = sd["model.embed_tokens.weight"].shape
+    heads, kv_heads = (sd[f"{p}self_attn.{n}_proj.weight"].shape[0] // VICUNA_HEAD_DIM for n in "qk")
+    if heads * VICUNA_HEAD_DIM != hidden:
+        raise ConversionError(
+            f"LLM hidden size {hidden} is not a multiple of Vicuna's head dim {VICUNA_HEAD_DIM}: "
+            "pass decoder=DecoderConfig('llama', {...}) with the LLM's own config"
+        )
+    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("model.layers."))
+    return DecoderConfig(
+        "llama",
+        dict(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            intermediate_size=sd[f"{p}mlp.gate_proj.weight"].shape[0],
+            vocab_size=vocab,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            attention_bias=f"{p}self_attn.q_proj.bias" in sd,
+            tie_word_embeddings="lm_head.weight" not in sd,
+        ),
+    )
+
+
+def from_original_llava(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    encoder: torch.nn.Module | None = None,
+    decoder: HFDecoder | DecoderConfig | None = None,
+    vision_select_layer: int = -2,
+    vision_select_feature: Literal["patch", "cls_patch"] = "patch",
+) -> VisionLanguageModel:
+    """An original LLaVA / LLaVA-1.5 checkpoint (``LlavaLlamaForCausalLM`` state dict) -> VLM.
+
+    ``vision_select_layer`` / ``vision_select_feature`` are the checkpoint's
+    ``mm_vision_select_layer`` / ``mm_vision_select_feature`` (LLaVA-1.5: -2 and ``patch``,
+    i.e. the penultimate layer without CLS). The tower comes from the checkpoint or ``encoder=``;
+    the LM from the checkpoint (Vicuna conventions, :func:`vicuna_config_from_state_dict`) or
+    ``decoder=``, which also gives the architecture when the checkpoint's LM is not a Vicuna.
+    """
+    sd = dict(state_dict)
+    if "model.image_newline" in sd:
+        raise ConversionError(
+            "model.image_newline: a LLaVA-NeXT (anyres) checkpoint; only LLaVA / LLaVA-1.5 are supported"
+        )
+    if vision_select_feature not in ("patch", "cls_patch"):
+        raise ConversionError(
+            f"vision_select_feature={vision_select_feature!r}: LLaVA has 'patch' or 'cls_patch'"
+        )
+    adapter = _projector(sd)
+
+    def features(config: ViTConfig) -> ViTConfig:
+        return config.replace(
+            feature_layer=vision_select_layer,
+            feature_tokens="patch" if vision_select_feature == "patch" else "all",
+            feature_norm=False,
+            pool="none",
+            embed_dim=None,
+        )
+
+    tower = strip_prefix(sd, VISION_TOWER)
+    if tower:
+        if encoder is not None:
+            raise ConversionError(
+                f"the checkpoint holds its vision tower ({VISION_TOWER}*): do not pass encoder="
+            )
+        vision_config = features(vision_config_from_hub_state_dict(tower))
+        vision = vision_config, vision_state_dict_from_hf(tower, vision_config)
+    else:
+        vision = supplied_encoder(encoder, features, f"no {VISION_TOWER}* keys")
+    lm_state = {k: v for k, v in sd.items() if not k.startswith((PROJECTOR, "model.vision_tower."))}
+    if decoder is None and "model.embed_tokens.weight" in lm_state:
+        decoder = vicuna_config_from_state_dict(lm_state)
+    language = supplied_decoder(decoder, lm_state, "no model.embed_tokens / model.layers.* keys")
+    return assemble_vlm(
+        {"encoder": vision, "adapter": adapter, "decoder": language},
+        source="original LLaVA state dict",
+        image_token_id=-200,  # IMAGE_TOKEN_INDEX: one per image, replaced by its features
+        expand_image_tokens=True,
+    )
+
+
 TRANSFORMERS = {"LlavaForConditionalGeneration": from_hf_llava}
+ORIGINAL = {"llava": from_original_llava}

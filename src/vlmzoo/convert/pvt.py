@@ -138,7 +138,12 @@ def pvt_config_from_state_dict(sd: StateDict) -> PvtConfig:
     embedding (a square grid), heads from the DWC (head dim) of linear stages — for spatial-
     reduction stages the heads are not stored and PVT v1's head dim 64 is assumed (1, 2, 5, 8).
     """
-    stages = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"^stages\.(\d+)\.", k)))
+    found = [int(m.group(1)) for k in sd if (m := re.match(r"^stages\.(\d+)\.", k))]
+    if not found:
+        raise ConversionError(
+            f"not a PVT state dict: no block1.* (stage 1) keys; found e.g. {sorted(sd)[:3]}"
+        )
+    stages = 1 + max(found)
     dims, patches, depths, heads, srs, ratios = [], [], [], [], [], []
     kinds: list[PvtStageAttention] = []
     for s in range(stages):

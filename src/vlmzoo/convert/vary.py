@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from vlmzoo.checkpoint import load_state_dict_strict
-from vlmzoo.convert.clip import vision_state_dict_from_hf
+from vlmzoo.convert.clip import vision_config_from_hub_state_dict, vision_state_dict_from_hf
 from vlmzoo.convert.sam import (
     sam_config_from_hf,
     sam_config_from_state_dict,
@@ -100,31 +100,11 @@ def from_original_vary(sd: StateDict) -> VaryVocabEncoder:
 
 
 def _clip_config_from_state_dict(sd: StateDict) -> ViTConfig:
-    """OpenAI CLIP vision tower sizes read off hub-format ``vision_model.*`` tensors."""
+    """openai/clip-vit-large-patch14 as Vary loads it (hub-format ``vision_model.*`` tensors)."""
     key = "vision_model.embeddings.patch_embedding.weight"
     if key not in sd:
         raise ConversionError(f"Vary checkpoint without the CLIP tower ({key} under vision_tower.)")
-    conv = sd[key]
-    width, patch = conv.shape[0], conv.shape[-1]
-    grid = round((sd["vision_model.embeddings.position_embedding.weight"].shape[0] - 1) ** 0.5)
-    depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("vision_model.encoder.layers."))
-    mlp = sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
-    # openai/clip-vit-large-patch14 as Vary loads it: QuickGELU, eps 1e-5, ln_pre, no patch bias.
-    # Heads by OpenAI's rule (head dim 64): fused q/k/v tensors do not tell the head count.
-    return ViTConfig(
-        image_size=grid * patch,
-        patch_size=patch,
-        width=width,
-        depth=depth,
-        num_heads=width // 64,
-        mlp_ratio=mlp / width,
-        act="quick_gelu",
-        patch_bias=False,
-        pre_norm=True,
-        norm_eps=1e-5,
-        pool="none",
-        embed_dim=None,
-    )
+    return vision_config_from_hub_state_dict(sd)
 
 
 def from_original_vary_encoder(sd: StateDict, vision_select_layer: int = -2) -> FusedEncoder:
