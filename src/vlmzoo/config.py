@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -80,6 +81,8 @@ class Config:
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         """Build and validate a config from :meth:`to_dict` output; unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__}.from_dict expects a dict of fields, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
@@ -91,7 +94,11 @@ class Config:
 
     @classmethod
     def from_json(cls: type[C], text: str) -> C:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{cls.__name__}.from_json: not valid JSON ({e})") from e
+        return cls.from_dict(data)
 
     def replace(self: C, **overrides: Any) -> C:
         """A validated copy with some fields changed; unknown field names are an error."""
@@ -156,6 +163,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}={value!r}: expected a number")
+        if not math.isfinite(value):  # NaN passes every `<= 0` range check; inf overflows sizes
+            raise ConfigError(f"{where}={value!r}: expected a finite number")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):

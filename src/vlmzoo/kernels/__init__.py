@@ -14,7 +14,8 @@ Backends, all computing the same function:
   interpreter (``TRITON_INTERPRET=1`` set before Triton is imported), which is for tests.
 
 ``backend="auto"`` never fails for want of Triton or a GPU: it falls back to ``"torch"``
-(DESIGN item 14). All input validation happens here, once, before any backend runs.
+(DESIGN item 14). While ``torch.compile`` traces, that fallback is ``"reference"``, which
+Dynamo captures in one graph. All input validation happens here, once, before any backend runs.
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ def focused_linear_attention(
     if q.numel() == 0:  # nothing to launch kernels on
         name = "torch"
     if q.device.type == "meta":  # shape propagation (parameter/FLOP counting): the plain formula
+        name = "reference"
+    if name == "torch" and backend == "auto" and torch.compiler.is_compiling():
+        # The torch backend's `out=` writes into strided views break Dynamo's graph (one break per
+        # call); the plain formula traces whole and Inductor fuses and plans its memory itself.
         name = "reference"
     args = (q, k, v, num_heads, scale, float(focusing_factor), float(eps))
     if name == "triton" and backend == "auto":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 from einops import rearrange
@@ -9,8 +11,14 @@ from einops import rearrange
 from vlmzoo.errors import InputError
 
 
-def check_image(pixel_values: torch.Tensor, in_channels: int, multiple_of: int) -> tuple[int, int]:
-    """Validate a [B, C, H, W] batch; return (H, W). Raises :class:`InputError` naming the problem."""
+def check_image(
+    pixel_values: torch.Tensor, in_channels: int, multiple_of: int, device: torch.device | None = None
+) -> tuple[int, int]:
+    """Validate a [B, C, H, W] batch; return (H, W). Raises :class:`InputError` naming the problem.
+
+    ``device``: where the encoder's weights are (the pixels must be there too). NaN/inf pixels
+    are refused (:func:`check_finite`, the policy in docs/errors.md).
+    """
     if not isinstance(pixel_values, torch.Tensor):
         raise InputError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
     if pixel_values.ndim != 4:
@@ -28,13 +36,43 @@ def check_image(pixel_values: torch.Tensor, in_channels: int, multiple_of: int) 
         )
     if not pixel_values.is_floating_point():
         raise InputError(f"pixel_values must be a floating-point tensor, got {pixel_values.dtype}")
+    if device is not None and pixel_values.device != device:
+        raise InputError(
+            f"pixel_values are on {pixel_values.device} but the encoder's weights are on {device}; "
+            "move one of them with .to()"
+        )
     if h % multiple_of or w % multiple_of:
         raise InputError(
             f"image size {h}x{w} is not a multiple of the patch size {multiple_of}; "
             f"resize or pad to e.g. {h // multiple_of * multiple_of or multiple_of}x"
             f"{w // multiple_of * multiple_of or multiple_of}"
         )
+    check_finite(pixel_values)
     return h, w
+
+
+def check_finite(pixel_values: torch.Tensor) -> None:
+    """Refuse NaN/inf pixels, which would silently turn every output token into NaN.
+
+    One fp32 sum (NaN and inf propagate through it) instead of an elementwise ``isfinite``: no
+    temporary the size of the batch; the exact counts are computed only to word the error. Costs
+    a host sync on CUDA. Skipped while ``torch.compile`` traces (a data-dependent branch would
+    break ``fullgraph=True``) and on the meta device (no values).
+    """
+    if torch.compiler.is_compiling() or pixel_values.device.type == "meta":
+        return
+    total = pixel_values.sum(dtype=torch.float32 if pixel_values.element_size() < 4 else None)
+    if math.isfinite(total.item()):
+        return
+    nan, inf = int(pixel_values.isnan().sum()), int(pixel_values.isinf().sum())
+    if nan or inf:
+        raise InputError(
+            f"pixel_values contain {nan} NaN and {inf} inf values (of {pixel_values.numel()}); "
+            "check the image loading and normalisation"
+        )
+    raise InputError(
+        f"pixel_values are too large to be normalised pixels (max |x| = {pixel_values.abs().max().item():.3g})"
+    )
 
 
 class PatchEmbed(nn.Module):
@@ -47,7 +85,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        check_image(pixel_values, self.in_channels, self.patch_size)
+        check_image(pixel_values, self.in_channels, self.patch_size, self.proj.weight.device)
         x = self.proj(pixel_values.to(self.proj.weight.dtype))
         grid = (x.shape[-2], x.shape[-1])
         return rearrange(x, "b c h w -> b (h w) c"), grid

@@ -62,10 +62,21 @@ def collate(
     ``answers``, each sequence is prompt + answer + EOS and labels cover answer + EOS.
     """
     n = len(prompts)
+    if n == 0:
+        raise InputError("collate got no prompts (an empty batch)")
+    if padding_side not in ("left", "right"):
+        raise InputError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
     if answers is not None and len(answers) != n:
         raise InputError(f"{n} prompts but {len(answers)} answers")
     if images_per_sample is None:
         images_per_sample = [1] * n if pixel_values is not None else [0] * n
+    if len(images_per_sample) != n:
+        raise InputError(f"{n} prompts but images_per_sample has {len(images_per_sample)} entries")
+    given = sum(1 if p.ndim == 3 else p.shape[0] for p in pixel_values or ())
+    if given != sum(images_per_sample):
+        raise InputError(
+            f"pixel_values hold {given} images but images_per_sample counts {sum(images_per_sample)}"
+        )
     rows, label_rows = [], []
     for i, prompt in enumerate(prompts):
         ids = encode_prompt(tokenizer, prompt, images_per_sample[i])
