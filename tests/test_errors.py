@@ -221,6 +221,8 @@ CASES = [
          InputError, r"integer tensor, got torch.float32"),
     Case("text-no-tokens", lambda _: clip().encode_text(torch.ones(2, 0, dtype=torch.long)),
          InputError, r"no tokens \(shape \(2, 0\)\)"),
+    Case("text-empty-batch", lambda _: clip().encode_text(torch.ones(0, 3, dtype=torch.long)),
+         InputError, r"empty batch \(shape \(0, 3\)\)"),
     Case("text-mask-shape", lambda _: clip().encode_text(torch.ones(1, 3, dtype=torch.long), torch.ones(1, 4)),
          InputError, r"attention_mask shape \(1, 4\) != input_ids shape \(1, 3\)"),
     Case("clip-loss-not-square",
@@ -427,15 +429,12 @@ def test_pickle_carrying_code_is_refused_and_never_runs(tmp_path, how):
     assert not marker.exists()
 
 
-# --- NaN/inf policy: raise, except while torch.compile traces -----------------------------------
-def test_finite_check_is_skipped_while_compiling(monkeypatch):
-    from vlmzoo.layers.patch_embed import check_finite
-
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    check_finite(pixels(math.nan))  # no data-dependent branch inside a traced graph
-    monkeypatch.undo()
-    with pytest.raises(InputError, match="NaN"):
-        check_finite(pixels(math.nan))
+# --- NaN/inf policy: raise; inside a compiled graph, assert ---------------------------------------
+def test_nan_pixels_fail_a_compiled_encoder_too():
+    compiled = torch.compile(encoder("clip-vit-tiny"), fullgraph=True, backend="eager")
+    assert compiled(PIX).tokens.isfinite().all()
+    with pytest.raises(RuntimeError, match="pixel_values contain NaN or inf"):
+        compiled(pixels(math.nan))
 
 
 def test_finite_check_counts_overflow_as_bad_pixels():

@@ -7,6 +7,12 @@ for unknown names), so ``except ValueError`` keeps working in user code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 
 class VlmzooError(Exception):
     """Base class of all vlmzoo errors."""
@@ -33,3 +39,20 @@ class CheckpointError(VlmzooError, ValueError):
 
 class ConversionError(VlmzooError, ValueError):
     """A peer model (transformers, timm, original release) cannot be converted faithfully."""
+
+
+def require(condition: torch.Tensor, explain: Callable[[], str], traced: str) -> None:
+    """Raise :class:`InputError` unless the 0-dim bool tensor ``condition`` holds.
+
+    For checks that read tensor *values* (token ranges, placeholder counts, NaN pixels). Eagerly,
+    the condition is read on the host and ``explain()`` words the error with the values. While
+    ``torch.compile`` traces, reading a value would break the graph, so the check becomes an
+    assertion inside it (``torch._assert_async``: a RuntimeError carrying ``traced`` on the CPU, a
+    device-side assert on CUDA) — never a silently skipped check.
+    """
+    import torch
+
+    if torch.compiler.is_compiling():
+        torch._assert_async(condition, traced)
+    elif not bool(condition):
+        raise InputError(explain())

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from vlmzoo.config import Config
-from vlmzoo.errors import InputError
+from vlmzoo.errors import InputError, require
 from vlmzoo.hub import HubMixin
 from vlmzoo.layers import Activation, Block
 from vlmzoo.layers.stack import BlockStack
@@ -93,17 +93,22 @@ class TextTransformer(BlockStack, HubMixin, nn.Module):
             raise InputError(f"input_ids must be a [B, L] tensor, got {shape}")
         if input_ids.dtype not in (torch.int32, torch.int64):
             raise InputError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.shape[0] == 0:
+            raise InputError(f"input_ids hold an empty batch (shape {tuple(input_ids.shape)})")
         if input_ids.shape[1] == 0:
             raise InputError(f"input_ids hold no tokens (shape {tuple(input_ids.shape)}): nothing to pool")
         if input_ids.shape[1] > c.context_length:
             raise InputError(
                 f"sequence length {input_ids.shape[1]} exceeds the context length {c.context_length}"
             )
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= c.vocab_size):
-            raise InputError(
+        require(
+            (input_ids.min() >= 0) & (input_ids.max() < c.vocab_size),
+            lambda: (
                 f"token ids must be in [0, {c.vocab_size}), got range "
                 f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
+            ),
+            f"token ids outside [0, {c.vocab_size})",
+        )
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise InputError(
                 f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"

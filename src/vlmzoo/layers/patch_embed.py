@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 from einops import rearrange
 
-from vlmzoo.errors import InputError
+from vlmzoo.errors import InputError, require
 
 
 def check_image(
@@ -56,23 +54,26 @@ def check_finite(pixel_values: torch.Tensor) -> None:
 
     One fp32 sum (NaN and inf propagate through it) instead of an elementwise ``isfinite``: no
     temporary the size of the batch; the exact counts are computed only to word the error. Costs
-    a host sync on CUDA. Skipped while ``torch.compile`` traces (a data-dependent branch would
-    break ``fullgraph=True``) and on the meta device (no values).
+    a host sync on CUDA; inside a ``torch.compile`` graph it is an assertion instead
+    (:func:`vlmzoo.errors.require`). Skipped on the meta device (no values).
     """
-    if torch.compiler.is_compiling() or pixel_values.device.type == "meta":
+    if pixel_values.device.type == "meta":
         return
     total = pixel_values.sum(dtype=torch.float32 if pixel_values.element_size() < 4 else None)
-    if math.isfinite(total.item()):
-        return
+    require(torch.isfinite(total), lambda: _non_finite_message(pixel_values), _NON_FINITE)
+
+
+_NON_FINITE = "pixel_values contain NaN or inf values, or are too large to be normalised pixels"
+
+
+def _non_finite_message(pixel_values: torch.Tensor) -> str:
     nan, inf = int(pixel_values.isnan().sum()), int(pixel_values.isinf().sum())
     if nan or inf:
-        raise InputError(
+        return (
             f"pixel_values contain {nan} NaN and {inf} inf values (of {pixel_values.numel()}); "
             "check the image loading and normalisation"
         )
-    raise InputError(
-        f"pixel_values are too large to be normalised pixels (max |x| = {pixel_values.abs().max().item():.3g})"
-    )
+    return f"pixel_values are too large to be normalised pixels (max |x| = {pixel_values.abs().max().item():.3g})"
 
 
 class PatchEmbed(nn.Module):

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from vlmzoo.config import Config
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
-from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.errors import ConfigError, InputError, require
 from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import architecture_for, build, register_architecture
@@ -212,24 +212,38 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
                 f"input_ids are on {input_ids.device} but the decoder's weights are on {device}; "
                 "move one of them with .to()"
             )
-        text = input_ids[input_ids != self.config.image_token_id]
-        vocab = self.decoder.vocab_size
-        if text.numel() and (int(text.min()) < 0 or int(text.max()) >= vocab):
-            raise InputError(
+        # Value checks go through require(): exact errors eagerly, graph assertions when compiled.
+        image_id, vocab = self.config.image_token_id, self.decoder.vocab_size
+        is_image = input_ids == image_id
+        lowest = input_ids.masked_fill(is_image, 0).min()
+        highest = input_ids.masked_fill(is_image, 0).max()
+
+        def range_error() -> str:
+            text = input_ids[~is_image]
+            return (
                 f"token ids must be in [0, {vocab}) (the decoder's vocabulary) or the image placeholder "
-                f"{self.config.image_token_id}, got range [{int(text.min())}, {int(text.max())}]"
+                f"{image_id}, got range [{int(text.min())}, {int(text.max())}]"
             )
-        placeholders = int((input_ids == self.config.image_token_id).sum())
+
+        require((lowest >= 0) & (highest < vocab), range_error, f"token ids outside [0, {vocab})")
+        placeholders = is_image.sum()
         num_images = _num_images(pixel_values)
         per_image = (
             1 if self.config.expand_image_tokens or self.injection != "prefix" else self.tokens_per_image
         )
-        if placeholders != num_images * per_image:
+
+        def count_error() -> str:
             unit = "placeholder per image" if per_image == 1 else f"placeholders per image ({per_image} each)"
-            raise InputError(
-                f"input_ids hold {placeholders} image placeholders (id {self.config.image_token_id}) but "
+            return (
+                f"input_ids hold {int(placeholders)} image placeholders (id {image_id}) but "
                 f"{num_images} images were given; expected {per_image} {unit}"
             )
+
+        require(
+            placeholders == num_images * per_image,
+            count_error,
+            f"input_ids do not hold {per_image} image placeholder(s) (id {image_id}) per image given",
+        )
         return num_images
 
     def _check_length(self, length: int, new_tokens: int = 0) -> None:
