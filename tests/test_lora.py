@@ -88,6 +88,25 @@ def test_lora_on_each_part_changes_its_output_and_trains_only_lora(part, name, t
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+def test_lora_on_flamingo_gated_blocks_and_resampler_trains_only_lora():
+    torch.manual_seed(0)
+    base = vlmzoo.create_model("tiny-openflamingo").eval()
+    ids = torch.tensor([[1, base.config.image_token_id, 10, 11, 12]] * 2)
+    pixels = torch.randn(2, 3, base.config.encoder.image_size, base.config.encoder.image_size)
+    with torch.no_grad():
+        before = base(pixels, ids).logits
+    model = get_peft_model(base, lora(["to_q", "to_kv", "to_out", "q_proj"]))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n for n in names)
+    assert any("gated_cross_attn_layers" in n for n in names) and any("perceiver" in n for n in names)
+    with torch.no_grad():
+        assert max_abs_diff(model(pixels, ids).logits, before) > 1e-6
+    model(pixels, ids, labels=ids.clamp(min=0)).loss.backward()
+    assert all(
+        p.grad is not None for n, p in model.named_parameters() if "gated_cross_attn" in n and "lora_" in n
+    )
+
+
 def test_saved_lora_weights_load_onto_a_fresh_base_with_identical_outputs(tmp_path):
     model = get_peft_model(vlm(), lora(["qkv", "q_proj", "v_proj", "proj.0"]))
     with torch.no_grad():
