@@ -20,26 +20,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import max_abs_diff
+from conftest import TINY_ENCODERS, max_abs_diff, pixels_for
 
 import vlmzoo
 from vlmzoo.layers.block_attention import BLOCK_ATTENTION_TYPES
 from vlmzoo.models.vlm import VisionLanguageModel
 from vlmzoo.registry import get_entry
 
-# One tiny config per encoder family (every registered vision architecture, and the text tower).
-ENCODERS = [
-    "clip-vit-tiny",
-    "dinov2-vit-tiny-reg4",
-    "eva-vit-tiny",
-    "sam-vit-tiny",
-    "vary-vocab-tiny",
-    "vary-toy-encoder-tiny",
-    "swin-tiny",
-    "flatten-swin-tiny",
-    "pvt-tiny",
-    "flatten-pvt-tiny",
-]
 TOL = 1e-4
 
 
@@ -50,16 +37,7 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def pixels_for(encoder: torch.nn.Module, batch: int = 2):
-    """A batch at the encoder's native size (one tensor per tower for a fused encoder)."""
-    towers = getattr(encoder, "towers", None)
-    if towers is not None:
-        return tuple(torch.randn(batch, 3, t.config.image_size, t.config.image_size) for t in towers.values())
-    size = encoder.config.image_size
-    return torch.randn(batch, 3, size, size)
-
-
-@pytest.mark.parametrize("name", ENCODERS)
+@pytest.mark.parametrize("name", TINY_ENCODERS)
 def test_every_encoder_compiles_whole_with_inductor_and_matches_eager(name):
     encoder = vlmzoo.create_encoder(name).eval()
     x = pixels_for(encoder)

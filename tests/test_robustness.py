@@ -15,39 +15,17 @@ import gc
 
 import pytest
 import torch
+from conftest import TINY_ENCODERS, pixels_for
 
 import vlmzoo
 from vlmzoo.registry import get_entry
 
-ENCODERS = [
-    "clip-vit-tiny",
-    "dinov2-vit-tiny-reg4",
-    "eva-vit-tiny",
-    "sam-vit-tiny",
-    "vary-vocab-tiny",
-    "vary-toy-encoder-tiny",
-    "swin-tiny",
-    "flatten-swin-tiny",
-    "pvt-tiny",
-    "flatten-pvt-tiny",
-]
-
-
-def pixels_for(encoder: torch.nn.Module, dtype: torch.dtype, magnitude: float = 1e4):
-    """Uniform pixels in [-magnitude, magnitude] at the native size (one tensor per tower)."""
-    towers = getattr(encoder, "towers", None)
-    sizes = (
-        [t.config.image_size for t in towers.values()] if towers is not None else [encoder.config.image_size]
-    )
-    images = [((torch.rand(2, 3, s, s) * 2 - 1) * magnitude).to(dtype) for s in sizes]
-    return tuple(images) if towers is not None else images[0]
-
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("name", ENCODERS)
+@pytest.mark.parametrize("name", TINY_ENCODERS)
 def test_every_encoder_stays_finite_in_half_precision_with_inputs_up_to_1e4(name, dtype):
     encoder = vlmzoo.create_encoder(name).to(dtype)
-    x = pixels_for(encoder, dtype)
+    x = pixels_for(encoder, dtype=dtype, magnitude=1e4)
     out = encoder(x)
     assert out.tokens.dtype == dtype and torch.isfinite(out.tokens).all()
     out.tokens.float().square().mean().backward()

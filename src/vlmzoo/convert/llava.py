@@ -33,7 +33,7 @@ from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.convert.clip import from_hf_clip, vision_config_from_hub_state_dict, vision_state_dict_from_hf
 from vlmzoo.convert.parts import assemble_vlm, supplied_decoder, supplied_encoder
 from vlmzoo.convert.sam import strip_prefix
-from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
+from vlmzoo.decoders.hf import DecoderConfig, HFDecoder, llama_config
 from vlmzoo.encoders.vit import ViTConfig
 from vlmzoo.errors import ConversionError
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
@@ -152,20 +152,17 @@ def vicuna_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> DecoderConf
             "pass decoder=DecoderConfig('llama', {...}) with the LLM's own config"
         )
     layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("model.layers."))
-    return DecoderConfig(
-        "llama",
-        dict(
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            intermediate_size=sd[f"{p}mlp.gate_proj.weight"].shape[0],
-            vocab_size=vocab,
-            max_position_embeddings=4096,
-            rms_norm_eps=1e-5,
-            attention_bias=f"{p}self_attn.q_proj.bias" in sd,
-            tie_word_embeddings="lm_head.weight" not in sd,
-        ),
+    return llama_config(
+        hidden,
+        layers,
+        heads,
+        sd[f"{p}mlp.gate_proj.weight"].shape[0],
+        vocab,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        attention_bias=f"{p}self_attn.q_proj.bias" in sd,
+        tie_word_embeddings="lm_head.weight" not in sd,
     )
 
 

@@ -221,9 +221,10 @@ class HFDecoder(BlockStack, HubMixin, nn.Module):
 
 
 # --- presets: published sizes, written out (no download) -------------------------------------
-def _llama(
+def llama_config(
     hidden: int, layers: int, heads: int, intermediate: int, vocab: int = 32000, **kw: Any
 ) -> DecoderConfig:
+    """A LLaMA-family :class:`DecoderConfig` by its sizes; ``kw`` are further transformers fields."""
     return DecoderConfig(
         "llama",
         dict(
@@ -239,8 +240,8 @@ def _llama(
 
 DECODER_PRESETS: dict[str, DecoderConfig] = {
     # Vicuna-v1.5 (LLaVA-1.5's LLMs): LLaMA-2 sizes, context 4096, RMSNorm eps 1e-5.
-    "vicuna-7b": _llama(4096, 32, 32, 11008, max_position_embeddings=4096, rms_norm_eps=1e-5),
-    "vicuna-13b": _llama(5120, 40, 40, 13824, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "vicuna-7b": llama_config(4096, 32, 32, 11008, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "vicuna-13b": llama_config(5120, 40, 40, 13824, max_position_embeddings=4096, rms_norm_eps=1e-5),
     # OPT-2.7B (BLIP-2's LLM).
     "opt-2.7b": DecoderConfig(
         "opt",
@@ -299,9 +300,9 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
         ),
     ),
     # The `vlmzoo demo` LM (vocab_size and special ids are set from the trained tokenizer).
-    "demo-llama": _llama(64, 2, 2, 128, vocab=128, num_key_value_heads=2, max_position_embeddings=256),
+    "demo-llama": llama_config(64, 2, 2, 128, vocab=128, num_key_value_heads=2, max_position_embeddings=256),
     # Tiny decoders of four families for tests and CPU demos.
-    "tiny-llama": _llama(64, 2, 4, 128, vocab=512, num_key_value_heads=2, max_position_embeddings=512),
+    "tiny-llama": llama_config(64, 2, 4, 128, vocab=512, num_key_value_heads=2, max_position_embeddings=512),
     "tiny-qwen2": DecoderConfig(
         "qwen2",
         dict(
