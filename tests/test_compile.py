@@ -3,12 +3,13 @@ eager outputs; the VLM forward compiles into one graph where the decoder allows 
 
 Where graphs break (docs/training.md, "torch.compile"):
 
-- prefix adapters (MLP, Q-Former) with ``expand_image_tokens=False`` — the processor writes M
-  placeholders per image, as transformers' LLaVA processor does: one graph for Llama, Qwen2 and
-  OPT; GPT-2's forward with labels breaks twice inside transformers (a logger call about its
-  loss type, a step in its model);
-- ``expand_image_tokens=True``: each placeholder grows to M positions, so the merged length
-  depends on where the placeholders are; ``merge()`` reads it on the host and breaks there;
+- prefix adapters (MLP, Q-Former): one graph for Llama, Qwen2 and OPT, with one placeholder per
+  image (``expand_image_tokens=True``, the default: every sample must then hold the same number
+  of images, asserted inside the graph, since the merged length may not depend on where the
+  placeholders are) or with M placeholders per image (``expand_image_tokens=False``, as
+  transformers' LLaVA processor writes them: any number of images per sample). GPT-2's forward
+  with labels breaks twice inside transformers (a logger call about its loss type, a step in its
+  model);
 - Flamingo: the conditioning (which image each text position may see, and how many images each
   sample holds) is read on the host; the encoder, resampler and gated blocks compile.
 
@@ -82,25 +83,28 @@ def test_a_compiled_training_step_gives_the_eager_gradients():
 
 
 # --- the whole VLM ----------------------------------------------------------------------------------
-def vlm(model: str, decoder: str) -> VisionLanguageModel:
+def vlm(model: str, decoder: str, expand: bool = False) -> VisionLanguageModel:
     config = get_entry(model, "model").config.replace(
-        expand_image_tokens=False, decoder=get_entry(decoder, "decoder").config
+        expand_image_tokens=expand, decoder=get_entry(decoder, "decoder").config
     )
     return VisionLanguageModel(config).eval()
 
 
 def prompt(model: VisionLanguageModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image and its M placeholders, then text."""
+    """One image per sample (its placeholder, or its M placeholders), then text; the second
+    sample's image comes later in its text."""
     image = model.config.image_token_id
-    ids = torch.tensor([[1, *[image] * model.tokens_per_image, 10, 11, 12]] * 2)
+    span = [image] * (1 if model.config.expand_image_tokens else model.tokens_per_image)
+    ids = torch.tensor([[1, *span, 10, 11, 12], [1, 10, 11, *span, 12]])
     size = model.config.encoder.image_size
     return torch.randn(2, 3, size, size), ids
 
 
+@pytest.mark.parametrize("expand", [True, False], ids=["one-placeholder", "m-placeholders"])
 @pytest.mark.parametrize("model", ["tiny-llava", "tiny-blip2"])
 @pytest.mark.parametrize("decoder", ["tiny-llama", "tiny-qwen2", "tiny-opt"])
-def test_the_vlm_forward_traces_into_one_graph(model, decoder):
-    m = vlm(model, decoder)
+def test_the_vlm_forward_traces_into_one_graph(model, decoder, expand):
+    m = vlm(model, decoder, expand)
     x, ids = prompt(m)
     labels = ids.clamp(min=0)
     compiled = torch.compile(m, fullgraph=True, backend="eager")
@@ -111,7 +115,7 @@ def test_the_vlm_forward_traces_into_one_graph(model, decoder):
 
 
 def test_the_vlm_forward_compiles_with_inductor_and_matches_eager():
-    m = vlm("tiny-llava", "tiny-llama")
+    m = vlm("tiny-llava", "tiny-llama", expand=True)
     x, ids = prompt(m)
     compiled = torch.compile(m, fullgraph=True, backend="inductor")
     with torch.no_grad():
@@ -137,3 +141,14 @@ def test_a_compiled_vlm_still_refuses_a_wrong_placeholder_count():
             RuntimeError, match=r"do not hold 16 image placeholder\(s\) \(id -200\) per image"
         ):
             compiled(x[:1], ids)  # 2 images' placeholders, 1 image
+
+
+def test_a_compiled_expanding_vlm_refuses_samples_with_different_image_counts():
+    m = vlm("tiny-llava", "tiny-llama", expand=True)
+    image = m.config.image_token_id
+    ids = torch.tensor([[1, image, image, 10], [1, 10, 11, 12]])  # 2 images, then none
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        m(torch.randn(2, 3, 32, 32), ids)  # eagerly, any split of the images is fine
+        with pytest.raises(RuntimeError, match="every sample must hold the same number of images"):
+            compiled(torch.randn(2, 3, 32, 32), ids)

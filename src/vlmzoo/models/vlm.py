@@ -292,31 +292,61 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
             )
         width = torch.where(is_image, m, 1)
         start = width.cumsum(dim=1) - width  # first merged position of each input token
-        new_len = width.sum(dim=1)
-        total = int(new_len.max())
+        total, offset = self._merged_length(is_image, width, attention_mask, features.shape[0], m)
         if self.config.max_length is not None and total > self.config.max_length:
             raise InputError(
                 f"with {m} tokens per image the sequence grows to {total} > max_length="
                 f"{self.config.max_length}; truncating would cut an image span, shorten the text"
             )
-        left_padded = bool((attention_mask[:, 0] == 0).any() and (attention_mask[:, -1] == 1).all())
-        offset = (total - new_len) if left_padded else torch.zeros_like(new_len)
+        # Data movement by scatters of static shape (no boolean indexing), so that the merge traces
+        # into one torch.compile graph. Every input token lands at `position`; a placeholder's slot
+        # is then overwritten by its image's M embeddings, in placeholder (row-major) order.
         position = start + offset[:, None]
-        rows = torch.arange(b, device=input_ids.device)[:, None].expand(b, length)
-        text = ~is_image
-        embeds = text_embeds.new_zeros(b, total, text_embeds.shape[-1])
-        embeds[rows[text], position[text]] = text_embeds[text]
-        img_rows, img_cols = is_image.nonzero(as_tuple=True)  # row-major = placeholder order
-        img_pos = position[img_rows, img_cols][:, None] + torch.arange(m, device=input_ids.device)
-        embeds[img_rows[:, None].expand_as(img_pos), img_pos] = features
-        mask = attention_mask.new_zeros(b, total)
-        mask[rows[text], position[text]] = attention_mask[text]
-        mask[img_rows[:, None].expand_as(img_pos), img_pos] = 1
+        hidden = text_embeds.shape[-1]
+        embeds = text_embeds.new_zeros(b, total, hidden)
+        embeds = embeds.scatter(1, position[..., None].expand(b, length, hidden), text_embeds)
+        spans = torch.zeros(b, total + 1, dtype=torch.long, device=input_ids.device)
+        spans = spans.scatter_add(1, position, is_image.long())  # +1 where an image starts
+        spans = spans.scatter_add(1, position + width - 1 + is_image.long(), -is_image.long())  # -1 after it
+        image_slot = spans.cumsum(dim=1)[:, :total] > 0
+        embeds = embeds.masked_scatter(image_slot[..., None], features)
+        mask = (
+            attention_mask.new_zeros(b, total).scatter(1, position, attention_mask).masked_fill(image_slot, 1)
+        )
         new_labels = None
         if labels is not None:
-            new_labels = labels.new_full((b, total), IGNORE_INDEX)
-            new_labels[rows[text], position[text]] = labels[text]
+            new_labels = labels.new_full((b, total), IGNORE_INDEX).scatter(1, position, labels)
+            new_labels = new_labels.masked_fill(image_slot, IGNORE_INDEX)
         return embeds, mask, new_labels
+
+    def _merged_length(
+        self,
+        is_image: torch.Tensor,
+        width: torch.Tensor,
+        attention_mask: torch.Tensor,
+        num_images: int,
+        m: int,
+    ) -> tuple[int, torch.Tensor]:
+        """(merged length, per-row offset [B]) of the expanded sequence.
+
+        Eagerly: the longest row, and left-padded rows shifted right so that their padding stays on
+        the left (as generation needs). While ``torch.compile`` traces, the length must not depend on
+        where the placeholders are, so every sample must hold the same number of images (asserted
+        inside the graph): then every row has the same length and none is shifted.
+        """
+        b, length = is_image.shape
+        new_len = width.sum(dim=1)
+        if torch.compiler.is_compiling():
+            per_row = num_images // b
+            torch._assert_async(
+                (is_image.sum(dim=1) == per_row).all() & (num_images % b == 0),
+                "under torch.compile with expand_image_tokens=True every sample must hold the same "
+                "number of images (or use expand_image_tokens=False)",
+            )
+            return length + per_row * (m - 1), torch.zeros_like(new_len)
+        total = int(new_len.max())
+        left_padded = bool((attention_mask[:, 0] == 0).any() and (attention_mask[:, -1] == 1).all())
+        return total, (total - new_len) if left_padded else torch.zeros_like(new_len)
 
     # --- forward and generation -------------------------------------------------------------
     def forward(
