@@ -10,8 +10,8 @@ Where graphs break (docs/training.md, "torch.compile"):
   transformers' LLaVA processor writes them: any number of images per sample). GPT-2's forward
   with labels breaks twice inside transformers (a logger call about its loss type, a step in its
   model);
-- Flamingo: the conditioning (which image each text position may see, and how many images each
-  sample holds) is read on the host; the encoder, resampler and gated blocks compile.
+- Flamingo: one graph for a forward from an empty cache (training, scoring); continuing a KV cache
+  reads how many images the sequence has seen so far on the host.
 
 Value checks (token range, placeholder count, NaN pixels) become assertions inside the graph
 (:func:`vlmzoo.errors.require`) rather than breaks or skipped checks.
@@ -152,3 +152,20 @@ def test_a_compiled_expanding_vlm_refuses_samples_with_different_image_counts():
         m(torch.randn(2, 3, 32, 32), ids)  # eagerly, any split of the images is fine
         with pytest.raises(RuntimeError, match="every sample must hold the same number of images"):
             compiled(torch.randn(2, 3, 32, 32), ids)
+
+
+def test_the_flamingo_vlm_forward_traces_into_one_graph():
+    torch.manual_seed(0)
+    m = vlmzoo.create_model("tiny-openflamingo").eval()
+    with torch.no_grad():  # open the gates (zero at init) so that the images change the logits
+        for name, p in m.adapter.named_parameters():
+            if name.endswith("_gate"):
+                p.fill_(1.0)
+    image = m.config.image_token_id
+    ids = torch.tensor([[image, 10, 11, image, 12, 13], [14, 15, image, 16, 17, 18]])  # 2 images, then 1
+    x, labels = torch.randn(3, 3, 32, 32), ids.clamp(min=0)
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        want, got = m(x, ids, labels=labels), compiled(x, ids, labels=labels)
+        assert max_abs_diff(got.logits, want.logits) <= TOL
+        assert max_abs_diff(compiled(torch.randn_like(x), ids).logits, want.logits) > 10 * TOL

@@ -65,7 +65,7 @@ from einops import rearrange, repeat
 
 from vlmzoo.adapters.base import Injection
 from vlmzoo.config import Config
-from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.errors import ConfigError, InputError, require
 from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
@@ -194,6 +194,21 @@ class PerceiverResampler(BlockStack, nn.Module):
 
 
 # --- gated cross-attention (§7.2) and media masking (§7.3) ----------------------------------
+def placeholder_owners(is_image: torch.Tensor, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] ``<image>`` positions holding ``num_images`` placeholders -> (sample [n], rank [n]):
+    the row of each placeholder in reading (row-major) order, and its rank among its row's.
+
+    The position of the k-th placeholder is found by a binary search on the running count, so
+    every shape is known from ``num_images`` alone (``nonzero`` would break a compiled graph).
+    """
+    length = is_image.shape[1]
+    running = is_image.flatten().long().cumsum(dim=0)  # placeholders up to and including each position
+    wanted = torch.arange(1, num_images + 1, device=is_image.device)
+    index = torch.searchsorted(running, wanted)  # first position where the count reaches k
+    rank = is_image.long().cumsum(dim=1).flatten()[index] - 1
+    return index // length, rank
+
+
 def text_time(media_locations: torch.Tensor) -> torch.Tensor:
     """[B, L] bool ``<image>`` positions -> [B, L] long: images seen so far, the token's own included
     (so an ``<image>`` token already sees its image, §7.3)."""
@@ -474,13 +489,15 @@ class FlamingoAdapter(BlockStack, HubMixin, nn.Module):
                 f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', type(input_ids))}"
             )
         is_image = input_ids == image_token_id
-        placeholders = int(is_image.sum())
         num_images = 0 if visual_tokens is None else visual_tokens.shape[0]
-        if placeholders != num_images:
-            raise InputError(
-                f"input_ids hold {placeholders} image placeholders (id {image_token_id}) but "
+        require(
+            is_image.sum() == num_images,
+            lambda: (
+                f"input_ids hold {int(is_image.sum())} image placeholders (id {image_token_id}) but "
                 f"{num_images} images' visual tokens were given"
-            )
+            ),
+            f"input_ids do not hold one image placeholder (id {image_token_id}) per image given",
+        )
         self._image_token_id = image_token_id
         self._pending = True
         self._cond = None
@@ -489,16 +506,22 @@ class FlamingoAdapter(BlockStack, HubMixin, nn.Module):
                 raise InputError(
                     f"FlamingoAdapter expects {self.config.in_dim}-dim visual tokens, got {tuple(visual_tokens.shape)}"
                 )
-            sample, col = is_image.nonzero(as_tuple=True)  # row-major = placeholder reading order
-            rank = is_image.long().cumsum(dim=1)[sample, col] - 1
+            sample, rank = placeholder_owners(is_image, num_images)
             self._cond = _Conditioning(visual_tokens, sample, rank, input_ids.shape[0])
 
-    def _resample(self, cond: _Conditioning, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _resample(
+        self, cond: _Conditioning, start: torch.Tensor, fresh: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents grouped per sample: ([B, T, n, D_vis], valid [B, T]); image k of sample b goes to
-        slot start[b] + k, i.e. it is the image of text_time start[b] + k + 1."""
+        slot start[b] + k, i.e. it is the image of text_time start[b] + k + 1.
+
+        T is the most slots a sample uses; while ``torch.compile`` traces a ``fresh`` sequence
+        (``start`` all 0) it is the number of images instead, a bound known without reading the
+        data — the extra slots are invalid and masked, so outputs are the same.
+        """
         slot = start.to(cond.rank.device)[cond.sample] + cond.rank
         latents = self.perceiver(cond.tokens.to(self.perceiver.latents.dtype), media_index=slot)
-        t = int(slot.max()) + 1
+        t = cond.tokens.shape[0] if fresh and torch.compiler.is_compiling() else int(slot.max()) + 1
         media = latents.new_zeros(cond.batch, t, *latents.shape[1:]).index_put((cond.sample, slot), latents)
         valid = torch.zeros(cond.batch, t, dtype=torch.bool, device=latents.device)
         valid = valid.index_put((cond.sample, slot), torch.ones_like(slot, dtype=torch.bool))
@@ -531,7 +554,7 @@ class FlamingoAdapter(BlockStack, HubMixin, nn.Module):
             self._media = self._valid = None
             if self._cond is not None:
                 self._media, self._valid = self._resample(
-                    self._cond, torch.zeros(self._cond.batch, dtype=torch.long)
+                    self._cond, torch.zeros(self._cond.batch, dtype=torch.long), fresh=True
                 )
                 if batch != self._cond.batch:  # generate(num_return_sequences=k) repeats each row k times
                     if batch % self._cond.batch:
