@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="train a tiny VLM on built-in synthetic data and report held-out accuracy"
     )
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
+    p.add_argument("--steps", type=int, default=2500, help="optimizer steps (default 2500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

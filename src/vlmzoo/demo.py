@@ -193,7 +193,7 @@ def plot_losses(curves: dict[str, tuple[list[int], list[float]]], path: Path, ti
 
 def run_demo(
     out: str = "runs/demo",
-    steps: int = 1500,
+    steps: int = 2500,
     seed: int = 0,
     device: str = "cpu",
     resume: bool = False,
