@@ -215,14 +215,14 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         # Value checks go through require(): exact errors eagerly, graph assertions when compiled.
         image_id, vocab = self.config.image_token_id, self.decoder.vocab_size
         is_image = input_ids == image_id
-        lowest = input_ids.masked_fill(is_image, 0).min()
-        highest = input_ids.masked_fill(is_image, 0).max()
+        text = input_ids.masked_fill(is_image, 0)
+        lowest, highest = text.min(), text.max()
 
         def range_error() -> str:
-            text = input_ids[~is_image]
+            ids = input_ids[~is_image]
             return (
                 f"token ids must be in [0, {vocab}) (the decoder's vocabulary) or the image placeholder "
-                f"{image_id}, got range [{int(text.min())}, {int(text.max())}]"
+                f"{image_id}, got range [{int(ids.min())}, {int(ids.max())}]"
             )
 
         require((lowest >= 0) & (highest < vocab), range_error, f"token ids outside [0, {vocab})")
