@@ -20,7 +20,7 @@ from conftest import max_abs_diff, randomize_
 
 import vlmzoo
 from vlmzoo.convert import from_original, original_layouts
-from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
+from vlmzoo.decoders.hf import DecoderConfig, HFDecoder, llama_config
 from vlmzoo.errors import CheckpointError, ConversionError, UnknownModelError
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
 from vlmzoo.registry import get_entry
@@ -167,17 +167,7 @@ def test_llava_mismatched_shapes_are_named():
 FLAMINGO_IMAGE_ID = 5
 TINY_LMS = {
     # decoder path, config: LLaMA (untied head) every layer; MPT (tied head) every 2nd layer
-    "llama": DecoderConfig(
-        "llama",
-        dict(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            vocab_size=120,
-        ),
-    ),
+    "llama": llama_config(64, 2, 2, 96, vocab=120, num_key_value_heads=2),
     "mpt": DecoderConfig(
         "mpt", dict(d_model=64, n_heads=2, n_layers=2, expansion_ratio=2, max_seq_len=64, vocab_size=120)
     ),
