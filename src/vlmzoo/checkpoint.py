@@ -265,34 +265,38 @@ def load_directory(
         config = cls.config_class.from_dict(document["config"])
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{directory / CONFIG_NAME}: config does not fit {architecture}: {e}") from e
-    files = _weight_files(directory, document)
-    headers = {path: _read_header(path) for path in files}
-    _check_headers(directory, document, files, headers)
+    headers = _checked_headers(directory, document)  # bad files are refused before anything is built
     model = cls(config)
-    shapes = {k: shape for h in headers.values() for k, shape in h.shapes.items()}
-    _check_shapes(model, shapes, _describe(files, headers))
-    _match_float_dtypes(model, {k: d for h in headers.values() for k, d in h.dtypes.items()})
-    _load_shards(model, files)
+    _load_checked(model, headers, match_dtypes=True)
     return model.to(device)
 
 
 def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     """Load the weights of the checkpoint in ``directory`` into an existing ``model`` (either layout)."""
     directory = Path(directory)
-    document = read_config(directory)
+    _load_checked(model, _checked_headers(directory, read_config(directory)), match_dtypes=False)
+
+
+def _checked_headers(directory: Path, document: dict) -> dict[Path, _Header]:
+    """The headers of the checkpoint's weight files, checked to belong to ``document`` and its index."""
     files = _weight_files(directory, document)
     headers = {path: _read_header(path) for path in files}
     _check_headers(directory, document, files, headers)
+    return headers
+
+
+def _load_checked(model: nn.Module, headers: dict[Path, _Header], match_dtypes: bool) -> None:
+    """Check every shape against ``model``, optionally take the stored float dtypes, then load the
+    files one at a time (one shard in memory at a time)."""
+    from safetensors.torch import load_file
+
+    files = list(headers)
     _check_shapes(
         model, {k: s for h in headers.values() for k, s in h.shapes.items()}, _describe(files, headers)
     )
-    _load_shards(model, files)
-
-
-def _load_shards(model: nn.Module, files: list[Path]) -> None:
-    from safetensors.torch import load_file
-
-    for path in files:  # one shard in memory at a time
+    if match_dtypes:
+        _match_float_dtypes(model, {k: d for h in headers.values() for k, d in h.dtypes.items()})
+    for path in files:
         model.load_state_dict(load_file(path), strict=False)
 
 

@@ -37,7 +37,6 @@ from vlmzoo.distributed import (
     check_world,
     is_sharded_checkpoint,
     load_sharded,
-    read_sharded_state,
     recover_checkpoint,
     save_sharded,
     shard_batch,
@@ -228,9 +227,9 @@ class Trainer:
                 f"model being trained ({ours['architecture']}); use another run folder or --overwrite"
             )
         if is_sharded_checkpoint(self.checkpoint_dir):
-            state = read_sharded_state(self.checkpoint_dir)
-            check_world(self.checkpoint_dir, state, self.world)
-            load_sharded(self.checkpoint_dir, self.model, self.optimizer, self.world)
+            state = load_sharded(
+                self.checkpoint_dir, self.model, self.optimizer, self.world
+            )  # checks the world
             self.scheduler.load_state_dict(state["scheduler"])
             self.step, self.history = state["step"], state["history"]
             return
