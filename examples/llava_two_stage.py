@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from vlmzoo.demo import build_model, build_task, train_and_evaluate
-from vlmzoo.train import parameter_table
+from vlmzoo.recipes.demo import build_model, build_task, train_and_evaluate
+from vlmzoo.train.trainer import parameter_table
 
 
 def main(steps: int = 200, out: str = "runs/llava_two_stage") -> dict:

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import vlmzoo
-from vlmzoo.checkpoint import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, load_state_dict_strict, load_weights
 from vlmzoo.errors import CheckpointError, UnknownModelError
+from vlmzoo.weights.format import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, load_state_dict_strict, load_weights
 
 SMALL_SHARD = 150_000  # bytes: clip-vit-tiny (463 kB of fp32) splits into 4 shards
 
@@ -186,10 +186,10 @@ def saved_vit(tmp_path, vit):
     [
         ("safetensors.torch.save_file", 1),  # before anything is written
         ("safetensors.torch.save_file", 3),  # between shards
-        ("vlmzoo.checkpoint._write_json", 2),  # after the index, at config.json
+        ("vlmzoo.weights.format._write_json", 2),  # after the index, at config.json
         ("os.fsync", 2),  # while flushing the new files
         ("shutil.copytree", 1),  # carrying the user's files over
-        ("vlmzoo.directory_swap._exchange", 1),  # at the swap itself
+        ("vlmzoo.weights.swap._exchange", 1),  # at the swap itself
     ],
 )
 def test_failed_save_leaves_the_previous_checkpoint_byte_identical(
@@ -209,7 +209,7 @@ def test_failed_second_rename_is_undone_where_there_is_no_atomic_exchange(
     tmp_path, vit, saved_vit, monkeypatch
 ):
     directory, before = saved_vit
-    monkeypatch.setattr("vlmzoo.directory_swap._renameat2", lambda: None)  # e.g. macOS, Windows
+    monkeypatch.setattr("vlmzoo.weights.swap._renameat2", lambda: None)  # e.g. macOS, Windows
     fail_on_call(monkeypatch, "os.rename", 2)  # old -> aside went through; new -> target fails
     with pytest.raises(OSError, match="injected failure"):
         vlmzoo.save(vlmzoo.create_encoder("clip-vit-tiny"), directory)
@@ -219,7 +219,7 @@ def test_failed_second_rename_is_undone_where_there_is_no_atomic_exchange(
 
 def test_save_without_atomic_exchange_still_replaces_the_checkpoint(tmp_path, vit, saved_vit, monkeypatch):
     directory, _ = saved_vit
-    monkeypatch.setattr("vlmzoo.directory_swap._renameat2", lambda: None)
+    monkeypatch.setattr("vlmzoo.weights.swap._renameat2", lambda: None)
     new = vlmzoo.create_encoder("clip-vit-tiny")
     vlmzoo.save(new, directory)
     assert sorted(files(directory)) == sorted(

@@ -34,8 +34,8 @@ def tokenizer(cache: Path):
 
 def tiny_model(tok, frozen: bool = False):
     """The demo VLM (demo-vit + mlp2x_gelu + demo-llama) at 32 px, seeded; encoder optionally frozen."""
-    from vlmzoo.demo import build_model
     from vlmzoo.models.vlm import VisionLanguageModel
+    from vlmzoo.recipes.demo import build_model
 
     config = build_model(tok, image_size=32).config
     config = config.replace(train_encoder="frozen" if frozen else "full")
@@ -44,7 +44,7 @@ def tiny_model(tok, frozen: bool = False):
 
 
 def train_config():
-    from vlmzoo.train import TrainConfig
+    from vlmzoo.train.trainer import TrainConfig
 
     # eps=1e-6: two shards sum their gradients in another order than the whole batch, and with
     # AdamW's default eps (1e-8) that float32 rounding on near-zero gradient entries (|g| ~ 1e-9,
@@ -83,7 +83,7 @@ def loss_fn(model, batch):
 
 
 def train(tok, run_dir: Path, world=None, frozen: bool = False, stop_at=None, resume=False):
-    from vlmzoo.train import Trainer
+    from vlmzoo.train.trainer import Trainer
 
     model = tiny_model(tok, frozen)
     trainer = Trainer(
@@ -103,7 +103,8 @@ def _worker(out: Path, cache: Path) -> None:
     from safetensors.torch import save_file
 
     from vlmzoo import cli
-    from vlmzoo.distributed import full_state_dict, init_world, teardown
+    from vlmzoo.train.run_checkpoint import full_state_dict
+    from vlmzoo.train.world import init_world, teardown
 
     ddp = init_world("ddp", device="cpu")
     fsdp = dataclasses.replace(ddp, strategy="fsdp", owns_group=False)
@@ -181,8 +182,8 @@ def max_param_diff(expected: torch.nn.Module, got: dict[str, torch.Tensor]) -> f
 # --- equality with single-process training ------------------------------------------------------
 def test_the_global_batch_splits_into_shards_with_different_token_counts(tok):
     """Precondition of the equality tests: a plain average of per-rank means would be wrong here."""
-    from vlmzoo.distributed import shard_batch
-    from vlmzoo.train import count_label_tokens
+    from vlmzoo.train.batches import shard_batch
+    from vlmzoo.train.trainer import count_label_tokens
 
     batch = batch_fn_for(tok)(0, 0)
     counts = [count_label_tokens(shard_batch(batch, r, 2)) for r in range(2)]
@@ -222,7 +223,7 @@ def test_a_resumed_sharded_checkpoint_continues_like_the_uninterrupted_run(runs,
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_converted_sharded_checkpoint_loads_with_the_in_memory_weights(runs, tmp_path, strategy):
     import vlmzoo
-    from vlmzoo.distributed import convert_checkpoint
+    from vlmzoo.train.run_checkpoint import convert_checkpoint
 
     convert_checkpoint(runs / f"{strategy}-full" / "checkpoint", tmp_path / "merged")
     model = vlmzoo.load(tmp_path / "merged")
@@ -252,7 +253,7 @@ def test_resuming_with_another_world_size_names_both_sizes(runs, tok, tmp_path):
 def test_resuming_a_checkpoint_of_another_architecture_is_refused(runs, tok, tmp_path):
     from vlmzoo.errors import CheckpointError
     from vlmzoo.models.vlm import VisionLanguageModel
-    from vlmzoo.train import Trainer
+    from vlmzoo.train.trainer import Trainer
 
     shutil.copytree(runs / "ddp-full", tmp_path / "run")
     config = tiny_model(tok).config
@@ -264,8 +265,8 @@ def test_resuming_a_checkpoint_of_another_architecture_is_refused(runs, tok, tmp
 
 def test_converting_a_directory_that_is_not_sharded_is_refused(tmp_path, tok):
     import vlmzoo
-    from vlmzoo.distributed import convert_checkpoint
     from vlmzoo.errors import CheckpointError
+    from vlmzoo.train.run_checkpoint import convert_checkpoint
 
     vlmzoo.save(tiny_model(tok), tmp_path / "plain")
     with pytest.raises(CheckpointError, match="not a sharded vlmzoo checkpoint"):
@@ -274,8 +275,8 @@ def test_converting_a_directory_that_is_not_sharded_is_refused(tmp_path, tok):
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_distributed_strategy_without_torchrun_says_to_launch_with_torchrun(monkeypatch, strategy):
-    from vlmzoo.distributed import TORCHRUN_ENV, init_world
     from vlmzoo.errors import ConfigError
+    from vlmzoo.train.world import TORCHRUN_ENV, init_world
 
     for name in TORCHRUN_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -285,7 +286,7 @@ def test_a_distributed_strategy_without_torchrun_says_to_launch_with_torchrun(mo
 
 def test_the_train_command_without_torchrun_fails_with_the_launch_hint(monkeypatch, capsys, tmp_path):
     from vlmzoo.cli import main
-    from vlmzoo.distributed import TORCHRUN_ENV
+    from vlmzoo.train.world import TORCHRUN_ENV
 
     for name in TORCHRUN_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -294,8 +295,8 @@ def test_the_train_command_without_torchrun_fails_with_the_launch_hint(monkeypat
 
 
 def test_single_strategy_under_torchrun_is_refused(monkeypatch):
-    from vlmzoo.distributed import init_world
     from vlmzoo.errors import ConfigError
+    from vlmzoo.train.world import init_world
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="WORLD_SIZE=2 but --strategy single"):
@@ -311,16 +312,16 @@ def test_single_strategy_under_torchrun_is_refused(monkeypatch):
     ],
 )
 def test_gpu_settings_without_a_gpu_are_refused(kwargs, message):
-    from vlmzoo.distributed import init_world
     from vlmzoo.errors import ConfigError
+    from vlmzoo.train.world import init_world
 
     with pytest.raises(ConfigError, match=message):
         init_world("ddp", **kwargs)
 
 
 def test_unknown_strategy_and_precision_are_refused():
-    from vlmzoo.distributed import check_precision, init_world
     from vlmzoo.errors import ConfigError
+    from vlmzoo.train.world import check_precision, init_world
 
     with pytest.raises(ConfigError, match="strategy 'deepspeed' is not one of single, ddp, fsdp"):
         init_world("deepspeed")
@@ -329,8 +330,8 @@ def test_unknown_strategy_and_precision_are_refused():
 
 
 def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch):
-    from vlmzoo.distributed import check_precision
     from vlmzoo.errors import ConfigError
+    from vlmzoo.train.world import check_precision
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
@@ -340,8 +341,8 @@ def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch):
 
 
 def test_a_global_batch_that_does_not_split_evenly_is_refused():
-    from vlmzoo.distributed import shard_batch
     from vlmzoo.errors import InputError
+    from vlmzoo.train.batches import shard_batch
 
     with pytest.raises(InputError, match="5 rows does not split evenly over 2 processes"):
         shard_batch({"x": torch.zeros(5, 3), "y": torch.zeros(5)}, 0, 2)

@@ -454,7 +454,7 @@ def test_half_precision_pixels_are_checked_without_overflow():
 def _config_classes() -> list[type[Config]]:
     _ensure_loaded()
     import vlmzoo.processing.image
-    import vlmzoo.train  # noqa: F401  (TrainConfig)
+    import vlmzoo.train.trainer  # noqa: F401  (TrainConfig)
 
     def walk(cls: type[Config]) -> list[type[Config]]:
         return [cls, *(c for sub in cls.__subclasses__() for c in walk(sub))]

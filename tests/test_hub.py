@@ -15,13 +15,13 @@ import torch
 from safetensors import safe_open
 
 import vlmzoo
-from vlmzoo.checkpoint import CHECKPOINT_PATTERNS, CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
 from vlmzoo.encoders import VisionTransformer
 from vlmzoo.encoders.sam import SamEncoder
 from vlmzoo.errors import CheckpointError
-from vlmzoo.hub import HubMixin
 from vlmzoo.models.clip import CLIPModel
 from vlmzoo.registry import _ARCHITECTURES, _ensure_loaded
+from vlmzoo.weights.format import CHECKPOINT_PATTERNS, CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
+from vlmzoo.weights.hub import HubMixin
 
 
 @pytest.fixture

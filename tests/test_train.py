@@ -11,7 +11,7 @@ import vlmzoo
 from vlmzoo.errors import CheckpointError, InputError
 from vlmzoo.processing.prompts import collate
 from vlmzoo.processing.tokenizer import train_sentencepiece
-from vlmzoo.train import TrainConfig, Trainer, check_run_dir, lr_factor
+from vlmzoo.train.trainer import TrainConfig, Trainer, check_run_dir, lr_factor
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def tok(tmp_path):
 
 
 def tiny_model(tok) -> torch.nn.Module:
-    from vlmzoo.demo import build_model
+    from vlmzoo.recipes.demo import build_model
 
     return build_model(tok, image_size=32)
 

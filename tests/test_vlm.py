@@ -159,7 +159,7 @@ def test_vlm_config_round_trips_through_json():
 )
 def test_real_size_llava_presets_match_transformers_parameter_count(name, text):
     transformers = pytest.importorskip("transformers")
-    from vlmzoo.summary import summarize
+    from vlmzoo.models.summary import summarize
 
     hidden, layers, heads, intermediate = text
     config = transformers.LlavaConfig(
@@ -190,7 +190,7 @@ def test_real_size_llava_presets_match_transformers_parameter_count(name, text):
 
 def test_real_size_blip2_preset_matches_transformers_less_zero_k_biases():
     transformers = pytest.importorskip("transformers")
-    from vlmzoo.summary import summarize
+    from vlmzoo.models.summary import summarize
 
     config = transformers.Blip2Config(
         vision_config=dict(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from vlmzoo.version import __version__
 
 _LAZY = {
     "list_models": "vlmzoo.registry",
@@ -23,8 +23,8 @@ _LAZY = {
     "create_adapter": "vlmzoo.registry",
     "create_decoder": "vlmzoo.registry",
     "create_model": "vlmzoo.registry",
-    "save": "vlmzoo.checkpoint",
-    "load": "vlmzoo.checkpoint",
+    "save": "vlmzoo.weights.format",
+    "load": "vlmzoo.weights.format",
     "VisionOutput": "vlmzoo.encoders.base",
     "ConfigError": "vlmzoo.errors",
     "InputError": "vlmzoo.errors",
@@ -53,8 +53,6 @@ __all__ = [*sorted(_LAZY), "__version__"]
 
 if TYPE_CHECKING:
     from vlmzoo import convert as convert
-    from vlmzoo.checkpoint import load as load
-    from vlmzoo.checkpoint import save as save
     from vlmzoo.encoders.base import VisionOutput as VisionOutput
     from vlmzoo.errors import (
         CheckpointError as CheckpointError,
@@ -89,6 +87,8 @@ if TYPE_CHECKING:
     from vlmzoo.registry import (
         list_models as list_models,
     )
+    from vlmzoo.weights.format import load as load
+    from vlmzoo.weights.format import save as save
 
 
 def __getattr__(name: str) -> Any:

@@ -20,8 +20,8 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn as nn
 
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
+from vlmzoo.weights.hub import HubMixin
 
 Injection = Literal["prefix", "cross_attention"]
 

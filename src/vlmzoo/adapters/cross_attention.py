@@ -66,9 +66,9 @@ from einops import rearrange, repeat
 from vlmzoo.adapters.base import Injection
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, InputError, require
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
+from vlmzoo.weights.hub import HubMixin
 
 
 def feed_forward(dim: int, mult: int = 4) -> nn.Sequential:

@@ -29,13 +29,13 @@ from typing import Any
 import torch
 
 from vlmzoo.adapters.qformer import QFormer, QFormerConfig, QFormerModel
-from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.encoders.eva import eva_vit_config
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.errors import ConversionError
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
+from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.encoders.clip_text import TextTransformer, TextTransformerConfig
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig, clip_vision_config
 from vlmzoo.errors import ConversionError
 from vlmzoo.models.clip import CLIPConfig, CLIPModel
+from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.encoders.dinov2 import LAYER_SCALE_INIT, dinov2_config
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.errors import ConversionError
+from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 

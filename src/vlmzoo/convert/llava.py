@@ -28,7 +28,6 @@ from typing import Any, Literal
 import torch
 
 from vlmzoo.adapters.mlp import MLPProjectorConfig
-from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.convert.clip import from_hf_clip, vision_config_from_hub_state_dict, vision_state_dict_from_hf
 from vlmzoo.convert.parts import assemble_vlm, supplied_decoder, supplied_encoder
@@ -37,6 +36,7 @@ from vlmzoo.decoders.hf import DecoderConfig, HFDecoder, llama_config
 from vlmzoo.encoders.vit import ViTConfig
 from vlmzoo.errors import ConversionError
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
+from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 

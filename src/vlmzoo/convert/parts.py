@@ -29,13 +29,13 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn as nn
 
-from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.config import Config
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.encoders.vit import ViTConfig
 from vlmzoo.errors import ConfigError, ConversionError
 from vlmzoo.models.clip import CLIPModel
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
+from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.encoders.pvt import PvtConfig, PvtStageAttention, PyramidVisionTransformer
 from vlmzoo.errors import ConversionError
+from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 

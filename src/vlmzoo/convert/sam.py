@@ -26,10 +26,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.convert.activations import from_hf_activation, from_module_activation
 from vlmzoo.encoders.sam import SamConfig, SamEncoder
 from vlmzoo.errors import ConversionError
+from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.encoders.swin import SwinConfig, SwinStageAttention, SwinTransformer
 from vlmzoo.errors import ConversionError
+from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 

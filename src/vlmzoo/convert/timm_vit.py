@@ -20,10 +20,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.convert.activations import from_module_activation
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.errors import ConversionError
+from vlmzoo.weights.format import load_state_dict_strict
 
 
 def _unsupported(model: Any) -> list[str]:

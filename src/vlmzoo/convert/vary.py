@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from vlmzoo.checkpoint import load_state_dict_strict
 from vlmzoo.convert.clip import vision_config_from_hub_state_dict, vision_state_dict_from_hf
 from vlmzoo.convert.sam import (
     sam_config_from_hf,
@@ -35,6 +34,7 @@ from vlmzoo.encoders.fusion import FusedEncoder, FusedEncoderConfig
 from vlmzoo.encoders.vary import VaryVocabConfig, VaryVocabEncoder, vary_clip_branch, vary_vocab_config
 from vlmzoo.encoders.vit import ViTConfig
 from vlmzoo.errors import ConversionError
+from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 

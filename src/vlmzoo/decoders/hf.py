@@ -20,9 +20,9 @@ import torch.nn as nn
 
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
+from vlmzoo.weights.hub import HubMixin
 
 # Where each family keeps its decoder layers (attribute path from the *ForCausalLM object).
 LAYER_PATHS: dict[str, str] = {

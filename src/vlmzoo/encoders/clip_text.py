@@ -10,10 +10,10 @@ import torch.nn as nn
 
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError, require
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers import Activation, Block
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register_architecture
+from vlmzoo.weights.hub import HubMixin
 
 
 @dataclass

@@ -48,9 +48,9 @@ from einops import rearrange
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.errors import ConfigError, InputError
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import build, get_entry, register_architecture
+from vlmzoo.weights.hub import HubMixin
 
 Join = Literal["channel", "sequence"]
 Resample = Literal["none", "bilinear"]

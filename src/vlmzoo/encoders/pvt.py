@@ -45,12 +45,12 @@ from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.encoders.swin import NormedPatchEmbed
 from vlmzoo.errors import InputError
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers import Block, check_image
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.spatial_reduction_attention import SpatialReductionAttention
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
+from vlmzoo.weights.hub import HubMixin
 
 PvtStageAttention = Literal["spatial_reduction", "focused_linear"]
 

@@ -37,7 +37,6 @@ from einops import rearrange
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.errors import InputError
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers import (
     Activation,
     DropPath,
@@ -52,6 +51,7 @@ from vlmzoo.layers import (
 )
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
+from vlmzoo.weights.hub import HubMixin
 
 
 @dataclass

@@ -49,12 +49,12 @@ from einops import rearrange
 
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers import Block, PatchEmbed
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.layers.swin_attention import ShiftedWindowAttention
 from vlmzoo.registry import register, register_architecture
+from vlmzoo.weights.hub import HubMixin
 
 SwinStageAttention = Literal["shifted_window", "focused_linear"]
 

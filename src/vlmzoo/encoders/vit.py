@@ -25,7 +25,6 @@ import torch.nn as nn
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.errors import ConfigError, InputError
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers import Activation, Block, PatchEmbed, PosEmbedResize, resize_pos_embed
 from vlmzoo.layers.block_attention import (
     AttentionOptions,
@@ -35,6 +34,7 @@ from vlmzoo.layers.block_attention import (
 )
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
+from vlmzoo.weights.hub import HubMixin
 
 
 @dataclass

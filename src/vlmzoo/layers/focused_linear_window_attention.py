@@ -93,7 +93,7 @@ class FocusedLinearWindowAttention(FocusedLinearAttention, SpatialAttention):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         pe = self.key_position(grid)
         k = torch.cat([k[:, :num_prefix], k[:, num_prefix:] + pe], dim=1) if num_prefix else k + pe
-        # Meta tensors (parameter/FLOP counting, vlmzoo.summary) take the plain reference: the kernel
+        # Meta tensors (parameter/FLOP counting, vlmzoo.models.summary) take the plain reference: the kernel
         # entry point checks the temperature's values, which meta tensors do not have.
         scale = F.softplus(self.scale).reshape(-1)
         if q.device.type == "meta":

@@ -19,9 +19,9 @@ from vlmzoo.config import Config
 from vlmzoo.encoders.clip_text import TextTransformer, TextTransformerConfig
 from vlmzoo.encoders.vit import CLIP_VISION_PRESETS, VisionTransformer, ViTConfig
 from vlmzoo.errors import InputError
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
+from vlmzoo.weights.hub import HubMixin
 
 
 @dataclass

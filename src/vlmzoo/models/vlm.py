@@ -25,9 +25,9 @@ import torch.nn as nn
 from vlmzoo.config import Config
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.errors import ConfigError, InputError, require
-from vlmzoo.hub import HubMixin
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import architecture_for, build, register_architecture
+from vlmzoo.weights.hub import HubMixin
 
 Trainable = Literal["frozen", "full"]
 

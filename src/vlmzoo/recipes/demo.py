@@ -22,16 +22,16 @@ from pathlib import Path
 
 import torch
 
-from vlmzoo.checkpoint import save
 from vlmzoo.data import SyntheticDataset
-from vlmzoo.distributed import World
 from vlmzoo.eval import exact_match, generate_answers
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
 from vlmzoo.processing.prompts import collate
 from vlmzoo.processing.tokenizer import SentencePieceTokenizer, train_sentencepiece
 from vlmzoo.registry import get_entry
-from vlmzoo.train import TrainConfig, Trainer, check_run_dir, parameter_table
+from vlmzoo.train.trainer import TrainConfig, Trainer, check_run_dir, parameter_table
+from vlmzoo.train.world import World
+from vlmzoo.weights.format import save
 
 QUESTION_TEMPLATE = "<image> {}"
 
@@ -127,7 +127,7 @@ def train_and_evaluate(
 ) -> dict:
     """Train on the task's QA pairs and return the metrics of the final model.
 
-    ``world`` (:func:`vlmzoo.distributed.init_world`) trains with DDP or FSDP under torchrun;
+    ``world`` (:func:`vlmzoo.train.world.init_world`) trains with DDP or FSDP under torchrun;
     ``batch_size`` is then the global batch, split over the processes."""
     tok = task.tokenizer
 

@@ -2,7 +2,7 @@
 
 :class:`HubMixin` gives every registered vlmzoo module the methods users know from
 transformers and huggingface_hub's ``ModelHubMixin``, on top of vlmzoo's own checkpoint format
-(:mod:`vlmzoo.checkpoint`): what ``save_pretrained`` writes, ``vlmzoo.load`` reads, and back.
+(:mod:`vlmzoo.weights.format`): what ``save_pretrained`` writes, ``vlmzoo.load`` reads, and back.
 
 Why not subclass ``huggingface_hub.ModelHubMixin``: importing it costs about 0.2 s after torch
 (it pulls in ``HfApi`` and its HTTP stack), and every model module would pay that on the first
@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vlmzoo.checkpoint import CHECKPOINT_PATTERNS, DEFAULT_MAX_SHARD_SIZE, load_directory, save
 from vlmzoo.errors import CheckpointError
+from vlmzoo.weights.format import CHECKPOINT_PATTERNS, DEFAULT_MAX_SHARD_SIZE, load_directory, save
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +162,7 @@ def resolve(
         )
     from huggingface_hub import snapshot_download
 
-    from vlmzoo import __version__
+    from vlmzoo.version import __version__
 
     try:
         local = snapshot_download(

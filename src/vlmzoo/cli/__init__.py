@@ -28,7 +28,7 @@ def _format_count(n: int) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from vlmzoo.summary import summarize
+    from vlmzoo.models.summary import summarize
 
     s = summarize(args.name, kind=args.kind, image_size=args.image_size)
     if args.json:
@@ -46,7 +46,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from vlmzoo.demo import run_demo
+    from vlmzoo.recipes.demo import run_demo
     from vlmzoo.registry import list_models
 
     if args.threads:
@@ -70,7 +70,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from vlmzoo.distributed import check_precision, init_world, teardown
+    from vlmzoo.train.world import check_precision, init_world, teardown
 
     world = init_world(args.strategy, device=args.device, backend=args.backend)
     try:
@@ -88,11 +88,11 @@ def _train(args: argparse.Namespace, world) -> None:
 
     import torch
 
-    from vlmzoo.checkpoint import load_weights, save
-    from vlmzoo.demo import build_model, build_task, train_and_evaluate
-    from vlmzoo.distributed import convert_checkpoint
     from vlmzoo.models.vlm import VisionLanguageModel
-    from vlmzoo.train import check_run_dir, parameter_table
+    from vlmzoo.recipes.demo import build_model, build_task, train_and_evaluate
+    from vlmzoo.train.run_checkpoint import convert_checkpoint
+    from vlmzoo.train.trainer import check_run_dir, parameter_table
+    from vlmzoo.weights.format import load_weights, save
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,7 +147,7 @@ def _train(args: argparse.Namespace, world) -> None:
 
 
 def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
-    from vlmzoo.distributed import convert_checkpoint
+    from vlmzoo.train.run_checkpoint import convert_checkpoint
 
     out = convert_checkpoint(args.checkpoint, args.out)
     print(f"wrote {out} (config.json + safetensors; open with vlmzoo.load)")
@@ -155,7 +155,7 @@ def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from vlmzoo.demo import run_ablation
+    from vlmzoo.recipes.demo import run_ablation
 
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
     run_ablation(
@@ -174,8 +174,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_zoo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vlmzoo.models.summary import summarize
     from vlmzoo.registry import KINDS, get_entry, list_models
-    from vlmzoo.summary import summarize
 
     lines = [
         "# Model zoo",

@@ -28,22 +28,20 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vlmzoo.checkpoint import CONFIG_NAME, config_document, read_config, save
 from vlmzoo.config import Config
-from vlmzoo.distributed import (
-    World,
-    apply_strategy,
-    batch_rows,
+from vlmzoo.errors import CheckpointError, InputError
+from vlmzoo.processing.prompts import IGNORE_INDEX
+from vlmzoo.train.batches import batch_rows, shard_batch, to_device
+from vlmzoo.train.run_checkpoint import (
     check_world,
     is_sharded_checkpoint,
     load_sharded,
     recover_checkpoint,
     save_sharded,
-    shard_batch,
-    to_device,
 )
-from vlmzoo.errors import CheckpointError, InputError
-from vlmzoo.processing.prompts import IGNORE_INDEX
+from vlmzoo.train.strategies import apply_strategy
+from vlmzoo.train.world import World
+from vlmzoo.weights.format import CONFIG_NAME, config_document, read_config, save
 
 STATE_NAME = "trainer_state.pt"
 HISTORY_NAME = "metrics.json"
@@ -135,13 +133,13 @@ class Trainer:
     returns metrics of the in-memory model. ``run_dir`` receives ``checkpoint/`` (model +
     trainer state) and ``metrics.json`` (the history).
 
-    With a distributed ``world`` (:func:`vlmzoo.distributed.init_world` under ``torchrun``) the
+    With a distributed ``world`` (:func:`vlmzoo.train.world.init_world` under ``torchrun``) the
     trainer wraps the model by ``world.strategy`` (DDP or FSDP2), and every rank builds the same
     *global* batch and keeps its rows (``shard_fn``). Each rank's mean loss is weighted by its share
     of the global batch's loss items (``loss_items``: label tokens by default), so the gradient is
     that of the global mean — the same as single-process training on the whole batch, whatever the
     number of processes. Rank 0 alone logs and writes the history; checkpoints are sharded
-    (:func:`vlmzoo.distributed.save_sharded`) and every rank takes part in saving them.
+    (:func:`vlmzoo.train.run_checkpoint.save_sharded`) and every rank takes part in saving them.
     ``evaluate`` runs on rank 0 under DDP and on every rank under FSDP (the weights are sharded).
     """
 
@@ -214,7 +212,7 @@ class Trainer:
         """Load the run folder's checkpoint into the in-memory model and optimizer.
 
         Refuses (:class:`CheckpointError`) a checkpoint of another architecture or config, and one
-        written by another number of processes (:func:`vlmzoo.distributed.check_world`).
+        written by another number of processes (:func:`vlmzoo.train.run_checkpoint.check_world`).
         """
         from safetensors.torch import load_model
 

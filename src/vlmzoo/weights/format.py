@@ -12,7 +12,7 @@ A checkpoint directory holds
   another save are detected on load. Tensors that share storage (tied weights) are stored once.
 
 Saving writes the whole directory beside the target and swaps it in
-(:mod:`vlmzoo.directory_swap`): a crash or an exception at any point leaves the previous
+(:mod:`vlmzoo.weights.swap`): a crash or an exception at any point leaves the previous
 checkpoint byte-identical, and stale shards of an earlier, bigger save never survive next to
 new ones. Other files in the directory are kept.
 """
@@ -97,7 +97,7 @@ def save(
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
-    from vlmzoo.directory_swap import replace_directory
+    from vlmzoo.weights.swap import replace_directory
 
     document = _config_document(model)
     digest = _digest(document)
@@ -137,7 +137,7 @@ def _config_document(module: nn.Module) -> dict:
         raise CheckpointError(
             f"{type(module).__name__} has no vlmzoo config; only vlmzoo models can be saved"
         )
-    from vlmzoo import __version__
+    from vlmzoo.version import __version__
 
     return {
         "format": "vlmzoo",
@@ -183,7 +183,7 @@ def _stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def config_document(model: nn.Module) -> dict:
     """The ``config.json`` fields that describe ``model`` (architecture, config, digest), e.g. for
-    checkpoints whose weights are stored elsewhere (:mod:`vlmzoo.distributed`'s sharded ones)."""
+    checkpoints whose weights are stored elsewhere (the sharded run checkpoints of :mod:`vlmzoo.train.run_checkpoint`)."""
     document = _config_document(model)
     return {**document, "config_sha256": _digest(document)}
 
@@ -229,7 +229,7 @@ def load(
     (``"owner/name"``) whose checkpoint files are downloaded (``revision``, ``cache_dir``,
     ``token``, ``force_download`` and ``local_files_only`` go to ``snapshot_download``).
     """
-    from vlmzoo.hub import resolve
+    from vlmzoo.weights.hub import resolve
 
     directory = resolve(
         path_or_hub_id,
