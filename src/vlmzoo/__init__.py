@@ -24,7 +24,7 @@ _LAZY = {
     "create_decoder": "vlmzoo.registry",
     "create_model": "vlmzoo.registry",
     "save": "vlmzoo.weights.format",
-    "load": "vlmzoo.weights.format",
+    "load": "vlmzoo.weights.hub",
     "VisionOutput": "vlmzoo.encoders.base",
     "ConfigError": "vlmzoo.errors",
     "InputError": "vlmzoo.errors",
@@ -87,8 +87,8 @@ if TYPE_CHECKING:
     from vlmzoo.registry import (
         list_models as list_models,
     )
-    from vlmzoo.weights.format import load as load
     from vlmzoo.weights.format import save as save
+    from vlmzoo.weights.hub import load as load
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,14 @@ Every component is described by a frozen-free dataclass deriving from :class:`Co
 Validation runs on construction (``__post_init__``), so an invalid config can never reach a
 model. ``to_dict``/``from_dict`` round-trip through plain JSON types; nested configs, tuples
 and ``Literal`` fields are restored from the type hints, never by evaluating strings.
+
+A field typed as the base ``Config`` (a VLM's encoder: any component) is written with a
+``"_type"`` tag, the class name, and read back through this module's table of config classes,
+which every subclass joins when it is defined. The classes live in the component modules; the
+registry, which imports those modules, hands this module a loader
+(:func:`register_class_loader`) to call when a tag names a class not imported yet, so this
+module never imports the registry. :func:`parse_json` is the one checked JSON parser of vlmzoo
+(bounded integers and nesting, no duplicate keys).
 """
 
 from __future__ import annotations
@@ -13,18 +21,38 @@ import json
 import math
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from vlmzoo.errors import ConfigError
 
 C = TypeVar("C", bound="Config")
 
+# Integers in vlmzoo's JSON and configs are sizes, ids, counts and seeds: 64 bits hold them all.
+# Bounding them turns "width": 10**30 into a clear error instead of an overflow deep in torch.
+INT_LIMIT = 2**64
+# JSON integer literals longer than this are refused before Python converts them (conversion
+# is quadratic in the digit count; Python itself refuses more than 4300 digits with a bare
+# ValueError). 40 digits hold any 128-bit value.
+MAX_JSON_INT_DIGITS = 40
+# vlmzoo's own documents nest a handful of levels (a VLM config holds an encoder that holds
+# towers); 100 is far beyond any of them and far below Python's recursion limit.
+MAX_JSON_DEPTH = 100
+
+_CLASSES: dict[str, type[Config]] = {}  # class name -> Config subclass (filled by __init_subclass__)
+_CLASS_LOADERS: list[Callable[[], object]] = []
+
 
 class Config:
     """Base for all vlmzoo configs. Subclasses are ``@dataclass`` and override :meth:`validate`."""
 
     kind: ClassVar[str] = "config"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # By name, as "_type" tags spell it; a class defined again (a re-run notebook cell)
+        # replaces the earlier one, as the walk of __subclasses__ it replaces did.
+        _CLASSES[cls.__name__] = cls
 
     def __post_init__(self) -> None:
         self._coerce_fields()
@@ -95,8 +123,8 @@ class Config:
     @classmethod
     def from_json(cls: type[C], text: str) -> C:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
+            data = parse_json(text)
+        except ValueError as e:
             raise ConfigError(f"{cls.__name__}.from_json: not valid JSON ({e})") from e
         return cls.from_dict(data)
 
@@ -169,6 +197,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}={value!r}: expected an integer")
+        if not -INT_LIMIT < value < INT_LIMIT:  # (printing a huge int can itself fail: its bit count)
+            raise ConfigError(f"{where}: a {value.bit_length()}-bit integer; expected at most 64 bits")
         return value
     if hint in (bool, str):
         if not isinstance(value, hint):
@@ -177,17 +207,74 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def register_class_loader(load: Callable[[], object]) -> None:
+    """Have :func:`config_class` call ``load()`` when a name is not in the table yet.
+
+    ``load`` imports the modules that define config classes (the registry passes its walk of
+    the component packages); it is called at most once per lookup of an unknown name.
+    """
+    if load not in _CLASS_LOADERS:
+        _CLASS_LOADERS.append(load)
+
+
 def config_class(name: str) -> type[Config]:
-    """The Config subclass called ``name`` (for polymorphic fields); never evaluates anything."""
+    """The Config subclass called ``name`` (for ``"_type"`` tags); never evaluates anything."""
+    if name not in _CLASSES:
+        for load in _CLASS_LOADERS:
+            load()
+    cls = _CLASSES.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown config class {name!r}")
+    return cls
 
-    def walk(cls: type[Config]) -> list[type[Config]]:
-        return [cls, *(c for sub in cls.__subclasses__() for c in walk(sub))]
 
-    for _ in range(2):
-        found = {c.__name__: c for c in walk(Config)}
-        if name in found:
-            return found[name]
-        from vlmzoo.registry import _ensure_loaded  # config classes live in the model modules
+# --- JSON ------------------------------------------------------------------------------------
 
-        _ensure_loaded()
-    raise ConfigError(f"unknown config class {name!r}")
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` with bounds: a ``ValueError`` naming the problem for malformed JSON, an
+    integer literal of more than ``MAX_JSON_INT_DIGITS`` digits, nesting deeper than
+    ``MAX_JSON_DEPTH``, or a key given twice in one object (parsers disagree on which one wins).
+
+    ``NaN`` and ``Infinity`` are read as Python's ``json`` writes them (a loss history may hold
+    them); config fields refuse non-finite numbers themselves.
+    """
+    try:
+        document = json.loads(text, parse_int=_parse_int, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if _depth(document) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return document
+
+
+def _parse_int(literal: str) -> int:
+    digits = len(literal.lstrip("-"))
+    if digits > MAX_JSON_INT_DIGITS:
+        raise ValueError(
+            f"an integer of {digits} digits ({literal[:12]}...), more than {MAX_JSON_INT_DIGITS}"
+        )
+    return int(literal)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return document
+
+
+def _depth(document: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH:  # deeper is refused anyway: stop counting
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest

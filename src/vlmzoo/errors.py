@@ -41,6 +41,15 @@ class ConversionError(VlmzooError, ValueError):
     """A peer model (transformers, timm, original release) cannot be converted faithfully."""
 
 
+class RunFolderError(CheckpointError):
+    """A run folder cannot be used as asked, so the job refused to start (nothing ran, nothing was deleted).
+
+    It holds a run and neither resume nor overwrite was asked, it holds nothing to resume, it is the
+    working directory, or it holds files vlmzoo did not write. A :class:`CheckpointError`, so code
+    that catches those keeps working; the command line reports it as a usage error (exit code 2).
+    """
+
+
 def require(condition: torch.Tensor, explain: Callable[[], str], traced: str) -> None:
     """Raise :class:`InputError` unless the 0-dim bool tensor ``condition`` holds.
 

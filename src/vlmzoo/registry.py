@@ -7,7 +7,10 @@ that :func:`vlmzoo.load` can rebuild a saved model from ``config.json`` without 
 anything.
 
 Presets live beside the model they describe (``encoders/vit.py`` registers the CLIP towers);
-the registry imports those modules on first use so ``import vlmzoo`` stays light.
+the registry imports those modules on first use so ``import vlmzoo`` stays light. The same walk
+is what :mod:`vlmzoo.config` calls when a ``"_type"`` tag names a config class whose module is
+not imported yet (the registry hands it over with ``register_class_loader``; config never
+imports the registry).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Literal
 
 import torch.nn as nn
 
-from vlmzoo.config import Config
+from vlmzoo.config import Config, register_class_loader
 from vlmzoo.errors import ConfigError, UnknownModelError
 
 Kind = Literal["encoder", "adapter", "decoder", "model"]
@@ -85,6 +88,9 @@ def _ensure_loaded() -> None:
         for info in pkgutil.iter_modules(package.__path__):
             importlib.import_module(f"{package_name}.{info.name}")
     _loaded = True
+
+
+register_class_loader(_ensure_loaded)  # config classes live in the modules the walk imports
 
 
 def list_models(pattern: str = "*", kind: Kind | None = None) -> list[str]:

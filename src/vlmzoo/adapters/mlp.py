@@ -1,9 +1,12 @@
-"""LLaVA's projector (Liu et al. 2023; LLaVA-1.5, SPEC §8): a linear layer or an MLP per token.
+"""LLaVA's projector: a linear layer or an MLP per token (Liu et al. 2023, "Visual Instruction
+Tuning", and "Improved Baselines with Visual Instruction Tuning" for LLaVA-1.5; the original is
+``build_vision_projector`` in llava/model/multimodal_projector/builder.py).
 
 ``depth=1`` is LLaVA v1's ``linear``; ``depth=2`` is v1.5's ``mlp2x_gelu`` (Linear -> GELU ->
 Linear); ``mlp{N}x_gelu`` generalises; ``depth=0`` is LLaVA's ``identity`` (for encoders whose
-tokens already have the LLM's width, such as Vary's fused towers). The module is an ``nn.Sequential`` so its keys are the
-original ``mm_projector.{0,2}`` ones. Token count is unchanged: M = N.
+tokens already have the LLM's width, such as Vary's fused towers). The module is an
+``nn.Sequential`` so its keys are the original ``mm_projector.{0,2}`` ones. Token count is
+unchanged: M = N. The splice into the text is :class:`~vlmzoo.adapters.prefix.PrefixAdapter`'s.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from vlmzoo.adapters.base import PrefixAdapter
+from vlmzoo.adapters.prefix import PrefixAdapter
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.layers import Activation, make_activation

@@ -1,4 +1,4 @@
-"""BLIP-2's Querying Transformer (Li et al. 2023; SPEC §6.2) as a prefix adapter.
+"""BLIP-2's Querying Transformer (Li et al. 2023, "BLIP-2", Section 3.1) as a prefix adapter.
 
     query_tokens [1, M, width] ─► LayerNorm ─► depth x QFormerLayer ─► language_projection ─► [B, M, out_dim]
                                                    ▲ cross-attention (every k-th layer)
@@ -10,11 +10,12 @@ is a BERT encoder (bert-base sizes: 768 wide, 12 layers, 12 heads, FFN 3072, Lay
 1e-12), so its layers are **post-LN**, ``LN(x + sublayer(x))``, unlike the pre-LN ViT blocks.
 
 Only the query path is modelled: the stage-2 (generative) BLIP-2 models drop the Q-Former's word
-and position embeddings, text FFNs and LM head (SPEC §6.2), and so does vlmzoo. Dropout (0.1 in
+and position embeddings, text FFNs and LM head (LAVIS blip2_opt.py sets them to None), and so
+does vlmzoo. Dropout (0.1 in
 BERT) is not modelled; outputs in eval mode are unaffected.
 
-Parameter names follow the structure, not BERT's; ``vlmzoo.convert.blip2`` maps the LAVIS and
-transformers keys (SPEC §6.3, §6.4).
+Parameter names follow the structure, not BERT's; ``vlmzoo.convert.blip2`` maps the LAVIS keys
+(lavis/models/blip2_models/Qformer.py) and transformers' (models/blip_2/modeling_blip_2.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from vlmzoo.adapters.base import PrefixAdapter
+from vlmzoo.adapters.prefix import PrefixAdapter
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.layers import Activation, Attention, Mlp
@@ -67,7 +68,8 @@ class QFormerConfig(Config):
                 self._check_positive(name)
 
     def has_cross_attention(self, layer: int) -> bool:
-        """Whether layer ``layer`` (0-based) cross-attends to the visual tokens (SPEC §6.2)."""
+        """Whether layer ``layer`` (0-based) cross-attends to the visual tokens (LAVIS Qformer.py:
+        ``layer_num % cross_attention_freq == 0``)."""
         return layer % self.cross_attention_freq == 0
 
 
@@ -151,7 +153,7 @@ class QFormerModel(BlockStack, nn.Module):
         # Visual tokens follow the Q-Former's dtype (BLIP-2 keeps the Q-Former in fp32 while the
         # frozen ViT may run in fp16).
         visual = visual.to(self.layernorm.weight.dtype)
-        x = self.layernorm(query_embeds)  # "layernorm on queries" (SPEC §6.2)
+        x = self.layernorm(query_embeds)  # BertEmbeddings' LayerNorm, on the queries alone (LAVIS Qformer.py)
         for layer in self.layers:
             x = self.run_block(layer, x, visual)
         return x

@@ -7,8 +7,10 @@
 
 Each family's converter module in this package declares what it handles in three dicts,
 ``TRANSFORMERS`` and ``TIMM`` (peer class name -> function) and ``ORIGINAL`` (layout name ->
-function); they are collected on first use. Dispatch is by class name, so this package never
-imports transformers or timm itself.
+function). On first use they are collected into one table keyed by (source, name), and every
+entry point is one lookup in it (:func:`converter`). Dispatch is by class name, so this package
+never imports transformers or timm itself. Shared key work (prefixes, fused projections, checked
+block counts, loading checked on the meta device) is in :mod:`vlmzoo.convert.state_dict`.
 """
 
 from __future__ import annotations
@@ -26,52 +28,61 @@ import torch.nn as nn
 
 from vlmzoo.errors import CheckpointError, ConversionError, UnknownModelError, VlmzooError
 
-_TABLES: dict[str, dict[str, Callable[..., nn.Module]]] | None = None
+# source -> the name of the dict a converter module declares its entries for that source in
+SOURCES: dict[str, str] = {"transformers": "TRANSFORMERS", "timm": "TIMM", "original": "ORIGINAL"}
+_TABLE: dict[tuple[str, str], Callable[..., nn.Module]] | None = None
 
 
-def _tables() -> dict[str, dict[str, Callable[..., nn.Module]]]:
-    global _TABLES
-    if _TABLES is None:
-        tables: dict[str, dict[str, Callable[..., nn.Module]]] = {
-            "TRANSFORMERS": {},
-            "TIMM": {},
-            "ORIGINAL": {},
-        }
+def _table() -> dict[tuple[str, str], Callable[..., nn.Module]]:
+    """(source, peer class or layout name) -> converter, collected from this package's modules."""
+    global _TABLE
+    if _TABLE is None:
+        table: dict[tuple[str, str], Callable[..., nn.Module]] = {}
         for info in pkgutil.iter_modules(__path__):
             module = importlib.import_module(f"{__name__}.{info.name}")
-            for table, entries in tables.items():
-                for name, fn in getattr(module, table, {}).items():
-                    if name in entries and entries[name] is not fn:
+            for source, declared in SOURCES.items():
+                for name, fn in getattr(module, declared, {}).items():
+                    known = table.setdefault((source, name), fn)
+                    if known is not fn:
                         raise RuntimeError(
-                            f"{table} converter for {name!r} is declared twice "
-                            f"({entries[name].__module__} and {module.__name__})"
+                            f"{declared} converter for {name!r} is declared twice "
+                            f"({known.__module__} and {module.__name__})"
                         )
-                    entries[name] = fn
-        _TABLES = tables
-    return _TABLES
+        _TABLE = table
+    return _TABLE
+
+
+def supported(source: str) -> list[str]:
+    """The names ``source`` ("transformers", "timm" or "original") has converters for."""
+    return sorted(name for s, name in _table() if s == source)
+
+
+def converter(source: str, name: str) -> Callable[..., nn.Module]:
+    """The converter of ``name`` (a peer class name, or an original layout) from ``source``."""
+    fn = _table().get((source, name))
+    if fn is not None:
+        return fn
+    known = supported(source)
+    if source == "original":
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" (did you mean {close}?)" if close else ""
+        raise UnknownModelError(f"unknown original layout {name!r}{hint}; known: {known}")
+    raise ConversionError(f"no vlmzoo converter for {source} {name}; supported: {known}")
 
 
 def from_transformers(model: Any) -> nn.Module:
     """Convert a transformers model object to the equivalent vlmzoo module (same weights)."""
-    table = _tables()["TRANSFORMERS"]
-    name = type(model).__name__
-    if name not in table:
-        raise ConversionError(f"no vlmzoo converter for transformers {name}; supported: {sorted(table)}")
-    return table[name](model)
+    return converter("transformers", type(model).__name__)(model)
 
 
 def from_timm(model: Any) -> nn.Module:
     """Convert a timm model object to the equivalent vlmzoo module (same weights)."""
-    table = _tables()["TIMM"]
-    name = type(model).__name__
-    if name not in table:
-        raise ConversionError(f"no vlmzoo converter for timm {name}; supported: {sorted(table)}")
-    return table[name](model)
+    return converter("timm", type(model).__name__)(model)
 
 
 def original_layouts() -> list[str]:
     """Names accepted by :func:`from_original`."""
-    return sorted(_tables()["ORIGINAL"])
+    return supported("original")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -126,15 +137,11 @@ def from_original(
     (``encoder=``, ``decoder=`` for ``"llava"``, ``"openflamingo"``, ``"lavis-blip2"``).
     Raises :class:`UnknownModelError` listing the known layouts for an unknown ``name``.
     """
-    table = _tables()["ORIGINAL"]
-    if name not in table:
-        close = difflib.get_close_matches(name, table, n=3)
-        hint = f" (did you mean {close}?)" if close else ""
-        raise UnknownModelError(f"unknown original layout {name!r}{hint}; known: {sorted(table)}")
+    convert = converter("original", name)
     if not isinstance(state_dict, Mapping):
         state_dict = read_state_dict(state_dict)
     try:
-        return table[name](dict(state_dict), **options)
+        return convert(dict(state_dict), **options)
     except VlmzooError:
         raise
     except (KeyError, ValueError, IndexError) as e:  # the converter looked for a tensor that is not there
@@ -144,4 +151,12 @@ def from_original(
         ) from e
 
 
-__all__ = ["from_original", "from_timm", "from_transformers", "original_layouts", "read_state_dict"]
+__all__ = [
+    "converter",
+    "from_original",
+    "from_timm",
+    "from_transformers",
+    "original_layouts",
+    "read_state_dict",
+    "supported",
+]

@@ -1,7 +1,8 @@
 """Peer activation names -> vlmzoo's ``Activation`` names, shared by every converter.
 
-A wrong activation converts without any error and silently changes the features (DESIGN item
-15: OpenAI CLIP's QuickGELU vs GELU), so an unknown one is refused, never guessed.
+A wrong activation converts without any error and silently changes the features (OpenAI CLIP
+was trained with QuickGELU, x·sigmoid(1.702x), openai/CLIP's ``clip/model.py``; its weights in a
+GELU model give wrong features with no error), so an unknown one is refused, never guessed.
 """
 
 from __future__ import annotations

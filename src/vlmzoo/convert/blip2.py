@@ -1,6 +1,6 @@
-"""BLIP-2 (transformers and LAVIS) -> vlmzoo (SPEC §6).
+"""BLIP-2 (transformers and LAVIS) -> vlmzoo.
 
-transformers (SPEC §6.4):
+transformers (the renames of transformers' ``models/blip_2/convert_blip_2_original_to_pytorch.py``):
 
 - ``Blip2VisionModel`` -> :class:`VisionTransformer` (EVA: ``qkv_bias="qv"``, all tokens through
   the final norm). transformers stores one merged ``qkv.bias`` = [q_bias, k_bias, v_bias] whose
@@ -15,7 +15,8 @@ transformers (SPEC §6.4):
   adapter + the causal LM (``language_model`` is a whole ``*ForCausalLM`` in transformers 5). The
   processor writes ``num_query_tokens`` image placeholders, so ``expand_image_tokens=False``.
 
-LAVIS (SPEC §6.3): :func:`from_lavis_blip2` reads a ``Blip2OPT`` state dict. Published LAVIS
+LAVIS (salesforce/LAVIS ``lavis/models/blip2_models/blip2_opt.py``, ``Qformer.py``,
+``lavis/models/eva_vit.py``): :func:`from_lavis_blip2` reads a ``Blip2OPT`` state dict. Published LAVIS
 checkpoints hold neither the frozen LLM (LAVIS loads ``facebook/opt-*`` from the hub) nor, in
 some files, the frozen ViT; pass the LLM as ``decoder`` then.
 """
@@ -30,12 +31,13 @@ import torch
 
 from vlmzoo.adapters.qformer import QFormer, QFormerConfig, QFormerModel
 from vlmzoo.convert.activations import from_hf_activation
+from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows, strip_prefix
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.encoders.eva import eva_vit_config
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.errors import ConversionError
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
-from vlmzoo.weights.format import load_state_dict_strict
+from vlmzoo.weights.format import check_state_dict
 
 StateDict = dict[str, torch.Tensor]
 
@@ -83,20 +85,13 @@ def vision_state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
     return out
 
 
-def _without_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
-    """Keys of ``sd`` under ``prefix``, with the prefix stripped (transformers 5 drops it in memory)."""
-    if any(k.startswith(prefix) for k in sd):
-        return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-    return dict(sd)
-
-
 def from_hf_blip2_vision(model: Any) -> VisionTransformer:
     """``Blip2VisionModel`` -> :class:`VisionTransformer` whose ``tokens`` = ``last_hidden_state``."""
     config = vision_config_from_hf(model.config)
-    ours = VisionTransformer(config)
-    sd = _without_prefix(model.state_dict(), "vision_model.")
-    load_state_dict_strict(ours, vision_state_dict_from_hf(sd, config), source="converted Blip2VisionModel")
-    return ours
+    # transformers 5 drops the hub files' "vision_model." prefix in memory; either form converts.
+    sd = strip_prefix(model.state_dict(), "vision_model.", if_present=True)
+    state = vision_state_dict_from_hf(sd, config)
+    return build_loaded(lambda: VisionTransformer(config), state, "converted Blip2VisionModel")
 
 
 # --- Q-Former -----------------------------------------------------------------------------------
@@ -108,7 +103,8 @@ def qformer_config_from_hf(hf: Any, num_query_tokens: int = 32, out_dim: int | N
     if getattr(hf, "use_qformer_text_input", False):
         raise ConversionError(
             "Blip2QFormerConfig.use_qformer_text_input=True: vlmzoo's Q-Former models the query "
-            "stream only (stage-2 BLIP-2 has no text FFN, SPEC §6.2)"
+            "stream only (stage-2 BLIP-2 has no text FFN: LAVIS's Blip2OPT sets the Q-Former's "
+            "word/position embeddings and text FFNs to None)"
         )
     return QFormerConfig(
         num_query_tokens=num_query_tokens,
@@ -129,10 +125,14 @@ def qformer_state_dict_from_hf(sd: StateDict, config: QFormerConfig) -> StateDic
     out = {"layernorm.weight": sd["layernorm.weight"], "layernorm.bias": sd["layernorm.bias"]}
     for i in range(config.depth):
         src, dst = f"encoder.layer.{i}.", f"layers.{i}."
-        for p in ("weight", "bias"):
-            out[f"{dst}attn.qkv.{p}"] = torch.cat(
-                [sd[f"{src}attention.attention.{n}.{p}"] for n in ("query", "key", "value")]
+        out |= fuse_rows(
+            sd, [f"{src}attention.attention.{n}" for n in ("query", "key", "value")], f"{dst}attn.qkv"
+        )
+        if config.has_cross_attention(i):
+            out |= fuse_rows(
+                sd, [f"{src}crossattention.attention.{n}" for n in ("key", "value")], f"{dst}cross_attn.kv"
             )
+        for p in ("weight", "bias"):
             out[f"{dst}attn.proj.{p}"] = sd[f"{src}attention.output.dense.{p}"]
             out[f"{dst}attn_norm.{p}"] = sd[f"{src}attention.output.LayerNorm.{p}"]
             out[f"{dst}mlp.fc1.{p}"] = sd[f"{src}intermediate_query.dense.{p}"]
@@ -140,9 +140,6 @@ def qformer_state_dict_from_hf(sd: StateDict, config: QFormerConfig) -> StateDic
             out[f"{dst}mlp_norm.{p}"] = sd[f"{src}output_query.LayerNorm.{p}"]
             if config.has_cross_attention(i):
                 out[f"{dst}cross_attn.q.{p}"] = sd[f"{src}crossattention.attention.query.{p}"]
-                out[f"{dst}cross_attn.kv.{p}"] = torch.cat(
-                    [sd[f"{src}crossattention.attention.{n}.{p}"] for n in ("key", "value")]
-                )
                 out[f"{dst}cross_attn.proj.{p}"] = sd[f"{src}crossattention.output.dense.{p}"]
                 out[f"{dst}cross_norm.{p}"] = sd[f"{src}crossattention.output.LayerNorm.{p}"]
     return out
@@ -151,10 +148,9 @@ def qformer_state_dict_from_hf(sd: StateDict, config: QFormerConfig) -> StateDic
 def from_hf_blip2_qformer(model: Any) -> QFormerModel:
     """``Blip2QFormerModel`` -> :class:`QFormerModel` (query embeddings + visual tokens in, same outputs)."""
     config = qformer_config_from_hf(model.config)
-    ours = QFormerModel(config)
-    sd = _without_prefix(model.state_dict(), "qformer.")
-    load_state_dict_strict(ours, qformer_state_dict_from_hf(sd, config), source="converted Blip2QFormerModel")
-    return ours
+    sd = strip_prefix(model.state_dict(), "qformer.", if_present=True)
+    state = qformer_state_dict_from_hf(sd, config)
+    return build_loaded(lambda: QFormerModel(config), state, "converted Blip2QFormerModel")
 
 
 def qformer_from_hf(
@@ -164,14 +160,12 @@ def qformer_from_hf(
     ``query_tokens`` [1, M, width] and (optionally) the ``language_projection`` Linear."""
     out_dim = None if language_projection is None else language_projection.out_features
     config = qformer_config_from_hf(qformer.config, query_tokens.shape[1], out_dim)
-    sd = _without_prefix(qformer.state_dict(), "qformer.")
+    sd = strip_prefix(qformer.state_dict(), "qformer.", if_present=True)
     state = {f"qformer.{k}": v for k, v in qformer_state_dict_from_hf(sd, config).items()}
     state["query_tokens"] = query_tokens.detach()
     if language_projection is not None:
         state |= {f"language_projection.{k}": v for k, v in language_projection.state_dict().items()}
-    ours = QFormer(config)
-    load_state_dict_strict(ours, state, source="converted Blip2 Q-Former")
-    return ours
+    return build_loaded(lambda: QFormer(config), state, "converted Blip2 Q-Former")
 
 
 # --- the whole model ----------------------------------------------------------------------------
@@ -184,7 +178,8 @@ def _vlm(
     source: str,
 ) -> VisionLanguageModel:
     """Compose the VLM and load the parts' weights (``decoder_state``: ``*ForCausalLM`` keys, or
-    None to keep the decoder its config builds)."""
+    None to keep the decoder its config builds). With a ``decoder_state`` every key and shape is
+    compared on the meta device before the VLM is allocated."""
     config = VLMConfig(
         encoder=encoder.config,
         adapter=adapter.config,
@@ -194,13 +189,15 @@ def _vlm(
         image_token_id=-200 if image_token_id is None else image_token_id,
         expand_image_tokens=image_token_id is None,
     )
-    vlm = VisionLanguageModel(config)
     state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     state |= {f"adapter.{k}": v for k, v in adapter.state_dict().items()}
-    if decoder_state is None:
-        decoder_state = vlm.decoder.lm.state_dict()
-    state |= {f"decoder.lm.{k}": v for k, v in decoder_state.items()}
-    load_state_dict_strict(vlm, state, source=source)
+    if decoder_state is not None:
+        state |= {f"decoder.lm.{k}": v for k, v in decoder_state.items()}
+        return build_loaded(lambda: VisionLanguageModel(config), state, source)
+    vlm = VisionLanguageModel(config)  # the decoder's weights are the ones its config builds or loads
+    state |= {f"decoder.lm.{k}": v for k, v in vlm.decoder.lm.state_dict().items()}
+    check_state_dict(vlm, state, source)
+    vlm.load_state_dict(state, strict=True)
     return vlm
 
 
@@ -238,12 +235,22 @@ LAVIS_BERT_HEAD_DIM = 64
 OPT_HEADS = {768: 12, 1024: 16, 2048: 32, 2560: 32, 4096: 32, 5120: 40, 7168: 56, 9216: 72}
 
 
-def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
-    """Number of consecutive ``{prefix}{i}.`` groups in ``sd``."""
-    n = 0
-    while any(k.startswith(f"{prefix}{n}.") for k in sd):
-        n += 1
-    return n
+# The sub-keys every block of each LAVIS part has (checked before a depth is read off the keys).
+EVA_BLOCK_KEYS = (
+    "norm1.weight",
+    "attn.qkv.weight",
+    "attn.proj.weight",
+    "norm2.weight",
+    "mlp.fc1.weight",
+    "mlp.fc2.weight",
+)
+QFORMER_LAYER_KEYS = (
+    "attention.attention.query.weight",
+    "attention.output.dense.weight",
+    "intermediate_query.dense.weight",
+    "output_query.dense.weight",
+)
+OPT_LAYER_KEYS = ("self_attn.q_proj.weight", "self_attn.out_proj.weight", "fc1.weight", "fc2.weight")
 
 
 def _heads(width: int, head_dim: int, what: str) -> int:
@@ -264,17 +271,15 @@ def _lavis_vision(sd: StateDict) -> VisionTransformer:
         image_size=grid * patch,
         patch_size=patch,
         width=width,
-        depth=_count(sd, f"{p}blocks."),
+        depth=count_blocks(sd, f"{p}blocks.", EVA_BLOCK_KEYS, what="EVA block"),
         num_heads=_heads(width, LAVIS_EVA_HEAD_DIM, "EVA ViT"),
     ).replace(
         mlp_dim=sd[f"{p}blocks.0.mlp.fc1.weight"].shape[0],
         qkv_bias="qv" if f"{p}blocks.0.attn.q_bias" in sd else False,
     )
-    state = {k[len(p) :]: v for k, v in sd.items() if k.startswith(p)}
+    state = strip_prefix(sd, p)
     state |= {"norm.weight": sd["ln_vision.weight"], "norm.bias": sd["ln_vision.bias"]}
-    ours = VisionTransformer(config)
-    load_state_dict_strict(ours, state, source="LAVIS visual_encoder + ln_vision")
-    return ours
+    return build_loaded(lambda: VisionTransformer(config), state, "LAVIS visual_encoder + ln_vision")
 
 
 def _cross_attention_freq(sd: StateDict, depth: int) -> int:
@@ -290,7 +295,9 @@ def _cross_attention_freq(sd: StateDict, depth: int) -> int:
 def _lavis_qformer(sd: StateDict) -> QFormer:
     """``query_tokens``, ``Qformer.bert.*`` and ``opt_proj`` -> :class:`QFormer`.
 
-    LAVIS's names become transformers' (SPEC §6.4) and go through the same mapping.
+    LAVIS's names become transformers' (``Qformer.bert.embeddings.LayerNorm`` -> ``layernorm``,
+    ``.self.`` -> ``.attention.``, as transformers' BLIP-2 conversion script renames them) and go
+    through the same mapping.
     """
     p = "Qformer.bert."
     hf_names: StateDict = {}
@@ -306,11 +313,11 @@ def _lavis_qformer(sd: StateDict) -> QFormer:
     if text_ffn:
         raise ConversionError(
             f"Q-Former with a text FFN ({text_ffn[0]}, ...): a stage-1 checkpoint; only stage-2 "
-            "(generative) BLIP-2 checkpoints are supported (SPEC §6.2)"
+            "(generative) BLIP-2 checkpoints are supported (Li et al. 2023, BLIP-2 section 3.3)"
         )
     query_tokens = sd["query_tokens"]
     width = query_tokens.shape[-1]
-    depth = _count(hf_names, "encoder.layer.")
+    depth = count_blocks(hf_names, "encoder.layer.", QFORMER_LAYER_KEYS, what="Q-Former layer")
     config = QFormerConfig(
         num_query_tokens=query_tokens.shape[1],
         width=width,
@@ -327,9 +334,7 @@ def _lavis_qformer(sd: StateDict) -> QFormer:
         "language_projection.weight": sd["opt_proj.weight"],
         "language_projection.bias": sd["opt_proj.bias"],
     }
-    ours = QFormer(config)
-    load_state_dict_strict(ours, state, source="LAVIS query_tokens + Qformer + opt_proj")
-    return ours
+    return build_loaded(lambda: QFormer(config), state, "LAVIS query_tokens + Qformer + opt_proj")
 
 
 def opt_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> DecoderConfig:
@@ -346,7 +351,7 @@ def opt_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> DecoderConfig:
         "opt",
         dict(
             hidden_size=hidden,
-            num_hidden_layers=_count(sd, f"{p}layers."),
+            num_hidden_layers=count_blocks(sd, f"{p}layers.", OPT_LAYER_KEYS, what="OPT layer"),
             num_attention_heads=OPT_HEADS[hidden],
             ffn_dim=sd[f"{p}layers.0.fc1.weight"].shape[0],
             vocab_size=embed.shape[0],
@@ -360,7 +365,7 @@ def opt_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> DecoderConfig:
 def from_lavis_blip2(
     state_dict: Mapping[str, torch.Tensor], decoder: HFDecoder | DecoderConfig | None = None
 ) -> VisionLanguageModel:
-    """A LAVIS ``Blip2OPT`` state dict (SPEC §6.3) -> :class:`VisionLanguageModel`.
+    """A LAVIS ``Blip2OPT`` state dict (``lavis/models/blip2_models/blip2_opt.py``) -> :class:`VisionLanguageModel`.
 
     Needs ``visual_encoder.*``, ``ln_vision.*``, ``query_tokens``, ``Qformer.bert.*`` and
     ``opt_proj.*``. The LLM is ``decoder`` when given (an :class:`HFDecoder` whose weights are

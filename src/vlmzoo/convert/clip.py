@@ -1,8 +1,9 @@
-"""transformers CLIP -> vlmzoo (SPEC §1.6).
+"""transformers CLIP and the OpenAI CLIP release -> vlmzoo.
 
 Key names follow the serialised hub format of ``CLIPModel`` (``vision_model.*``,
-``text_model.*``, ``visual_projection``, ``text_projection``, ``logit_scale``). transformers 5
-keeps a bare ``CLIPVisionModel`` / ``CLIPTextModel`` without the tower prefix in memory, so the
+``text_model.*``, ``visual_projection``, ``text_projection``, ``logit_scale``; the renames of
+transformers' ``models/clip/convert_clip_original_pytorch_to_hf.py``). transformers 5 keeps a
+bare ``CLIPVisionModel`` / ``CLIPTextModel`` without the tower prefix in memory, so the
 converter first brings every model's state dict to the hub layout.
 """
 
@@ -13,11 +14,11 @@ from typing import Any
 import torch
 
 from vlmzoo.convert.activations import from_hf_activation
+from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows
 from vlmzoo.encoders.clip_text import TextTransformer, TextTransformerConfig
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig, clip_vision_config
 from vlmzoo.errors import ConversionError
 from vlmzoo.models.clip import CLIPConfig, CLIPModel
-from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 
@@ -46,7 +47,8 @@ def text_config_from_hf(hf: Any, projection_dim: int | None) -> TextTransformerC
     """A :class:`TextTransformerConfig` equal to a transformers ``CLIPTextConfig``.
 
     transformers pools at argmax(ids) for legacy configs (``eos_token_id == 2``) and at the first
-    ``eos_token_id`` otherwise (SPEC §1.3); the pooling rule is carried over.
+    ``eos_token_id`` otherwise (``CLIPTextTransformer.forward`` in transformers'
+    ``modeling_clip.py``); the pooling rule is carried over.
     """
     legacy = hf.eos_token_id == 2
     return TextTransformerConfig(
@@ -64,13 +66,26 @@ def text_config_from_hf(hf: Any, projection_dim: int | None) -> TextTransformerC
     )
 
 
+# The sub-keys every hub-format encoder layer has (checked before a depth is read off the keys).
+HUB_LAYER_KEYS = (
+    "layer_norm1.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.out_proj.weight",
+    "layer_norm2.weight",
+    "mlp.fc1.weight",
+    "mlp.fc2.weight",
+)
+
+
 def _blocks(sd: StateDict, prefix: str, depth: int) -> StateDict:
     """HF encoder layers (separate q/k/v) -> vlmzoo blocks (fused qkv, rows q, k, v)."""
     out: StateDict = {}
     for i in range(depth):
         src, dst = f"{prefix}encoder.layers.{i}.", f"blocks.{i}."
+        out |= fuse_rows(sd, [f"{src}self_attn.{n}_proj" for n in "qkv"], f"{dst}attn.qkv")
         for p in ("weight", "bias"):
-            out[f"{dst}attn.qkv.{p}"] = torch.cat([sd[f"{src}self_attn.{n}_proj.{p}"] for n in "qkv"])
             out[f"{dst}attn.proj.{p}"] = sd[f"{src}self_attn.out_proj.{p}"]
             out[f"{dst}norm1.{p}"] = sd[f"{src}layer_norm1.{p}"]
             out[f"{dst}norm2.{p}"] = sd[f"{src}layer_norm2.{p}"]
@@ -136,25 +151,36 @@ def from_hf_clip(model: Any) -> torch.nn.Module:
             vision=vision_config_from_hf(cfg.vision_config, projection_dim),
             text=text_config_from_hf(cfg.text_config, projection_dim),
         )
-        ours = CLIPModel(config)
         state = {f"visual.{k}": v for k, v in vision_state_dict_from_hf(sd, config.vision).items()}
         state |= {f"text.{k}": v for k, v in text_state_dict_from_hf(sd, config.text).items()}
         state["logit_scale"] = sd["logit_scale"].reshape(())
-    elif name in ("CLIPVisionModel", "CLIPVisionModelWithProjection"):
+        return build_loaded(lambda: CLIPModel(config), state, f"converted {name}")
+    if name in ("CLIPVisionModel", "CLIPVisionModelWithProjection"):
         proj = projection_dim if name.endswith("WithProjection") else None
         vision = vision_config_from_hf(cfg, proj)
-        ours, state = VisionTransformer(vision), vision_state_dict_from_hf(sd, vision)
-    elif name in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        state = vision_state_dict_from_hf(sd, vision)
+        return build_loaded(lambda: VisionTransformer(vision), state, f"converted {name}")
+    if name in ("CLIPTextModel", "CLIPTextModelWithProjection"):
         proj = projection_dim if name.endswith("WithProjection") else None
         text = text_config_from_hf(cfg, proj)
-        ours, state = TextTransformer(text), text_state_dict_from_hf(sd, text)
-    else:
-        raise ConversionError(f"{name} is not a CLIP model")
-    load_state_dict_strict(ours, state, source=f"converted {name}")
-    return ours
+        state = text_state_dict_from_hf(sd, text)
+        return build_loaded(lambda: TextTransformer(text), state, f"converted {name}")
+    raise ConversionError(f"{name} is not a CLIP model")
 
 
-# --- the OpenAI release (SPEC §1.1, §1.5) ----------------------------------------------------
+# --- the OpenAI release (openai/CLIP's clip/model.py: VisionTransformer, build_model) ----------
+# The sub-keys of every residual attention block of the release (checked before the depth is
+# read off the keys, as ``build_model`` counts them).
+OPENAI_BLOCK_KEYS = (
+    "ln_1.weight",
+    "attn.in_proj_weight",
+    "attn.out_proj.weight",
+    "ln_2.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
+
+
 def _openai_blocks(sd: StateDict, prefix: str) -> tuple[StateDict, int]:
     """``{prefix}transformer.resblocks.{i}.*`` -> ``blocks.{i}.*``; returns (state, depth)."""
     out: StateDict = {}
@@ -166,12 +192,11 @@ def _openai_blocks(sd: StateDict, prefix: str) -> tuple[StateDict, int]:
         "mlp.c_proj": "mlp.fc2",
     }
     start = f"{prefix}transformer.resblocks."
-    depth = 0
+    depth = count_blocks(sd, start, OPENAI_BLOCK_KEYS, what="residual block")
     for key, value in sd.items():
         if not key.startswith(start):
             continue
         index, rest = key[len(start) :].split(".", 1)
-        depth = max(depth, int(index) + 1)
         rest = rest.replace("attn.in_proj_weight", "attn.qkv.weight").replace(
             "attn.in_proj_bias", "attn.qkv.bias"
         )
@@ -229,7 +254,9 @@ def vision_config_from_hub_state_dict(sd: StateDict) -> ViTConfig:
     conv = sd[key]
     width, patch = conv.shape[0], conv.shape[-1]
     grid = round((sd["vision_model.embeddings.position_embedding.weight"].shape[0] - 1) ** 0.5)
-    depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("vision_model.encoder.layers."))
+    depth = count_blocks(sd, "vision_model.encoder.layers.", HUB_LAYER_KEYS, what="encoder layer")
+    if depth == 0:
+        raise ConversionError("no CLIP vision layers: vision_model.encoder.layers.0.* is missing")
     mlp = sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
     return clip_vision_config(grid * patch, patch, width, depth, None).replace(
         mlp_ratio=mlp / width, pool="none"
@@ -275,9 +302,7 @@ def from_openai_clip(sd: StateDict) -> CLIPModel:
         **{f"visual.{k}": v for k, v in vision_state.items()},
         **{f"text.{k}": v for k, v in text_blocks.items()},
     }
-    model = CLIPModel(config)
-    load_state_dict_strict(model, state, source="OpenAI CLIP state dict")
-    return model
+    return build_loaded(lambda: CLIPModel(config), state, "OpenAI CLIP state dict")
 
 
 TRANSFORMERS = dict.fromkeys(

@@ -1,14 +1,18 @@
 """DINOv2 -> vlmzoo: transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` and the original
-facebookresearch/dinov2 checkpoints (SPEC §4.5). timm's ``vit_*_dinov2`` models are timm
+facebookresearch/dinov2 checkpoints (``dinov2/models/vision_transformer.py``; the renames of
+transformers' ``models/dinov2/convert_dinov2_to_hf.py``). timm's ``vit_*_dinov2`` models are timm
 ``VisionTransformer`` objects and go through ``convert/timm_vit.py``.
 
 vlmzoo's ViT already uses the original's parameter names (``blocks.{i}.attn.qkv``, ``ls1.gamma``,
 ...), so the original layout needs only three renames. transformers splits ``qkv`` into q/k/v and
 renames everything else; its names also changed in version 5 (hub files keep the old names and
-transformers 5 renames them at load, §4.5), so :func:`state_dict_from_hf` accepts both.
+transformers 5 renames them at load, in its ``conversion_mapping.py``), so
+:func:`state_dict_from_hf` accepts both.
 
 Each converter also sets the position-embedding resize rule of its source, because the peers
-disagree at non-native resolutions (§4.4): ``Dinov2Model`` resizes by size without antialias,
+disagree at non-native resolutions (the original's ``interpolate_pos_encoding`` in
+``dinov2/models/vision_transformer.py`` against transformers' in ``modeling_dinov2.py``):
+``Dinov2Model`` resizes by size without antialias,
 ``Dinov2WithRegistersModel`` by size with antialias, the original without registers by the
 ``(target + 0.1) / M`` scale factor and with registers like transformers' register model.
 """
@@ -21,12 +25,23 @@ from typing import Any
 import torch
 
 from vlmzoo.convert.activations import from_hf_activation
+from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows
 from vlmzoo.encoders.dinov2 import LAYER_SCALE_INIT, dinov2_config
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.errors import ConversionError
-from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
+# The sub-keys every block has, in vlmzoo's (= the original's, after three renames) and in
+# transformers 5's names: checked before the depth is read off the keys.
+BLOCK_KEYS = ("norm1.weight", "attn.qkv.weight", "attn.proj.weight", "norm2.weight", "mlp.fc2.weight")
+HF_LAYER_KEYS = (
+    "norm1.weight",
+    "attention.q_proj.weight",
+    "attention.k_proj.weight",
+    "attention.v_proj.weight",
+    "attention.o_proj.weight",
+    "norm2.weight",
+)
 
 
 def _grid_side(pos_embed: torch.Tensor, source: str) -> int:
@@ -63,14 +78,14 @@ def config_from_hf(model: Any) -> ViTConfig:
     registers = sd.get("embeddings.register_tokens")
     return dinov2_config(
         width=width,
-        depth=1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer.")),
+        depth=count_blocks(sd, "encoder.layer.", HF_LAYER_KEYS, what="encoder layer"),
         num_heads=cfg.num_attention_heads,
         num_registers=registers.shape[1] if registers is not None else 0,
         mlp_dim=hidden.shape[0],
         swiglu=swiglu,
         image_size=_grid_side(sd["embeddings.position_embeddings"], name) * patch,
         patch_size=patch,
-        # §4.4: Dinov2Model resizes by size without antialias; the register model with antialias.
+        # Dinov2Model resizes by size without antialias; the register model with antialias.
         pos_embed_resize="bicubic_antialias" if name == "Dinov2WithRegistersModel" else "bicubic",
         in_channels=conv.shape[1],
         act="silu" if swiglu else from_hf_activation(act, where=f"{name} hidden_act"),
@@ -80,7 +95,7 @@ def config_from_hf(model: Any) -> ViTConfig:
     )
 
 
-# Hub files (and transformers 4) -> transformers 5 in-memory names (SPEC §4.5).
+# Hub files (and transformers 4) -> transformers 5 in-memory names (transformers' conversion_mapping.py).
 _HUB_TO_V5 = (
     ("attention.attention.query.", "attention.q_proj."),
     ("attention.attention.key.", "attention.k_proj."),
@@ -129,8 +144,7 @@ def state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
     biases = ("weight", "bias") if config.qkv_bias else ("weight",)
     for i in range(config.depth):
         src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
-        for p in biases:
-            out[f"{dst}attn.qkv.{p}"] = torch.cat([sd[f"{src}attention.{n}_proj.{p}"] for n in "qkv"])
+        out |= fuse_rows(sd, [f"{src}attention.{n}_proj" for n in "qkv"], f"{dst}attn.qkv", biases)
         out[f"{dst}ls1.gamma"] = sd[f"{src}layer_scale1.lambda1"]
         out[f"{dst}ls2.gamma"] = sd[f"{src}layer_scale2.lambda1"]
         for p in ("weight", "bias"):
@@ -138,7 +152,7 @@ def state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
             out[f"{dst}norm1.{p}"] = sd[f"{src}norm1.{p}"]
             out[f"{dst}norm2.{p}"] = sd[f"{src}norm2.{p}"]
             if config.swiglu:
-                out[f"{dst}mlp.fc1.{p}"] = torch.cat([sd[f"{src}mlp.{n}_proj.{p}"] for n in ("gate", "up")])
+                out |= fuse_rows(sd, [f"{src}mlp.{n}_proj" for n in ("gate", "up")], f"{dst}mlp.fc1", (p,))
                 out[f"{dst}mlp.fc2.{p}"] = sd[f"{src}mlp.down_proj.{p}"]
             else:
                 out[f"{dst}mlp.fc1.{p}"] = sd[f"{src}mlp.fc1.{p}"]
@@ -153,11 +167,8 @@ def from_hf_dinov2(model: Any) -> VisionTransformer:
     ``pooler_output`` and ``hidden_states`` equal transformers' ``hidden_states``.
     """
     config = config_from_hf(model)
-    ours = VisionTransformer(config)
-    load_state_dict_strict(
-        ours, state_dict_from_hf(dict(model.state_dict()), config), f"converted {type(model).__name__}"
-    )
-    return ours
+    state = state_dict_from_hf(dict(model.state_dict()), config)
+    return build_loaded(lambda: VisionTransformer(config), state, f"converted {type(model).__name__}")
 
 
 # --- the original release (facebookresearch/dinov2) -----------------------------------------
@@ -165,7 +176,7 @@ _CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 
 
 def state_dict_from_original(sd: StateDict) -> StateDict:
-    """Original DINOv2 keys -> VisionTransformer keys (SPEC §4.5).
+    """Original DINOv2 keys -> VisionTransformer keys.
 
     ``register_tokens`` -> ``reg_token``; SwiGLU ``mlp.w12``/``mlp.w3`` -> ``mlp.fc1``/``mlp.fc2``
     (same packing: the first half of ``w12``'s output goes through SiLU). Training checkpoints
@@ -185,8 +196,10 @@ def config_from_original(sd: StateDict) -> ViTConfig:
 
     Sizes are read off the tensors; a packed SwiGLU is recognised by ``fc1`` having twice the
     rows of ``fc2``'s input (a plain MLP has equal widths). Heads are not stored: every released
-    DINOv2 has head dim 64 (S/B/L/g: 6/12/16/24 heads, §4.1), so ``num_heads = width // 64``.
-    The resize rule follows the hub models: offset 0.1 without registers, antialias with (§4.4).
+    DINOv2 has head dim 64 (S/B/L/g: 6/12/16/24 heads, ``vit_small`` .. ``vit_giant2`` in
+    ``dinov2/models/vision_transformer.py``), so ``num_heads = width // 64``. The resize rule
+    follows the hub models (``dinov2/hub/backbones.py``): ``interpolate_offset`` 0.1 without
+    registers, ``interpolate_antialias`` with them.
     """
     for key in (
         "patch_embed.proj.weight",
@@ -205,7 +218,7 @@ def config_from_original(sd: StateDict) -> ViTConfig:
     registers = sd.get("reg_token")
     return dinov2_config(
         width=width,
-        depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
+        depth=count_blocks(sd, "blocks.", BLOCK_KEYS),
         num_heads=width // 64,
         num_registers=registers.shape[1] if registers is not None else 0,
         mlp_dim=hidden,
@@ -226,9 +239,8 @@ def from_original_dinov2(sd: StateDict) -> VisionTransformer:
     ``pooled`` = ``x_norm_clstoken``; other resolutions are resized with the original's rule.
     """
     state = state_dict_from_original(sd)
-    ours = VisionTransformer(config_from_original(state))
-    load_state_dict_strict(ours, state, "original DINOv2 state dict")
-    return ours
+    config = config_from_original(state)
+    return build_loaded(lambda: VisionTransformer(config), state, "original DINOv2 state dict")
 
 
 TRANSFORMERS = {"Dinov2Model": from_hf_dinov2, "Dinov2WithRegistersModel": from_hf_dinov2}

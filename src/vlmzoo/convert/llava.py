@@ -1,4 +1,4 @@
-"""transformers LLaVA -> vlmzoo VisionLanguageModel (SPEC §8).
+"""transformers LLaVA and the original LLaVA release -> vlmzoo VisionLanguageModel.
 
 ``LlavaForConditionalGeneration`` (transformers 5) holds ``model.vision_tower`` (a
 ``CLIPVisionModel``), ``model.multi_modal_projector`` (``linear_1`` -> act -> ``linear_2``),
@@ -8,7 +8,8 @@ becomes encoder config; the LM is rebuilt as a ``*ForCausalLM`` from ``text_conf
 transformers' processor writes ``image_seq_length`` placeholders per image, so the converted
 model uses ``expand_image_tokens=False``.
 
-``from_original(sd, "llava")`` reads the original haotian-liu/LLaVA layout (SPEC §8):
+``from_original(sd, "llava")`` reads the original haotian-liu/LLaVA layout
+(``llava/model/llava_arch.py``, ``llava/model/multimodal_projector/builder.py``):
 ``model.mm_projector.*`` (``linear``: ``weight``/``bias``; ``mlp{N}x_gelu``: ``0``, ``2``, ...),
 the LLaMA/Vicuna LM as ``model.embed_tokens``, ``model.layers.{i}.*``, ``model.norm``,
 ``lm_head`` (``LlamaForCausalLM`` keys), and the CLIP tower, when saved, as
@@ -31,7 +32,7 @@ from vlmzoo.adapters.mlp import MLPProjectorConfig
 from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.convert.clip import from_hf_clip, vision_config_from_hub_state_dict, vision_state_dict_from_hf
 from vlmzoo.convert.parts import assemble_vlm, supplied_decoder, supplied_encoder
-from vlmzoo.convert.sam import strip_prefix
+from vlmzoo.convert.state_dict import build_loaded, count_blocks, strip_prefix
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder, llama_config
 from vlmzoo.encoders.vit import ViTConfig
 from vlmzoo.errors import ConversionError
@@ -90,7 +91,6 @@ def from_hf_llava(model: Any) -> VisionLanguageModel:
         image_token_id=cfg.image_token_id,
         expand_image_tokens=False,
     )
-    vlm = VisionLanguageModel(config)
     state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     state |= {
         "adapter.proj.0.weight": projector.linear_1.weight,
@@ -102,16 +102,28 @@ def from_hf_llava(model: Any) -> VisionLanguageModel:
             "adapter.proj.2.bias": projector.linear_2.bias,
         }
     state |= {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
-    load_state_dict_strict(vlm, state, source="converted LlavaForConditionalGeneration")
-    return vlm
+    return build_loaded(lambda: VisionLanguageModel(config), state, "converted LlavaForConditionalGeneration")
 
 
-# --- the original release (haotian-liu/LLaVA, SPEC §8) -----------------------------------------
+# --- the original release (haotian-liu/LLaVA) ---------------------------------------------------
 PROJECTOR = "model.mm_projector."
 VISION_TOWER = "model.vision_tower.vision_tower."
-# Vicuna / LLaMA-2 facts no tensor holds (LLaVA-1.5's LLMs, SPEC §8): head dim 128, RMSNorm eps
-# 1e-5, context 4096. Other LLMs (LLaMA-1's eps 1e-6, Mistral's rope) need decoder=DecoderConfig(...).
+# Vicuna / LLaMA-2 facts no tensor holds (LLaVA-1.5's LLMs, lmsys/vicuna-7b-v1.5's config.json):
+# head dim 128, RMSNorm eps 1e-5, context 4096. Other LLMs (LLaMA-1's eps 1e-6, Mistral's rope)
+# need decoder=DecoderConfig(...).
 VICUNA_HEAD_DIM = 128
+# The sub-keys every LLaMA decoder layer has (checked before the depth is read off the keys).
+LLAMA_LAYER_KEYS = (
+    "input_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
 
 
 def _projector(sd: StateDict) -> tuple[MLPProjectorConfig, StateDict]:
@@ -151,7 +163,7 @@ def vicuna_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> DecoderConf
             f"LLM hidden size {hidden} is not a multiple of Vicuna's head dim {VICUNA_HEAD_DIM}: "
             "pass decoder=DecoderConfig('llama', {...}) with the LLM's own config"
         )
-    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("model.layers."))
+    layers = count_blocks(sd, "model.layers.", LLAMA_LAYER_KEYS, what="decoder layer")
     return llama_config(
         hidden,
         layers,

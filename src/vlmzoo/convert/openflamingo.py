@@ -1,6 +1,7 @@
-"""OpenFlamingo checkpoints -> vlmzoo :class:`VisionLanguageModel` with the Flamingo adapter (SPEC §7.4).
+"""OpenFlamingo checkpoints -> vlmzoo :class:`VisionLanguageModel` with the Flamingo adapter.
 
-The state dict of OpenFlamingo's ``Flamingo`` module (mlfoundations/open_flamingo v2):
+The state dict of OpenFlamingo's ``Flamingo`` module (mlfoundations/open_flamingo v2,
+``open_flamingo/src/flamingo.py``, ``helpers.py``, ``flamingo_lm.py``):
 
 - ``vision_encoder.*``: open_clip's ``visual`` tower, OpenAI CLIP names (``conv1``,
   ``class_embedding``, ``transformer.resblocks.{i}.*``, ``ln_post``, ``proj``);
@@ -13,18 +14,22 @@ The state dict of OpenFlamingo's ``Flamingo`` module (mlfoundations/open_flaming
 - ``lang_encoder.gated_cross_attn_layers.*`` and ``lang_encoder.old_decoder_blocks.*``: the
   same tensors again under alias names (ignored).
 
-The released ``checkpoint.pt`` files keep only the trained parts (``filter_state_dict_to_trainable``):
+The released ``checkpoint.pt`` files keep only the trained parts (``filter_state_dict_to_trainable``
+in ``open_flamingo/train/train_utils.py``):
 the perceiver, the gated blocks and the LM's input embeddings, which hold the added ``<image>``
 and ``<|endofchunk|>`` rows. The base CLIP tower and LM are then passed as ``encoder=`` and
 ``decoder=`` (:mod:`vlmzoo.convert.parts`): nothing is silently left random. Training checkpoints
 (``{"model_state_dict": ...}``, read by :func:`vlmzoo.convert.read_state_dict`) may carry DDP's
 ``module.`` prefix and activation checkpointing's ``_checkpoint_wrapped_module.``; both are removed.
 
-Sizes are read off the tensors. Head counts are not stored: OpenFlamingo fixes the head width at
-64 in the resampler and the gated blocks (SPEC §7.1-7.2), so heads = inner width / 64; the
-placement (a block before layer i iff (i+1) % n == 0) gives ``cross_attn_every_n_layers``. Visual
-features are the last block's patch tokens without ``ln_post``, as OpenFlamingo was trained
-(open_clip <= 2.23, §7.4).
+Sizes are read off the tensors, block counts checked first
+(:func:`~vlmzoo.convert.state_dict.count_blocks`). Head counts are not stored: OpenFlamingo fixes
+the head width at 64 in the resampler and the gated blocks (``dim_head=64`` of
+``PerceiverResampler`` and ``MaskedCrossAttention`` in ``helpers.py``), so heads = inner width / 64;
+the placement (a block before layer i iff (i+1) % n == 0, ``flamingo_lm.py``'s
+``init_flamingo``) gives ``cross_attn_every_n_layers``. Visual features are the last block's patch
+tokens without ``ln_post``, as OpenFlamingo was trained (open_clip <= 2.23 applied ``ln_post`` to
+the pooled token only; later versions apply it to every token).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import torch
 from vlmzoo.adapters.cross_attention import FlamingoConfig
 from vlmzoo.convert.clip import openai_vision_state_dict
 from vlmzoo.convert.parts import assemble_vlm, supplied_decoder, supplied_encoder
-from vlmzoo.convert.sam import strip_prefix
+from vlmzoo.convert.state_dict import count_blocks, strip_prefix, unwrap
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.encoders.vit import ViTConfig
 from vlmzoo.errors import ConversionError
@@ -45,16 +50,16 @@ from vlmzoo.models.vlm import VisionLanguageModel
 
 StateDict = dict[str, torch.Tensor]
 
-DIM_HEAD = 64  # OpenFlamingo's PerceiverResampler and MaskedCrossAttention default (§7.1-7.2)
+DIM_HEAD = 64  # OpenFlamingo's PerceiverResampler and MaskedCrossAttention default (helpers.py)
+# The sub-keys of every resampler layer: (PerceiverAttention, FeedForward = LN, Linear, GELU, Linear).
+PERCEIVER_LAYER_KEYS = ("0.to_q.weight", "0.to_kv.weight", "0.to_out.weight", "1.1.weight", "1.3.weight")
 _GATED = re.compile(r"^lang_encoder\.(?P<path>.+)\.(?P<index>\d+)\.gated_cross_attn_layer\.(?P<rest>.+)$")
 _ALIASES = ("lang_encoder.gated_cross_attn_layers.", "lang_encoder.old_decoder_blocks.")
 
 
 def _unwrapped(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """Keys without DDP's ``module.`` prefix and activation checkpointing's wrapper segment."""
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return {k.replace("_checkpoint_wrapped_module.", ""): v for k, v in sd.items()}
+    return {k.replace("_checkpoint_wrapped_module.", ""): v for k, v in unwrap(sd).items()}
 
 
 def openflamingo_features(config: ViTConfig) -> ViTConfig:
@@ -89,20 +94,33 @@ def _adapter(sd: StateDict) -> tuple[FlamingoConfig, StateDict, str]:
         raise ConversionError(f"not an OpenFlamingo checkpoint: no perceiver.latents (found e.g. {found})")
     gated: StateDict = {}
     paths: set[str] = set()
+    where: dict[int, str] = {}  # LM layer index -> one of its gated block's keys (for errors)
     for key, value in sd.items():
         if match := _GATED.match(key):
             paths.add(match["path"])
-            gated[f"{match['index']}.{match['rest']}"] = value
+            index = int(match["index"])
+            gated[f"{index}.{match['rest']}"] = value
+            where.setdefault(index, key)
     if len(paths) != 1:
         raise ConversionError(
             "not an OpenFlamingo checkpoint: expected gated blocks under one decoder path, "
             f"lang_encoder.<layers>.<i>.gated_cross_attn_layer.*, found paths {sorted(paths)}"
         )
-    indices = sorted({int(k.split(".")[0]) for k in gated})
+    indices = sorted(where)
     every = indices[0] + 1
-    if indices != list(range(every - 1, indices[-1] + 1, every)):
+    # A block before layer i iff (i + 1) % n == 0 (OpenFlamingo's init_flamingo). Checked without
+    # materialising the range: a stray index may be huge.
+    expected = range(every - 1, indices[-1] + 1, every)
+    stray = next((i for i in indices if i not in expected), None)
+    if stray is not None or len(indices) != len(expected):
+        if stray is not None:
+            problem = f"{where[stray]!r} is not before every {every}-th layer"
+        else:
+            gap = next(j for j in expected if j not in where)
+            problem = f"no gated block before LM layer {gap}, yet {where[indices[-1]]!r} is there"
         raise ConversionError(
-            f"gated blocks before LM layers {indices} are not every n-th layer ((i + 1) % n == 0, §7.2)"
+            f"gated blocks must sit before every n-th LM layer ((i + 1) % n == 0): {problem}. "
+            "The file is truncated or holds a stray key"
         )
     num_latents, dim = perceiver["latents"].shape
     first = gated[f"{indices[0]}.attn.to_q.weight"]
@@ -116,7 +134,7 @@ def _adapter(sd: StateDict) -> tuple[FlamingoConfig, StateDict, str]:
     config = FlamingoConfig(
         in_dim=dim,
         out_dim=first.shape[1],
-        resampler_depth=1 + max(int(k.split(".")[1]) for k in perceiver if k.startswith("layers.")),
+        resampler_depth=count_blocks(perceiver, "layers.", PERCEIVER_LAYER_KEYS, what="resampler layer"),
         resampler_heads=_heads(perceiver["layers.0.0.to_q.weight"], "perceiver.layers.0.0.to_q.weight"),
         resampler_dim_head=DIM_HEAD,
         num_latents=num_latents,

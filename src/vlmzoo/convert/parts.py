@@ -1,8 +1,10 @@
 """Whole-VLM conversions from original releases: the parts a checkpoint leaves out, and assembly.
 
 Releases often store only what their training changed. OpenFlamingo's ``checkpoint.pt`` holds
-the perceiver, the gated cross-attention blocks and the LM's input embeddings (SPEC §7.4);
-LLaVA's pretraining stage saves ``mm_projector.bin`` alone (SPEC §8). vlmzoo never fills a
+the perceiver, the gated cross-attention blocks and the LM's input embeddings
+(``filter_state_dict_to_trainable`` in open_flamingo's ``train/train_utils.py``); LLaVA's
+pretraining stage saves ``mm_projector.bin`` alone (haotian-liu/LLaVA's ``scripts/pretrain.sh``
+with ``--tune_mm_mlp_adapter``). vlmzoo never fills a
 missing part with random weights on its own: what the checkpoint lacks is passed to the
 converter, and a part that is neither in the checkpoint nor passed is a :class:`ConversionError`
 naming the keys looked for and the argument to pass:
@@ -30,12 +32,12 @@ import torch
 import torch.nn as nn
 
 from vlmzoo.config import Config
+from vlmzoo.convert.state_dict import build_loaded
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.encoders.vit import ViTConfig
 from vlmzoo.errors import ConfigError, ConversionError
 from vlmzoo.models.clip import CLIPModel
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
-from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 
@@ -153,8 +155,12 @@ def assemble_vlm(
 ) -> VisionLanguageModel:
     """Build a :class:`VisionLanguageModel` from ``{"encoder": (config, weights), "adapter": ...,
     "decoder": ...}`` (decoder weights under ``*ForCausalLM`` keys) and load every weight strictly:
-    a missing, unexpected or mis-shaped key is a :class:`CheckpointError` naming it; parts that do
-    not fit together (widths, an image token outside the vocabulary) a :class:`ConversionError`."""
+    a missing, unexpected or mis-shaped key is a :class:`CheckpointError` naming it, found on the
+    meta device before the VLM is allocated; parts that do not fit together (widths, an image
+    token outside the vocabulary) a :class:`ConversionError`."""
+    state = {f"encoder.{k}": v for k, v in parts["encoder"][1].items()}
+    state |= {f"adapter.{k}": v for k, v in parts["adapter"][1].items()}
+    state |= {f"decoder.lm.{k}": v for k, v in parts["decoder"][1].items()}
     try:
         config = VLMConfig(
             encoder=parts["encoder"][0],
@@ -162,11 +168,6 @@ def assemble_vlm(
             decoder=parts["decoder"][0],
             **vlm_options,
         )
-        vlm = VisionLanguageModel(config)
+        return build_loaded(lambda: VisionLanguageModel(config), state, source)
     except ConfigError as e:
         raise ConversionError(f"{source}: the parts do not fit together: {e}") from e
-    state = {f"encoder.{k}": v for k, v in parts["encoder"][1].items()}
-    state |= {f"adapter.{k}": v for k, v in parts["adapter"][1].items()}
-    state |= {f"decoder.lm.{k}": v for k, v in parts["decoder"][1].items()}
-    load_state_dict_strict(vlm, state, source=source)
-    return vlm

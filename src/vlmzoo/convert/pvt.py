@@ -2,10 +2,11 @@
 
 vlmzoo keeps PVT's module names, with the per-stage attributes as lists:
 
-- original PVT v1 / FLatten-PVT (``from_original(sd, "pvt")`` / ``"flatten-pvt"``):
+- original PVT v1 / FLatten-PVT (``from_original(sd, "pvt")`` / ``"flatten-pvt"``; whai362/PVT's
+  ``classification/pvt.py``, LeapLabTHU/FLatten-Transformer's ``models/flatten_pvt.py``):
   ``patch_embed{i+1}.`` -> ``patch_embeds.{i}.``, ``pos_embed{i+1}`` -> ``pos_embeds.{i}``,
   ``block{i+1}.`` -> ``stages.{i}.``; ``cls_token``, ``norm`` unchanged; ``head`` dropped.
-  FLatten's linear blocks store ``attn.q`` and ``attn.kv`` (SPEC §5.4, PVT form); vlmzoo's focused
+  FLatten's linear blocks store ``attn.q`` and ``attn.kv`` (its PVT form of the module); vlmzoo's focused
   linear attention has the fused ``attn.qkv`` of the Swin form, rows q then k, v — the
   concatenation of the two;
 - transformers ``PvtModel``: ``encoder.patch_embeddings.{i}.{projection,layer_norm,
@@ -27,11 +28,13 @@ from typing import Any
 
 import torch
 
+from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows, unwrap
 from vlmzoo.encoders.pvt import PvtConfig, PvtStageAttention, PyramidVisionTransformer
 from vlmzoo.errors import ConversionError
-from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
+# The sub-keys every PVT block has in vlmzoo's names (the attention's q/kv/qkv depend on the kind).
+BLOCK_KEYS = ("norm1.weight", "attn.proj.weight", "norm2.weight", "mlp.fc1.weight", "mlp.fc2.weight")
 
 _HF_RENAMES = (
     (r"^encoder\.patch_embeddings\.(\d+)\.projection\.", r"patch_embeds.\1.proj."),
@@ -59,9 +62,8 @@ def pvt_state_dict_from_hf(sd: StateDict) -> StateDict:
         if match:
             if match.group(3) == "key":
                 s, b, kind = match.group(1), match.group(2), match.group(4)
-                prefix = f"encoder.block.{s}.{b}.attention.self."
-                kv = torch.cat([sd[f"{prefix}key.{kind}"], sd[f"{prefix}value.{kind}"]], dim=0)
-                out[f"stages.{s}.{b}.attn.kv.{kind}"] = kv
+                parts = [f"encoder.block.{s}.{b}.attention.self.{x}" for x in ("key", "value")]
+                out |= fuse_rows(sd, parts, f"stages.{s}.{b}.attn.kv", (kind,))
             continue
         for pattern, replacement in _HF_RENAMES:
             key = re.sub(pattern, replacement, key)
@@ -105,9 +107,9 @@ def from_transformers_pvt(model: Any) -> PyramidVisionTransformer:
     ``tokens`` equal ``last_hidden_state[:, 1:]`` (CLS dropped), ``pooled`` its CLS row;
     ``hidden_states[s + 1]`` equals the peer's hidden state of stage s's last block.
     """
-    ours = PyramidVisionTransformer(pvt_config_from_hf(model.config))
-    load_state_dict_strict(ours, pvt_state_dict_from_hf(model.state_dict()), source="transformers PvtModel")
-    return ours
+    config = pvt_config_from_hf(model.config)
+    state = pvt_state_dict_from_hf(model.state_dict())
+    return build_loaded(lambda: PyramidVisionTransformer(config), state, "transformers PvtModel")
 
 
 # --- original layout ------------------------------------------------------------------------
@@ -123,11 +125,11 @@ def pvt_state_dict_from_original(sd: StateDict) -> StateDict:
         out[key] = value
     for key in [k for k in out if k.endswith(".attn.positional_encoding")]:
         prefix = key.removesuffix("positional_encoding")
+        fused = fuse_rows(out, [f"{prefix}q", f"{prefix}kv"], f"{prefix}qkv")
         for kind in ("weight", "bias"):
-            if f"{prefix}q.{kind}" in out:
-                out[f"{prefix}qkv.{kind}"] = torch.cat(
-                    [out.pop(f"{prefix}q.{kind}"), out.pop(f"{prefix}kv.{kind}")]
-                )
+            if f"{prefix}qkv.{kind}" in fused:
+                del out[f"{prefix}q.{kind}"], out[f"{prefix}kv.{kind}"]
+        out |= fused
     return out
 
 
@@ -137,20 +139,23 @@ def pvt_config_from_state_dict(sd: StateDict) -> PvtConfig:
     Widths and patch sizes come from the patch convs, the native size from stage 1's position
     embedding (a square grid), heads from the DWC (head dim) of linear stages — for spatial-
     reduction stages the heads are not stored and PVT v1's head dim 64 is assumed (1, 2, 5, 8).
+    Stage and block counts are checked (:func:`~vlmzoo.convert.state_dict.count_blocks`) before
+    anything is sized from them.
     """
-    found = [int(m.group(1)) for k in sd if (m := re.match(r"^stages\.(\d+)\.", k))]
-    if not found:
+    stages = count_blocks(sd, "stages.", ("0.norm1.weight",), what="stage")
+    if not stages:
         raise ConversionError(
             f"not a PVT state dict: no block1.* (stage 1) keys; found e.g. {sorted(sd)[:3]}"
         )
-    stages = 1 + max(found)
     dims, patches, depths, heads, srs, ratios = [], [], [], [], [], []
     kinds: list[PvtStageAttention] = []
     for s in range(stages):
+        if f"patch_embeds.{s}.proj.weight" not in sd:
+            raise ConversionError(f"PVT stage {s + 1} has blocks but no patch_embed{s + 1}.proj.weight")
         proj = sd[f"patch_embeds.{s}.proj.weight"]
         dims.append(proj.shape[0])
         patches.append(proj.shape[-1])
-        depths.append(1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"^stages\.{s}\.(\d+)\.", k))))
+        depths.append(count_blocks(sd, f"stages.{s}.", BLOCK_KEYS))
         ratios.append(sd[f"stages.{s}.0.mlp.fc1.weight"].shape[0] / proj.shape[0])
         attn = f"stages.{s}.0.attn."
         linear = f"{attn}positional_encoding" in sd
@@ -180,10 +185,9 @@ def pvt_config_from_state_dict(sd: StateDict) -> PvtConfig:
 
 def from_original_pvt(sd: StateDict) -> PyramidVisionTransformer:
     """An original PVT v1 or FLatten-PVT state dict -> :class:`PyramidVisionTransformer`."""
-    sd = pvt_state_dict_from_original({k.removeprefix("module."): v for k, v in sd.items()})
-    ours = PyramidVisionTransformer(pvt_config_from_state_dict(sd))
-    load_state_dict_strict(ours, sd, source="original PVT state dict")
-    return ours
+    sd = pvt_state_dict_from_original(unwrap(sd))
+    config = pvt_config_from_state_dict(sd)
+    return build_loaded(lambda: PyramidVisionTransformer(config), sd, "original PVT state dict")
 
 
 TRANSFORMERS = {"PvtModel": from_transformers_pvt}

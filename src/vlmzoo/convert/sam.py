@@ -1,11 +1,13 @@
-"""SAM image encoder -> vlmzoo (SPEC §2.5); Vary / GOT-OCR2 are in ``convert/vary.py``.
+"""SAM image encoder -> vlmzoo; Vary / GOT-OCR2 are in ``convert/vary.py``.
 
 vlmzoo's :class:`SamEncoder` keeps the original parameter names except the MLP (``mlp.fc1/fc2``
 like timm, the original's ``mlp.lin1/lin2``), so the layouts differ only by renames:
 
-- original ``sam_vit_*.pth``: ``image_encoder.*`` (prompt encoder and mask decoder dropped);
+- original ``sam_vit_*.pth``: ``image_encoder.*`` (segment-anything's
+  ``segment_anything/modeling/image_encoder.py``; prompt encoder and mask decoder dropped);
 - transformers ``SamVisionModel`` / ``SamModel``: ``vision_encoder.*`` with ``layers``,
-  ``layer_norm1/2``, ``patch_embed.projection``, ``neck.conv1/layer_norm1/conv2/layer_norm2``;
+  ``layer_norm1/2``, ``patch_embed.projection``, ``neck.conv1/layer_norm1/conv2/layer_norm2``
+  (the renames of transformers' ``models/sam/convert_sam_to_hf.py``);
 - timm ``VisionTransformerSAM`` (``samvit_*``): the original names with ``mlp.fc``.
 
 Sizes are read off the peer's config (transformers) or module (timm), or off the tensors for
@@ -27,11 +29,22 @@ import torch
 import torch.nn as nn
 
 from vlmzoo.convert.activations import from_hf_activation, from_module_activation
+from vlmzoo.convert.state_dict import build_loaded, count_blocks, strip_prefix
 from vlmzoo.encoders.sam import SamConfig, SamEncoder
 from vlmzoo.errors import ConversionError
-from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
+# The sub-keys every block of the original layout has (checked before the depth is read off the keys).
+SAM_BLOCK_KEYS = (
+    "norm1.weight",
+    "attn.qkv.weight",
+    "attn.proj.weight",
+    "attn.rel_pos_h",
+    "attn.rel_pos_w",
+    "norm2.weight",
+    "mlp.fc1.weight",
+    "mlp.fc2.weight",
+)
 
 
 # --- state-dict renames ---------------------------------------------------------------------
@@ -61,11 +74,6 @@ def sam_state_dict_from_hf(sd: StateDict) -> StateDict:
             key = key.replace(".layer_norm1.", ".norm1.").replace(".layer_norm2.", ".norm2.")
         out[key] = value
     return sam_state_dict_from_original(out)
-
-
-def strip_prefix(sd: StateDict, prefix: str) -> StateDict:
-    """The entries whose key starts with ``prefix``, with the prefix removed (others dropped)."""
-    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 # --- transformers ---------------------------------------------------------------------------
@@ -114,11 +122,8 @@ def from_hf_sam(model: Any) -> SamEncoder:
     ``GotOcr2VisionEncoder`` -> :class:`SamEncoder` (tokens = the neck output, ``last_hidden_state``)."""
     encoder = _hf_vision_encoder(model)
     config = sam_config_from_hf(encoder.config)
-    ours = SamEncoder(config)
-    load_state_dict_strict(
-        ours, sam_state_dict_from_hf(dict(encoder.state_dict())), f"converted {type(model).__name__}"
-    )
-    return ours
+    state = sam_state_dict_from_hf(dict(encoder.state_dict()))
+    return build_loaded(lambda: SamEncoder(config), state, f"converted {type(model).__name__}")
 
 
 # --- timm -----------------------------------------------------------------------------------
@@ -180,9 +185,7 @@ def from_timm_sam(model: Any) -> SamEncoder:
     """timm ``VisionTransformerSAM`` (``samvit_*``, head-less) -> :class:`SamEncoder` (= ``forward_features``)."""
     config = sam_config_from_timm(model)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
-    ours = SamEncoder(config)
-    load_state_dict_strict(ours, state, "converted timm VisionTransformerSAM")
-    return ours
+    return build_loaded(lambda: SamEncoder(config), state, "converted timm VisionTransformerSAM")
 
 
 # --- original releases ----------------------------------------------------------------------
@@ -199,7 +202,7 @@ def sam_config_from_state_dict(sd: StateDict) -> SamConfig:
     grid_h, grid_w = sd["pos_embed"].shape[1:3]
     if grid_h != grid_w:
         raise ConversionError(f"non-square pos_embed grid {grid_h}x{grid_w} is not supported")
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    depth = count_blocks(sd, "blocks.", SAM_BLOCK_KEYS)
     head_dim = sd["blocks.0.attn.rel_pos_h"].shape[1]
     windows, global_indexes = set(), []
     for i in range(depth):
@@ -231,12 +234,9 @@ def from_original_sam(sd: StateDict) -> SamEncoder:
     Bare encoder state dicts (no ``image_encoder.`` prefix) are accepted too; the prompt encoder
     and mask decoder are not part of the result.
     """
-    if any(k.startswith("image_encoder.") for k in sd):
-        sd = strip_prefix(sd, "image_encoder.")
-    state = sam_state_dict_from_original(sd)
-    ours = SamEncoder(sam_config_from_state_dict(state))
-    load_state_dict_strict(ours, state, "segment-anything image_encoder state dict")
-    return ours
+    state = sam_state_dict_from_original(strip_prefix(sd, "image_encoder.", if_present=True))
+    config = sam_config_from_state_dict(state)
+    return build_loaded(lambda: SamEncoder(config), state, "segment-anything image_encoder state dict")
 
 
 TRANSFORMERS = {

@@ -1,4 +1,4 @@
-"""Swin / FLatten-Swin -> vlmzoo :class:`SwinTransformer` (SPEC §5.5; Donut/Nougat renames in §9).
+"""Swin / FLatten-Swin -> vlmzoo :class:`SwinTransformer`.
 
 vlmzoo keeps the original Swin layout (``patch_embed.{proj,norm}``, ``layers.{s}.blocks.{b}.*``
 with fused ``attn.qkv``, ``layers.{s}.downsample`` at the *end* of stage s, ``norm``), so:
@@ -11,9 +11,10 @@ with fused ``attn.qkv``, ``layers.{s}.downsample`` at the *end* of stage s, ``no
   ``layernorm`` -> ``norm``;
 - timm ``SwinTransformer``: the original names, but the patch merging of stage s sits at the start
   of stage s + 1 (``layers.{s+1}.downsample``) and the classifier is ``head.fc``;
-- the original / FLatten-Swin checkpoints (``from_original(sd, "swin")`` or ``"flatten-swin"``):
-  vlmzoo's names plus buffers that are recomputed here (``relative_position_index``,
-  ``attn_mask``) and the classifier ``head``, all dropped.
+- the original / FLatten-Swin checkpoints (``from_original(sd, "swin")`` or ``"flatten-swin"``;
+  microsoft/Swin-Transformer's ``models/swin_transformer.py``, LeapLabTHU/FLatten-Transformer's
+  ``models/flatten_swin.py``): vlmzoo's names plus buffers that are recomputed here
+  (``relative_position_index``, ``attn_mask``) and the classifier ``head``, all dropped.
 
 Refused rather than converted wrongly: absolute position embeddings (``use_absolute_embeddings`` /
 ``ape``), activations other than exact GELU, and transformers' eps other than on the block norms.
@@ -28,11 +29,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows, unwrap
 from vlmzoo.encoders.swin import SwinConfig, SwinStageAttention, SwinTransformer
 from vlmzoo.errors import ConversionError
-from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
+# The sub-keys every Swin block has in vlmzoo's (= the original's) names; the bias table or
+# FLatten's positional encoding depends on the stage kind and is read where the kind is known.
+BLOCK_KEYS = (
+    "norm1.weight",
+    "attn.qkv.weight",
+    "attn.proj.weight",
+    "norm2.weight",
+    "mlp.fc1.weight",
+    "mlp.fc2.weight",
+)
 
 _HF_RENAMES = (
     (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
@@ -61,9 +72,8 @@ def swin_state_dict_from_hf(sd: StateDict) -> StateDict:
         if match:
             if match.group(3) == "q":
                 s, b, kind = match.group(1), match.group(2), match.group(4)
-                prefix = f"encoder.layers.{s}.blocks.{b}.attention."
-                parts = [sd[f"{prefix}{x}_proj.{kind}"] for x in "qkv"]
-                out[f"layers.{s}.blocks.{b}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
+                parts = [f"encoder.layers.{s}.blocks.{b}.attention.{x}_proj" for x in "qkv"]
+                out |= fuse_rows(sd, parts, f"layers.{s}.blocks.{b}.attn.qkv", (kind,))
             continue
         for pattern, replacement in _HF_RENAMES:
             key = re.sub(pattern, replacement, key)
@@ -113,9 +123,8 @@ def from_transformers_swin(model: Any) -> SwinTransformer:
     if getattr(model.embeddings, "mask_token", None) is not None:
         raise ConversionError("SwinModel with a mask token (use_mask_token=True) is not supported")
     config = swin_config_from_hf(model.config, "mean" if model.pooler is not None else "none")
-    ours = SwinTransformer(config)
-    load_state_dict_strict(ours, swin_state_dict_from_hf(model.state_dict()), source="transformers SwinModel")
-    return ours
+    state = swin_state_dict_from_hf(model.state_dict())
+    return build_loaded(lambda: SwinTransformer(config), state, "transformers SwinModel")
 
 
 # --- timm -----------------------------------------------------------------------------------
@@ -171,17 +180,11 @@ def from_timm_swin(model: Any) -> SwinTransformer:
         patch_norm=not isinstance(model.patch_embed.norm, nn.Identity),
         pool="mean" if model.global_pool == "avg" else "none",
     )
-    ours = SwinTransformer(config)
-    load_state_dict_strict(ours, swin_state_dict_from_timm(model.state_dict()), source="timm SwinTransformer")
-    return ours
+    state = swin_state_dict_from_timm(model.state_dict())
+    return build_loaded(lambda: SwinTransformer(config), state, "timm SwinTransformer")
 
 
 # --- original layouts -----------------------------------------------------------------------
-def _count(sd: StateDict, pattern: str) -> int:
-    found = {int(m.group(1)) for k in sd if (m := re.match(pattern, k))}
-    return max(found) + 1 if found else 0
-
-
 def swin_config_from_state_dict(sd: StateDict) -> SwinConfig:
     """Infer a (FLatten-)Swin config from an original-layout state dict.
 
@@ -189,13 +192,19 @@ def swin_config_from_state_dict(sd: StateDict) -> SwinConfig:
     heads from the bias tables (S stages) or the shared DWC's channels = head dim (L stages), the
     windows from the table / positional-encoding sizes. The native image size is not stored; it
     is read off FLatten's positional encodings where the window was clamped to the map (stage 1
-    holds the whole 56x56 map at 224 px, SPEC §5.4), else off an ``attn_mask`` buffer
-    ([windows, w², w²] of a shifted stage), else 224 is assumed.
+    holds the whole 56x56 map at 224 px: ``WINDOW_SIZE: 56`` in FLatten-Transformer's
+    ``cfgs/flatten_swin_*.yaml``), else off an ``attn_mask`` buffer ([windows, w², w²] of a
+    shifted stage), else 224 is assumed. Stage and block counts are checked
+    (:func:`~vlmzoo.convert.state_dict.count_blocks`) before anything is sized from them.
     """
+    if "patch_embed.proj.weight" not in sd:
+        raise ConversionError(
+            f"not a Swin state dict: no 'patch_embed.proj.weight' (found e.g. {sorted(sd)[:3]})"
+        )
     proj = sd["patch_embed.proj.weight"]
     embed_dim, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
-    stages = _count(sd, r"^layers\.(\d+)\.")
-    depths = tuple(_count(sd, rf"^layers\.{s}\.blocks\.(\d+)\.") for s in range(stages))
+    stages = count_blocks(sd, "layers.", ("blocks.0.norm1.weight",), what="stage")
+    depths = tuple(count_blocks(sd, f"layers.{s}.blocks.", BLOCK_KEYS) for s in range(stages))
     kinds: list[SwinStageAttention] = []
     heads, windows, linear_windows = [], [], []
     for s in range(stages):
@@ -240,17 +249,18 @@ def swin_config_from_state_dict(sd: StateDict) -> SwinConfig:
 
 
 def from_original_swin(sd: StateDict) -> SwinTransformer:
-    """An original Swin or FLatten-Swin state dict (SPEC §5.5) -> :class:`SwinTransformer`."""
-    sd = {k.removeprefix("model.").removeprefix("module."): v for k, v in sd.items()}
+    """An original Swin or FLatten-Swin state dict -> :class:`SwinTransformer`.
+
+    A DDP ``module.`` or a ``model.`` prefix on every key is removed first.
+    """
+    sd = unwrap(sd, ("model.", "module."))
     config = swin_config_from_state_dict(sd)
     kept = {
         k: v
         for k, v in sd.items()
         if not k.startswith("head.") and not k.endswith(("relative_position_index", "attn_mask"))
     }
-    ours = SwinTransformer(config)
-    load_state_dict_strict(ours, kept, source="original Swin state dict")
-    return ours
+    return build_loaded(lambda: SwinTransformer(config), kept, "original Swin state dict")
 
 
 TRANSFORMERS = {"SwinModel": from_transformers_swin}

@@ -1,4 +1,4 @@
-"""timm ``VisionTransformer`` -> vlmzoo :class:`VisionTransformer` (SPEC §1.7, §4.5).
+"""timm ``VisionTransformer`` -> vlmzoo :class:`VisionTransformer` (timm's ``models/vision_transformer.py``).
 
 vlmzoo's ViT uses timm's parameter names, so the weights carry over almost as they are; the work
 is reading the config off the module (timm models do not keep a config object) and refusing
@@ -7,7 +7,8 @@ variants the vlmzoo ViT does not express instead of converting them wrongly.
 Besides the CLIP towers this covers timm's DINOv2 models (``vit_*_patch14_dinov2``,
 ``vit_*_patch14_reg4_dinov2``): LayerScale, the packed SwiGLU of ViT-g (``SwiGLUPacked``: SiLU on
 the first half of ``fc1``'s output times the second half, as DINOv2's ``w12``) and register
-tokens. timm stores the register models with ``no_embed_class=True`` (SPEC §4.5): CLS already
+tokens. timm stores the register models with ``no_embed_class=True`` (its ``_convert_dinov2`` folds
+``pos_embed[:, 0]`` into ``cls_token``): CLS already
 carries its position embedding and ``pos_embed`` has patch rows only. vlmzoo keeps a CLS row, so
 it gets a zero row and ``cls_token`` is taken as it is — identical outputs, at every size, since
 both resize only the patch rows.
@@ -21,9 +22,9 @@ import torch
 import torch.nn as nn
 
 from vlmzoo.convert.activations import from_module_activation
+from vlmzoo.convert.state_dict import build_loaded
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.errors import ConversionError
-from vlmzoo.weights.format import load_state_dict_strict
 
 
 def _unsupported(model: Any) -> list[str]:
@@ -34,7 +35,8 @@ def _unsupported(model: Any) -> list[str]:
     if not isinstance(model.fc_norm, nn.Identity):
         problems.append("fc_norm after pooling")
     if getattr(model, "num_reg_tokens", 0) and not model.no_embed_class:
-        # timm would add position embeddings to the registers; vlmzoo's registers have none (§4.3)
+        # timm would add position embeddings to the registers; vlmzoo's registers have none, as
+        # DINOv2's prepare_tokens_with_masks inserts them after the position embeddings
         problems.append("register tokens with position embeddings (no_embed_class=False)")
     if model.pos_embed is None:
         problems.append("no absolute position embedding")
@@ -118,12 +120,10 @@ def from_timm_vit(model: Any) -> VisionTransformer:
     dropped = ("fc_norm.",) if config.embed_dim else ("fc_norm.", "head.")
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith(dropped)}
     if model.no_embed_class and config.class_token:
-        # CLS already holds its position embedding in timm (SPEC §4.5): give it a zero row here.
+        # CLS already holds its position embedding in timm (no_embed_class): give it a zero row here.
         pos = sd["pos_embed"]
         sd["pos_embed"] = torch.cat([pos.new_zeros(1, 1, pos.shape[-1]), pos], dim=1)
-    ours = VisionTransformer(config)
-    load_state_dict_strict(ours, sd, source=f"timm {type(model).__name__}")
-    return ours
+    return build_loaded(lambda: VisionTransformer(config), sd, f"timm {type(model).__name__}")
 
 
 TIMM = {"VisionTransformer": from_timm_vit}

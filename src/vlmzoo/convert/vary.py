@@ -1,7 +1,8 @@
-"""Vary's vision vocabulary and dual-tower encoder, and GOT-OCR2's tower -> vlmzoo (SPEC §3).
+"""Vary's vision vocabulary and dual-tower encoder, and GOT-OCR2's tower -> vlmzoo.
 
 - transformers ``GotOcr2ForConditionalGeneration`` / ``GotOcr2Model``: the SAM-B ``vision_tower``
-  plus ``multi_modal_projector.conv_upsampler1/2`` are Vary's vocabulary network (SPEC §3.1) ->
+  plus ``multi_modal_projector.conv_upsampler1/2`` are Vary's vocabulary network (Vary's
+  ``vary/model/vision_encoder/sam.py``: SAM-B, then ``net_2`` and ``net_3``) ->
   :class:`VaryVocabEncoder`. (A bare ``GotOcr2VisionEncoder`` is a SAM encoder: ``convert/sam.py``.)
   A VLM-level GOT-OCR2 converter, when there is one, should take these two class names over.
 - ``from_original(sd, "vary")``: Vary's ``vision_tower_high`` (SAM keys with ``mlp.lin1/2`` +
@@ -10,8 +11,9 @@
   ``vision_tower.vision_model.*`` (HF CLIP), ``vision_tower_high.*``, ``mm_projector`` and
   ``mm_projector_vary`` -> the fused encoder of ``vary-base-encoder`` / ``vary-toy-encoder``.
 
-The released key names are derived from Vary's module attribute names and were not confirmed on
-a downloaded checkpoint (SPEC §3 caveats), so prefixes are located from anchor keys
+The released key names are derived from Vary's module attribute names (``vision_tower_high``,
+``mm_projector_vary`` in ``vary/model/vary_qwen_vary.py``) and were not confirmed on a
+downloaded checkpoint, so prefixes are located from anchor keys
 (``net_3.weight``, ``mm_projector_vary.weight``) rather than hard-coded, and every missing key is
 reported by name.
 """
@@ -28,13 +30,12 @@ from vlmzoo.convert.sam import (
     sam_config_from_state_dict,
     sam_state_dict_from_hf,
     sam_state_dict_from_original,
-    strip_prefix,
 )
+from vlmzoo.convert.state_dict import build_loaded, strip_prefix
 from vlmzoo.encoders.fusion import FusedEncoder, FusedEncoderConfig
 from vlmzoo.encoders.vary import VaryVocabConfig, VaryVocabEncoder, vary_clip_branch, vary_vocab_config
 from vlmzoo.encoders.vit import ViTConfig
 from vlmzoo.errors import ConversionError
-from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 
@@ -43,7 +44,7 @@ def from_hf_got_ocr2(model: Any) -> VaryVocabEncoder:
     """``GotOcr2ForConditionalGeneration`` / ``GotOcr2Model`` -> :class:`VaryVocabEncoder`.
 
     The vision tower plus the projector's two stride-2 convs (``conv_upsampler1/2``) are Vary's
-    vocabulary network (SPEC §3.1); the projector's final Linear (``multimodal_projector``)
+    vocabulary network (``net_2``/``net_3``); the projector's final Linear (``multimodal_projector``)
     belongs to the language side, like Vary's ``mm_projector``, and is not part of the result.
     Tokens equal ``conv_upsampler2``'s output flattened: [B, 256, text hidden] at 1024 px.
     """
@@ -58,9 +59,9 @@ def from_hf_got_ocr2(model: Any) -> VaryVocabEncoder:
     )
     state = sam_state_dict_from_hf(dict(encoder.state_dict()))
     state["net_2.weight"], state["net_3.weight"] = convs[0].weight, convs[1].weight
-    ours = VaryVocabEncoder(config)
-    load_state_dict_strict(ours, state, f"converted {name} vision tower + conv_upsampler1/2")
-    return ours
+    return build_loaded(
+        lambda: VaryVocabEncoder(config), state, f"converted {name} vision tower + conv_upsampler1/2"
+    )
 
 
 def _anchor_prefix(sd: StateDict, anchor: str, what: str) -> str:
@@ -77,7 +78,7 @@ def from_original_vary(sd: StateDict) -> VaryVocabEncoder:
 
     The key prefix is found from ``net_3.weight`` (``transformer.vision_tower_high.`` in the Qwen
     releases, ``model.vision_tower.`` in OneChart, none for a bare module), since the released
-    names are derived from attribute names, not confirmed on a checkpoint (SPEC §3 caveats).
+    names are derived from attribute names, not confirmed on a checkpoint.
     Other keys (CLIP tower, projectors, LLM) are ignored.
     """
     prefix = _anchor_prefix(sd, "net_3.weight", "Vary's vision vocabulary (vision_tower_high)")
@@ -94,9 +95,9 @@ def from_original_vary(sd: StateDict) -> VaryVocabEncoder:
     config: VaryVocabConfig = vary_vocab_config(
         sam, (state["net_2.weight"].shape[0], state["net_3.weight"].shape[0])
     )
-    ours = VaryVocabEncoder(config)
-    load_state_dict_strict(ours, state, f"Vary vision_tower_high ({prefix or 'no prefix'})")
-    return ours
+    return build_loaded(
+        lambda: VaryVocabEncoder(config), state, f"Vary vision_tower_high ({prefix or 'no prefix'})"
+    )
 
 
 def _clip_config_from_state_dict(sd: StateDict) -> ViTConfig:
@@ -110,8 +111,8 @@ def _clip_config_from_state_dict(sd: StateDict) -> ViTConfig:
 def from_original_vary_encoder(sd: StateDict, vision_select_layer: int = -2) -> FusedEncoder:
     """The vision side of a Vary-base / Vary-toy checkpoint -> :class:`FusedEncoder` (towers ``clip``, ``vocab``).
 
-    ``vision_select_layer`` is the CLIP hidden state Vary reads (SPEC §3.2: the README recipe's
-    -2; the value in the released configs was not seen). The projector widths (2048 for
+    ``vision_select_layer`` is the CLIP hidden state Vary reads (the README training recipe's
+    ``--vision_select_layer -2``; the value in the released configs was not seen). The projector widths (2048 for
     Vary-base, 1024 for Vary-toy) are read off ``mm_projector`` / ``mm_projector_vary``.
     """
     root = _anchor_prefix(sd, "mm_projector_vary.weight", "Vary's mm_projector_vary")
@@ -134,9 +135,9 @@ def from_original_vary_encoder(sd: StateDict, vision_select_layer: int = -2) -> 
     )
     state = {f"towers.clip.{k}": v for k, v in vision_state_dict_from_hf(clip_sd, clip).items()}
     state |= {f"towers.vocab.{k}": v for k, v in vocab.state_dict().items()}
-    fused = FusedEncoder(config)
-    load_state_dict_strict(fused, state | projections, f"Vary checkpoint ({root or 'no prefix'})")
-    return fused
+    return build_loaded(
+        lambda: FusedEncoder(config), state | projections, f"Vary checkpoint ({root or 'no prefix'})"
+    )
 
 
 TRANSFORMERS = {

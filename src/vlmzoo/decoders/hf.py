@@ -7,6 +7,8 @@ family: the input embeddings, the list of decoder layers, the hidden size, and g
 
 Per-family differences (where the layers live, BOS/pad conventions) are data in
 :data:`LAYER_PATHS`, not subclasses. transformers is imported only when a decoder is built.
+
+The decoder also owns the loss convention: a label of :data:`IGNORE_INDEX` is not scored.
 """
 
 from __future__ import annotations
@@ -54,6 +56,31 @@ GENERIC_LAYER_PATHS = (
 
 # Module names of learned absolute position tables (a hard sequence-length limit, unlike RoPE).
 _LEARNED_POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+
+# The label that the causal-LM loss skips: transformers' ForCausalLMLoss (transformers/loss/
+# loss_utils.py) passes ignore_index=-100, torch's cross_entropy default. Prompts, padding and
+# image positions carry it.
+IGNORE_INDEX = -100
+
+
+def kv_cache(output: Any) -> Any:
+    """The KV cache of a transformers output (``cache`` in transformers >= 5.2, else ``past_key_values``)."""
+    for name in ("cache", "past_key_values"):
+        if name in output:
+            return output[name]
+    return None
+
+
+def cache_length(cache: Any) -> int:
+    """Tokens already in a KV cache (0 for None or an empty cache)."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    try:  # legacy tuple cache: [layer][key/value] of [B, heads, S, head_dim]
+        return int(cache[0][0].shape[-2])
+    except (IndexError, TypeError, AttributeError):
+        return 0
 
 
 @dataclass
@@ -151,16 +178,21 @@ class HFDecoder(BlockStack, HubMixin, nn.Module):
     @property
     def max_positions(self) -> int | None:
         """The longest sequence the LM can embed: the size of its learned position table (GPT-2's
-        ``wpe``, OPT's ``embed_positions``); None for rotary/ALiBi families, which have no hard limit."""
-        learned = any(
-            isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in _LEARNED_POSITION_TABLES
+        ``wpe``, OPT's ``embed_positions``); None for rotary/ALiBi families. Those have no table to
+        index past: beyond ``max_position_embeddings`` they run on (transformers allows it, and
+        RoPE scaling is made for it), with quality that is the model's own business."""
+        tables = [
+            module
             for name, module in self.lm.named_modules()
-        )
-        if not learned:
+            if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in _LEARNED_POSITION_TABLES
+        ]
+        if not tables:
             return None
         config = self.lm.config
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        return int(limit) if isinstance(limit, int) else None
+        # The config's count (OPT's table holds 2 more rows, an offset it never indexes for tokens);
+        # the table itself when the config names none.
+        return int(limit) if isinstance(limit, int) else int(tables[0].num_embeddings)
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -217,7 +249,11 @@ class HFDecoder(BlockStack, HubMixin, nn.Module):
         return self.lm(**kwargs)
 
     def generate(self, **kwargs: Any) -> torch.Tensor:
-        return self.lm.generate(**kwargs)
+        """transformers' ``generate``: the new tokens [B, T] only. (transformers returns the prompt
+        in front of them when given ``input_ids``, and the new tokens alone for ``inputs_embeds``.)"""
+        out = self.lm.generate(**kwargs)
+        prompt = kwargs.get("input_ids")
+        return out if prompt is None else out[:, prompt.shape[1] :]
 
 
 # --- presets: published sizes, written out (no download) -------------------------------------

@@ -45,7 +45,7 @@ from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.encoders.swin import NormedPatchEmbed
 from vlmzoo.errors import InputError
-from vlmzoo.layers import Block, check_image
+from vlmzoo.layers import Block, ImageSize, check_drop_path_rate, check_image, drop_path_rates, image_hw
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.spatial_reduction_attention import SpatialReductionAttention
 from vlmzoo.layers.stack import BlockStack
@@ -88,7 +88,7 @@ class PvtConfig(Config):
     def validate(self) -> None:
         self._check_positive("image_size", "in_channels", "norm_eps", "embed_norm_eps", "focusing_factor")
         self._check_positive("dwc_kernel_size")
-        self._check_non_negative("drop_path_rate")
+        check_drop_path_rate(self.drop_path_rate, f"{type(self).__name__}.drop_path_rate")
         if not self.depths or any(d <= 0 for d in self.depths):
             self._fail("depths", "must be a non-empty tuple of positive block counts")
         for name in ("widths", "num_heads", "mlp_ratios", "sr_ratios", "patch_sizes", "stage_attention"):
@@ -113,8 +113,6 @@ class PvtConfig(Config):
                 )
         if self.pool == "cls" and not self.class_token:
             self._fail("pool", "'cls' pooling needs class_token=True")
-        if self.drop_path_rate >= 1:
-            self._fail("drop_path_rate", "must be < 1")
         if self.dwc_kernel_size % 2 == 0:
             self._fail("dwc_kernel_size", "must be odd (the DWC keeps the map size with padding k // 2)")
 
@@ -126,11 +124,9 @@ class PvtConfig(Config):
             out *= p
         return out
 
-    def stage_grids(self, image_size: tuple[int, int] | int | None = None) -> list[tuple[int, int]]:
+    def stage_grids(self, image_size: ImageSize | None = None) -> list[tuple[int, int]]:
         """The token grid of every stage for an image of ``image_size`` (default: native)."""
-        h, w = (
-            (image_size, image_size) if isinstance(image_size, int) else image_size or (self.image_size,) * 2
-        )
+        h, w = image_hw(image_size, self.image_size)
         grids = []
         for p in self.patch_sizes:
             h, w = h // p, w // p
@@ -149,8 +145,7 @@ class PyramidVisionTransformer(BlockStack, HubMixin, nn.Module):
         self.config = c = config
         num_stages = len(c.depths)
         grids = c.stage_grids()
-        total = sum(c.depths)
-        rates = [c.drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linspace, as PVT
+        rates = drop_path_rates(c.drop_path_rate, sum(c.depths))  # one linear rule over all stages
         self.patch_embeds = nn.ModuleList()
         self.pos_embeds = nn.ParameterList()
         self.stages = nn.ModuleList()
@@ -213,7 +208,7 @@ class PyramidVisionTransformer(BlockStack, HubMixin, nn.Module):
         """Every stage's blocks, in order (the patch embeddings stay in the root unit)."""
         return [block for stage in self.stages for block in stage]
 
-    def num_tokens(self, image_size: tuple[int, int] | int | None = None) -> int:
+    def num_tokens(self, image_size: ImageSize | None = None) -> int:
         """Number of tokens in ``VisionOutput.tokens`` for an image of ``image_size`` (default native)."""
         h, w = self.config.stage_grids(image_size)[-1]
         return h * w

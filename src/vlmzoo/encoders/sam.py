@@ -40,11 +40,15 @@ from vlmzoo.errors import InputError
 from vlmzoo.layers import (
     Activation,
     DropPath,
+    ImageSize,
     LayerNorm2d,
     Mlp,
     PatchEmbed,
     PosEmbedResize,
     RelPosAttention,
+    check_drop_path_rate,
+    drop_path_rates,
+    image_hw,
     resize_pos_embed,
     window_partition,
     window_unpartition,
@@ -93,11 +97,10 @@ class SamConfig(Config):
             "image_size", "patch_size", "in_channels", "width", "depth", "num_heads", "mlp_ratio"
         )
         self._check_positive("norm_eps", "neck_eps", "max_grid_scale")
-        self._check_non_negative("window_size", "drop_path_rate")
+        self._check_non_negative("window_size")
+        check_drop_path_rate(self.drop_path_rate, f"{type(self).__name__}.drop_path_rate")
         self._check_divisible("width", "num_heads")
         self._check_divisible("image_size", "patch_size")
-        if self.drop_path_rate >= 1:
-            self._fail("drop_path_rate", "must be < 1")
         if self.mlp_dim is not None and self.mlp_dim <= 0:
             self._fail("mlp_dim", "must be positive or None")
         if self.neck_dim is not None and self.neck_dim <= 0:
@@ -182,7 +185,7 @@ class SamEncoder(BlockStack, HubMixin, nn.Module):
         self.config = c = config
         self.patch_embed = PatchEmbed(c.in_channels, c.width, c.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, *c.grid, c.width)) if c.use_abs_pos else None
-        rates = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]
+        rates = drop_path_rates(c.drop_path_rate, c.depth)
         self.blocks = nn.ModuleList(
             SamBlock(
                 c.width,
@@ -217,14 +220,14 @@ class SamEncoder(BlockStack, HubMixin, nn.Module):
     def wrap_units(self) -> list[nn.Module]:
         return list(self.blocks)
 
-    def num_tokens(self, image_size: tuple[int, int] | int | None = None) -> int:
+    def num_tokens(self, image_size: ImageSize | None = None) -> int:
         """Number of tokens in ``VisionOutput.tokens`` for an image of ``image_size`` (default native)."""
         h, w = self._grid_of(image_size)
         return h * w
 
-    def _grid_of(self, image_size: tuple[int, int] | int | None) -> tuple[int, int]:
+    def _grid_of(self, image_size: ImageSize | None) -> tuple[int, int]:
         c = self.config
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size or (c.image_size,) * 2
+        h, w = image_hw(image_size, c.image_size)
         return h // c.patch_size, w // c.patch_size
 
     def check_grid(self, grid: tuple[int, int]) -> None:

@@ -49,7 +49,7 @@ from einops import rearrange
 
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
-from vlmzoo.layers import Block, PatchEmbed
+from vlmzoo.layers import Block, ImageSize, PatchEmbed, check_drop_path_rate, drop_path_rates, image_hw
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.layers.swin_attention import ShiftedWindowAttention
@@ -96,7 +96,7 @@ class SwinConfig(Config):
     def validate(self) -> None:
         self._check_positive("image_size", "patch_size", "in_channels", "width", "mlp_ratio", "norm_eps")
         self._check_positive("window_size", "linear_window_size", "focusing_factor", "dwc_kernel_size")
-        self._check_non_negative("drop_path_rate")
+        check_drop_path_rate(self.drop_path_rate, f"{type(self).__name__}.drop_path_rate")
         self._check_divisible("image_size", "patch_size")
         if not self.depths or any(d <= 0 for d in self.depths):
             self._fail("depths", "must be a non-empty tuple of positive block counts")
@@ -112,8 +112,6 @@ class SwinConfig(Config):
                 self._fail(
                     "num_heads", f"stage {s}: width {self.stage_dim(s)} is not divisible by {heads} heads"
                 )
-        if self.drop_path_rate >= 1:
-            self._fail("drop_path_rate", "must be < 1")
         if self.dwc_kernel_size % 2 == 0:
             self._fail("dwc_kernel_size", "must be odd (the DWC keeps the map size with padding k // 2)")
 
@@ -121,14 +119,12 @@ class SwinConfig(Config):
         """Channels of stage ``stage`` (0-based): ``width · 2^stage``."""
         return self.width * 2**stage
 
-    def stage_grids(self, image_size: tuple[int, int] | int | None = None) -> list[tuple[int, int]]:
+    def stage_grids(self, image_size: ImageSize | None = None) -> list[tuple[int, int]]:
         """The token grid of every stage for an image of ``image_size`` (default: native).
 
         Patch merging pads odd sides, so each merge maps n to ceil(n / 2).
         """
-        h, w = (
-            (image_size, image_size) if isinstance(image_size, int) else image_size or (self.image_size,) * 2
-        )
+        h, w = image_hw(image_size, self.image_size)
         grid = (h // self.patch_size, w // self.patch_size)
         grids = [grid]
         for _ in self.depths[1:]:
@@ -209,8 +205,7 @@ class SwinTransformer(BlockStack, HubMixin, nn.Module):
         super().__init__()
         self.config = c = config
         self.patch_embed = NormedPatchEmbed(c.in_channels, c.width, c.patch_size, norm=c.patch_norm)
-        total = sum(c.depths)
-        rates = [c.drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # stochastic depth rule
+        rates = drop_path_rates(c.drop_path_rate, sum(c.depths))  # one linear rule over all stages
         grids = c.stage_grids()
         self.layers = nn.ModuleList()
         for s, (depth, heads, kind) in enumerate(zip(c.depths, c.num_heads, c.stage_attention, strict=True)):
@@ -268,7 +263,7 @@ class SwinTransformer(BlockStack, HubMixin, nn.Module):
         """The stages: each runs (and checkpoints) its own blocks."""
         return list(self.layers)
 
-    def num_tokens(self, image_size: tuple[int, int] | int | None = None) -> int:
+    def num_tokens(self, image_size: ImageSize | None = None) -> int:
         """Number of tokens in ``VisionOutput.tokens`` for an image of ``image_size`` (default native)."""
         h, w = self.config.stage_grids(image_size)[-1]
         return h * w

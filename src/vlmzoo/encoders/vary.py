@@ -41,6 +41,7 @@ from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.encoders.fusion import FusedEncoder, FusedEncoderConfig
 from vlmzoo.encoders.sam import SAM_PRESETS, SamConfig, SamEncoder
 from vlmzoo.encoders.vit import CLIP_VISION_PRESETS, ViTConfig
+from vlmzoo.layers import ImageSize
 from vlmzoo.registry import register, register_architecture
 
 
@@ -78,7 +79,7 @@ class VaryVocabEncoder(SamEncoder):
         """Channel width of ``VisionOutput.tokens`` (``net_dims[1]``)."""
         return self.config.net_dims[1]
 
-    def num_tokens(self, image_size: tuple[int, int] | int | None = None) -> int:
+    def num_tokens(self, image_size: ImageSize | None = None) -> int:
         """Number of tokens for an image of ``image_size`` (default native): two ceil-halvings of the grid."""
         h, w = self._grid_of(image_size)
         return math.ceil(math.ceil(h / 2) / 2) * math.ceil(math.ceil(w / 2) / 2)

@@ -25,7 +25,17 @@ import torch.nn as nn
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.errors import ConfigError, InputError
-from vlmzoo.layers import Activation, Block, PatchEmbed, PosEmbedResize, resize_pos_embed
+from vlmzoo.layers import (
+    Activation,
+    Block,
+    ImageSize,
+    PatchEmbed,
+    PosEmbedResize,
+    check_drop_path_rate,
+    drop_path_rates,
+    image_hw,
+    resize_pos_embed,
+)
 from vlmzoo.layers.block_attention import (
     AttentionOptions,
     BlockAttention,
@@ -97,11 +107,10 @@ class ViTConfig(Config):
         self._check_positive(
             "image_size", "patch_size", "in_channels", "width", "depth", "num_heads", "mlp_ratio"
         )
-        self._check_non_negative("num_registers", "drop_path_rate")
+        self._check_non_negative("num_registers")
+        check_drop_path_rate(self.drop_path_rate, f"{type(self).__name__}.drop_path_rate")
         self._check_divisible("width", "num_heads")
         self._check_divisible("image_size", "patch_size")
-        if self.drop_path_rate >= 1:
-            self._fail("drop_path_rate", "must be < 1")
         if self.norm_eps <= 0:
             self._fail("norm_eps", "must be > 0")
         if self.mlp_dim is not None and self.mlp_dim <= 0:
@@ -205,7 +214,7 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
         num_pos = int(c.class_token) + c.grid[0] * c.grid[1]
         self.pos_embed = nn.Parameter(scale * torch.randn(1, num_pos, c.width))
         self.norm_pre = nn.LayerNorm(c.width, eps=c.norm_eps) if c.pre_norm else nn.Identity()
-        rates = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]  # stochastic depth rule
+        rates = drop_path_rates(c.drop_path_rate, c.depth)
         options = AttentionOptions(
             window_size=c.window_size,
             sr_ratio=c.sr_ratio,
@@ -243,10 +252,10 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
     def wrap_units(self) -> list[nn.Module]:
         return list(self.blocks)
 
-    def num_tokens(self, image_size: tuple[int, int] | int | None = None) -> int:
+    def num_tokens(self, image_size: ImageSize | None = None) -> int:
         """Number of tokens in ``VisionOutput.tokens`` for an image of ``image_size`` (default native)."""
         c = self.config
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size or (c.image_size,) * 2
+        h, w = image_hw(image_size, c.image_size)
         n = (h // c.patch_size) * (w // c.patch_size)
         return n + (c.num_prefix_tokens if c.feature_tokens == "all" else 0)
 

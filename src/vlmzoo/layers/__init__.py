@@ -9,13 +9,13 @@ from vlmzoo.layers.block_attention import (
     build_block_attention,
 )
 from vlmzoo.layers.cswin_attention import CrossShapedWindowAttention
-from vlmzoo.layers.drop_path import DropPath
+from vlmzoo.layers.drop_path import DropPath, check_drop_path_rate, drop_path_rates
 from vlmzoo.layers.focused_linear_attention import FocusedLinearAttention as FocusedLinearAttention
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.layer_scale import LayerScale
 from vlmzoo.layers.mlp import Activation, Mlp, QuickGELU, SwiGLU, make_activation
 from vlmzoo.layers.norm import LayerNorm2d
-from vlmzoo.layers.patch_embed import PatchEmbed, check_image
+from vlmzoo.layers.patch_embed import ImageSize, PatchEmbed, check_image, image_hw
 from vlmzoo.layers.pos_embed import PosEmbedResize, resize_pos_embed
 from vlmzoo.layers.rel_pos import RelPosAttention, decomposed_rel_pos_bias, get_rel_pos
 from vlmzoo.layers.spatial_attention import SpatialAttention
@@ -34,6 +34,7 @@ __all__ = [
     "CrossShapedWindowAttention",
     "DropPath",
     "FocusedLinearWindowAttention",
+    "ImageSize",
     "LayerNorm2d",
     "LayerScale",
     "Mlp",
@@ -47,9 +48,12 @@ __all__ = [
     "SwiGLU",
     "WindowAttention",
     "build_block_attention",
+    "check_drop_path_rate",
     "check_image",
     "decomposed_rel_pos_bias",
+    "drop_path_rates",
     "get_rel_pos",
+    "image_hw",
     "make_activation",
     "resize_pos_embed",
     "window_partition",

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 from einops import rearrange
 
 from vlmzoo.errors import InputError, require
+
+ImageSize = int | tuple[int, int]
+
+
+def image_hw(image_size: ImageSize | Sequence[int] | None, native: int) -> tuple[int, int]:
+    """(H, W) of an image size given as an int (a square), an (H, W) pair, or ``None`` (the
+    encoder's native ``native`` x ``native``) — the argument of every encoder's ``num_tokens``.
+
+    Anything else (a bool, a float, a non-positive side, a sequence of another length) is an
+    :class:`InputError` naming the value, instead of a token count computed from nonsense.
+    """
+    size = native if image_size is None else image_size
+    if isinstance(size, int) and not isinstance(size, bool):
+        pair: tuple = (size, size)
+    elif isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
+        pair = tuple(size)
+    else:
+        raise InputError(f"image_size must be an int or an (H, W) pair of ints, got {image_size!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in pair):
+        raise InputError(f"image_size sides must be positive integers, got {image_size!r}")
+    return pair[0], pair[1]
 
 
 def check_image(

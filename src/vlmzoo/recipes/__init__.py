@@ -1,4 +1,12 @@
-"""Recipes: whole jobs assembled from the library (the demo, the ``vlmzoo train`` recipe, ablations).
+"""Recipes: whole jobs assembled from the rooms below, for the command line and for scripts.
 
-The command line (:mod:`vlmzoo.cli`) parses arguments and calls these; a script can call them too.
+- :mod:`~vlmzoo.recipes.shapes`: the shapes VQA task, a VLM sized for it, training on it;
+- :mod:`~vlmzoo.recipes.train`: the ``vlmzoo train`` job (:class:`TrainJob`, :func:`train`), the one
+  orchestration of a run (the demo is this job with its defaults);
+- :mod:`~vlmzoo.recipes.demo`: ``vlmzoo demo`` (:func:`run_demo`);
+- :mod:`~vlmzoo.recipes.ablation`: ``vlmzoo ablate`` (:func:`run_ablation`);
+- :mod:`~vlmzoo.recipes.plots`: loss curves;
+- :mod:`~vlmzoo.recipes.zoo`: ``vlmzoo info``'s text and ``vlmzoo zoo``'s table.
+
+The command line (:mod:`vlmzoo.cli`) parses arguments and calls these; nothing here parses them.
 """

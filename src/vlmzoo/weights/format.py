@@ -3,13 +3,31 @@
 A checkpoint directory holds
 
 - ``config.json``: the module class (``architecture``), its config, the name of the weights
-  entry point and the SHA-256 of the config. The module is rebuilt from the registry of
-  architectures; nothing from the file is ever evaluated or unpickled.
+  entry point, and what the save recorded to check the files against: ``config_sha256`` (the
+  SHA-256 of the config), ``weights_sha256`` (per weights file, the SHA-256 of its tensors, see
+  :func:`tensors_sha256`) and ``float_dtypes`` (the float dtype of the stored tensors: ``"*"``
+  for most of them, and the name of each tensor saved in another dtype). The module is rebuilt
+  from the registry of architectures; nothing from the file is ever evaluated or unpickled.
 - ``model.safetensors``, or above ``max_shard_size`` the Hugging Face sharded layout:
   ``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json`` (``metadata.total_size``
   and ``weight_map``, the index transformers and the Hub read). Every safetensors file carries
-  the architecture and config digest in its metadata, so weights paired with the config of
-  another save are detected on load. Tensors that share storage (tied weights) are stored once.
+  the architecture, the config digest and its own tensors' digest in its metadata, so weights
+  paired with the config of another save are detected on load. Tensors that share storage
+  (tied weights) are stored once.
+
+Loading checks, in this order, before the weights are read: the JSON (bounded, see
+:func:`vlmzoo.weights.files.read_json`), the config's fields, that every file belongs to this
+save; then the model is built on the meta device (no memory; a config asking for more
+parameters than the files hold is stopped while it builds) and every shape and dtype is
+compared with the file headers (a float weight stored as an integer or bool, or a float dtype
+the save did not record, is refused, never cast); then the config's digest. Only then is the
+model built for real, and each file is loaded and, unless ``verify=False`` (or the environment
+variable ``VLMZOO_VERIFY_WEIGHTS=0``), its tensors hashed and compared with the recorded digest
+(the one check that reads every byte; measured in ``benchmarks/integrity.py``). Non-finite
+weights are loaded with one warning naming the tensors.
+
+The digests detect corrupted files and files edited or swapped after a save; they are not
+signatures: whoever can write the directory can write matching digests.
 
 Saving writes the whole directory beside the target and swaps it in
 (:mod:`vlmzoo.weights.swap`): a crash or an exception at any point leaves the previous
@@ -23,14 +41,21 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from vlmzoo.errors import CheckpointError, ConfigError
+from vlmzoo.errors import CheckpointError, ConfigError, VlmzooError
+from vlmzoo.registry import get_architecture
+from vlmzoo.version import __version__
+from vlmzoo.weights.files import read_json
+from vlmzoo.weights.swap import check_target, replace_directory
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -39,8 +64,32 @@ SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 # Glob patterns of every file a save writes (Hub downloads and uploads are restricted to them).
 CHECKPOINT_PATTERNS = [CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME, "model-*-of-*.safetensors"]
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # as transformers and huggingface_hub
-# 2: config.json names its weights entry point and shards may be used; 1 files still load.
-FORMAT_VERSION = 2
+# 3: config.json records weights_sha256 and float_dtypes, each file its tensors' digest.
+# 2: config.json names its weights entry point and shards may be used. 1 and 2 files still load
+# (without the checks that need the records).
+FORMAT_VERSION = 3
+VERIFY_ENV = "VLMZOO_VERIFY_WEIGHTS"  # "0" (or false/no/off) skips hashing the tensors on load
+
+# safetensors' dtype codes (the header's "dtype") of torch's types.
+_CODES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_FLOAT_DTYPES = {code: dtype for dtype, code in _CODES.items() if dtype.is_floating_point}
+
+
+class NonFiniteWeightsWarning(RuntimeWarning):
+    """A loaded checkpoint holds NaN or inf weights (the tensors are named in the message)."""
 
 
 def check_state_dict(
@@ -63,8 +112,7 @@ def check_state_dict(
             ("shape mismatches", mismatched),
         ):
             if items:
-                shown = ", ".join(items[:10]) + (f", ... ({len(items) - 10} more)" if len(items) > 10 else "")
-                parts.append(f"  {len(items)} {title}: {shown}")
+                parts.append(f"  {len(items)} {title}: {_shown(items, 10)}")
         raise CheckpointError("\n".join(parts))
 
 
@@ -81,6 +129,22 @@ def is_checkpoint_file(name: str) -> bool:
     return name in (CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME) or SHARD_NAME.fullmatch(name) is not None
 
 
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """The content digest of one weights file: SHA-256 over its tensors in name order, each as
+    one JSON line ``[name, dtype, shape]`` followed by its bytes (little-endian, as safetensors
+    stores them). Independent of the file's layout and header, so it can be written into the
+    header itself, and recomputed from the loaded tensors without reading the file twice."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        digest.update(
+            json.dumps([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape)]).encode()
+        )
+        digest.update(b"\n")
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 # --- saving ------------------------------------------------------------------------------------
 
 
@@ -92,42 +156,53 @@ def save(
     One ``model.safetensors`` up to ``max_shard_size`` (bytes, or a string such as ``"5GB"``,
     ``"200MB"``), shards and an index above it. The directory is replaced as a whole, so an
     interrupted save leaves the previous checkpoint intact; files that are not part of a
-    checkpoint (a tokenizer, a README) are kept.
+    checkpoint (a tokenizer, a README) are kept. Refused before anything is written: a module
+    without a vlmzoo config, a model on the meta device, and targets a whole-directory swap
+    cannot replace (see :func:`vlmzoo.weights.swap.check_target`).
     """
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
-    from vlmzoo.weights.swap import replace_directory
-
     document = _config_document(model)
-    digest = _digest(document)
-    metadata = {
-        "format": "pt",
-        "vlmzoo_architecture": document["architecture"],
-        "vlmzoo_config_sha256": digest,
-    }
     state = _stored_tensors(model)
+    _refuse_meta_tensors(model, state)
+    check_target(directory)
+    digest = _digest(document)
     split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
-    document = {
-        **document,
-        "config_sha256": digest,
-        "weights": INDEX_NAME if split.is_sharded else WEIGHTS_NAME,
-    }
+    # A module without tensors (the "identity" projector) still gets its (empty) weights file.
+    layout = split.filename_to_tensors or {WEIGHTS_NAME: []}
+    weights_sha256 = {}
     with replace_directory(directory, managed=is_checkpoint_file) as staging:
-        # A module without tensors (the "identity" projector) still gets its (empty) weights file.
-        for filename, keys in (split.filename_to_tensors or {WEIGHTS_NAME: []}).items():
-            save_file({k: state[k] for k in keys}, staging / filename, metadata=metadata)
+        for filename, keys in layout.items():
+            tensors = {k: state[k].cpu() for k in keys}  # one file's tensors on the CPU at a time
+            weights_sha256[filename] = tensors_sha256(tensors)
+            metadata = {
+                "format": "pt",
+                "vlmzoo_architecture": document["architecture"],
+                "vlmzoo_config_sha256": digest,
+                "vlmzoo_tensors_sha256": weights_sha256[filename],
+            }
+            save_file(tensors, staging / filename, metadata=metadata)
+            del tensors
         if split.is_sharded:
             index = {
                 "metadata": {**split.metadata, "vlmzoo_config_sha256": digest},
                 "weight_map": dict(sorted(split.tensor_to_filename.items())),
             }
             _write_json(staging / INDEX_NAME, index)
+        document = {
+            **document,
+            "config_sha256": digest,
+            "weights": INDEX_NAME if split.is_sharded else WEIGHTS_NAME,
+            "weights_sha256": dict(sorted(weights_sha256.items())),
+            "float_dtypes": _float_dtypes(state),
+        }
         _write_json(staging / CONFIG_NAME, document)
     return Path(directory)
 
 
 def _write_json(path: Path, document: dict) -> None:
+    # Inside the staging directory, which is swapped in as a whole: no atomic write needed here.
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
@@ -137,8 +212,6 @@ def _config_document(module: nn.Module) -> dict:
         raise CheckpointError(
             f"{type(module).__name__} has no vlmzoo config; only vlmzoo models can be saved"
         )
-    from vlmzoo.version import __version__
-
     return {
         "format": "vlmzoo",
         "format_version": FORMAT_VERSION,
@@ -150,6 +223,30 @@ def _config_document(module: nn.Module) -> dict:
 
 def _digest(document: dict) -> str:
     return hashlib.sha256(json.dumps(document["config"], sort_keys=True).encode()).hexdigest()
+
+
+def _refuse_meta_tensors(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    meta = [name for name, tensor in state.items() if tensor.device.type == "meta"]
+    if meta:
+        raise CheckpointError(
+            f"cannot save {type(model).__name__}: {len(meta)} of its tensors are on the meta device "
+            f"({_shown(meta, 3)}), which holds shapes but no values; build the model on a real "
+            "device (or load weights into it with model.to_empty(device=...) and load_weights) first"
+        )
+
+
+def _float_dtypes(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """``{"*": the commonest float dtype code, name: code for each float tensor in another}``."""
+    codes = {k: _code(v.dtype) for k, v in state.items() if v.is_floating_point()}
+    if not codes:
+        return {}
+    values = list(codes.values())
+    common = max(sorted(set(values)), key=values.count)
+    return {"*": common, **{k: c for k, c in sorted(codes.items()) if c != common}}
+
+
+def _code(dtype: torch.dtype) -> str:
+    return _CODES.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def _stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -178,7 +275,7 @@ def _stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return kept
 
 
-# --- loading -----------------------------------------------------------------------------------
+# --- reading a checkpoint's files --------------------------------------------------------------
 
 
 def config_document(model: nn.Module) -> dict:
@@ -196,108 +293,18 @@ def read_config(directory: str | os.PathLike) -> dict:
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path} not found: {directory} is not a vlmzoo checkpoint directory")
-    try:
-        document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    document = read_json(path, "vlmzoo checkpoint config")
     if not isinstance(document, dict) or document.get("format") != "vlmzoo":
         raise CheckpointError(f'{path} is not a vlmzoo config (missing "format": "vlmzoo")')
     version = document.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has format_version {version!r}; this vlmzoo reads versions up to {FORMAT_VERSION} "
-            "(upgrade vlmzoo)"
+            f"{path} has format_version {version!r}; this vlmzoo reads versions 1 to {FORMAT_VERSION} "
+            "(upgrade vlmzoo for newer ones)"
         )
     if not isinstance(document.get("architecture"), str) or not isinstance(document.get("config"), dict):
         raise CheckpointError(f'{path} lacks "architecture" (a class name) or "config" (an object)')
     return document
-
-
-def load(
-    path_or_hub_id: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    token: str | bool | None = None,
-    force_download: bool = False,
-    local_files_only: bool = False,
-) -> nn.Module:
-    """Rebuild a saved model; outputs are bit-identical to the saved model's.
-
-    ``path_or_hub_id`` is a checkpoint directory, or else a Hugging Face Hub repo id
-    (``"owner/name"``) whose checkpoint files are downloaded (``revision``, ``cache_dir``,
-    ``token``, ``force_download`` and ``local_files_only`` go to ``snapshot_download``).
-    """
-    from vlmzoo.weights.hub import resolve
-
-    directory = resolve(
-        path_or_hub_id,
-        revision=revision,
-        cache_dir=cache_dir,
-        token=token,
-        force_download=force_download,
-        local_files_only=local_files_only,
-    )
-    return load_directory(directory, device)
-
-
-def load_directory(
-    directory: str | os.PathLike, device: str | torch.device = "cpu", expected: type | None = None
-) -> nn.Module:
-    """Rebuild the model saved in the local ``directory``.
-
-    ``expected``, a class, refuses a checkpoint of any other architecture (subclasses pass) before
-    anything is built.
-    """
-    from vlmzoo.registry import get_architecture
-
-    directory = Path(directory)
-    document = read_config(directory)
-    architecture = document["architecture"]
-    cls = get_architecture(architecture)
-    if expected is not None and not issubclass(cls, expected):
-        raise CheckpointError(
-            f"{directory} holds a {architecture} checkpoint, not a {expected.__name__}; "
-            f"load it with vlmzoo.load or {architecture}.from_pretrained"
-        )
-    try:
-        config = cls.config_class.from_dict(document["config"])
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: config does not fit {architecture}: {e}") from e
-    headers = _checked_headers(directory, document)  # bad files are refused before anything is built
-    model = cls(config)
-    _load_checked(model, headers, match_dtypes=True)
-    return model.to(device)
-
-
-def load_weights(model: nn.Module, directory: str | os.PathLike) -> None:
-    """Load the weights of the checkpoint in ``directory`` into an existing ``model`` (either layout)."""
-    directory = Path(directory)
-    _load_checked(model, _checked_headers(directory, read_config(directory)), match_dtypes=False)
-
-
-def _checked_headers(directory: Path, document: dict) -> dict[Path, _Header]:
-    """The headers of the checkpoint's weight files, checked to belong to ``document`` and its index."""
-    files = _weight_files(directory, document)
-    headers = {path: _read_header(path) for path in files}
-    _check_headers(directory, document, files, headers)
-    return headers
-
-
-def _load_checked(model: nn.Module, headers: dict[Path, _Header], match_dtypes: bool) -> None:
-    """Check every shape against ``model``, optionally take the stored float dtypes, then load the
-    files one at a time (one shard in memory at a time)."""
-    from safetensors.torch import load_file
-
-    files = list(headers)
-    _check_shapes(
-        model, {k: s for h in headers.values() for k, s in h.shapes.items()}, _describe(files, headers)
-    )
-    if match_dtypes:
-        _match_float_dtypes(model, {k: d for h in headers.values() for k, d in h.dtypes.items()})
-    for path in files:
-        model.load_state_dict(load_file(path), strict=False)
 
 
 @dataclass
@@ -305,6 +312,43 @@ class _Header:
     metadata: dict[str, str]
     shapes: dict[str, list[int]]
     dtypes: dict[str, str]
+
+
+@dataclass
+class _Checkpoint:
+    """A checkpoint directory's config document and the headers of its weight files, checked to
+    belong together; no tensor data read yet."""
+
+    directory: Path
+    document: dict
+    headers: dict[Path, _Header]
+
+    @property
+    def shapes(self) -> dict[str, list[int]]:
+        return {k: s for h in self.headers.values() for k, s in h.shapes.items()}
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return {k: d for h in self.headers.values() for k, d in h.dtypes.items()}
+
+    def where(self, key: str) -> str:
+        return next(p.name for p, h in self.headers.items() if key in h.shapes)
+
+    def describe(self) -> str:
+        """How errors name the weights: the file (or the index of the shards), flagged if foreign."""
+        files = list(self.headers)
+        name = str(files[0]) if len(files) == 1 else str(self.directory / INDEX_NAME)
+        if any("vlmzoo_config_sha256" not in h.metadata for h in self.headers.values()):
+            name += " (not written by vlmzoo)"
+        return name
+
+
+def _open_checkpoint(directory: Path, document: dict) -> _Checkpoint:
+    """The headers of the checkpoint's weight files, checked to belong to ``document`` and its index."""
+    files = _weight_files(directory, document)
+    checkpoint = _Checkpoint(directory, document, {path: _read_header(path) for path in files})
+    _check_headers(checkpoint)
+    return checkpoint
 
 
 def _weight_files(directory: Path, document: dict) -> list[Path]:
@@ -339,10 +383,7 @@ def _weight_files(directory: Path, document: dict) -> list[Path]:
 
 
 def _read_index(path: Path) -> dict:
-    try:
-        index = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    index = read_json(path, "shard index")
     if (
         not isinstance(index, dict)
         or not isinstance(index.get("weight_map"), dict)
@@ -369,9 +410,10 @@ def _read_header(path: Path) -> _Header:
         ) from e
 
 
-def _check_headers(directory: Path, document: dict, files: list[Path], headers: dict[Path, _Header]) -> None:
+def _check_headers(checkpoint: _Checkpoint) -> None:
     """Every weights file belongs to this config, and shards hold exactly what the index says."""
-    for path, header in headers.items():
+    directory, document = checkpoint.directory, checkpoint.document
+    for path, header in checkpoint.headers.items():
         stored = header.metadata.get("vlmzoo_config_sha256")
         if stored is not None and stored != document.get("config_sha256", stored):
             raise CheckpointError(
@@ -383,17 +425,29 @@ def _check_headers(directory: Path, document: dict, files: list[Path], headers: 
             raise CheckpointError(
                 f"{path} holds {arch} weights but {CONFIG_NAME} names {document['architecture']}"
             )
-    if len(files) == 1 and files[0].name == WEIGHTS_NAME:
-        return
-    index_path = directory / INDEX_NAME
-    weight_map = _read_index(index_path)["weight_map"]
-    for path, header in headers.items():
-        listed = {k for k, shard in weight_map.items() if shard == path.name}
-        if set(header.shapes) != listed:
-            extra, absent = sorted(set(header.shapes) - listed), sorted(listed - set(header.shapes))
+    files = list(checkpoint.headers)
+    if len(files) > 1 or files[0].name != WEIGHTS_NAME:
+        index_path = directory / INDEX_NAME
+        weight_map = _read_index(index_path)["weight_map"]
+        for path, header in checkpoint.headers.items():
+            listed = {k for k, shard in weight_map.items() if shard == path.name}
+            if set(header.shapes) != listed:
+                extra, absent = sorted(set(header.shapes) - listed), sorted(listed - set(header.shapes))
+                raise CheckpointError(
+                    f"{path.name} does not hold what {index_path} lists for it: "
+                    f"not listed {extra[:5]}, absent {absent[:5]} (a shard from another save?)"
+                )
+    # A file of another save of the same config (an earlier training step) has the same keys and
+    # config digest; the digest of its tensors, recorded in the file and in config.json, differs.
+    recorded = document.get("weights_sha256")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    for path, header in checkpoint.headers.items():
+        own = header.metadata.get("vlmzoo_tensors_sha256")
+        if own is not None and recorded.get(path.name, own) != own:
             raise CheckpointError(
-                f"{path.name} does not hold what {index_path} lists for it: "
-                f"not listed {extra[:5]}, absent {absent[:5]} (a shard from another save?)"
+                f"{CONFIG_NAME} and {path.name} in {directory} come from different saves (the file's "
+                f"tensor digest {own[:12]}... is not the {str(recorded[path.name])[:12]}... this save "
+                "recorded for it); restore the file from the same save"
             )
 
 
@@ -421,7 +475,259 @@ def _not_a_directory(path: Path) -> str:
     return f"{path} is a file; pass the checkpoint directory (holding {CONFIG_NAME}) instead"
 
 
-_FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+# --- checks before anything is allocated -------------------------------------------------------
+
+
+def _build_on_meta(cls: type[nn.Module], config: Any, checkpoint: _Checkpoint) -> nn.Module:
+    """``cls(config)`` with meta tensors (no memory), stopped as soon as it asks for far more
+    parameters than the files hold: a config.json asking for a width of 8192 and a depth of 4096
+    is refused within its first blocks, not after minutes of building. Smaller mismatches are
+    left to the comparison of every shape, whose error lists the keys."""
+    held = sum(_numel(s) for s in checkpoint.shapes.values())
+    # Parameters registered while building are counted once each; a few are replaced before the
+    # build ends (transformers ties its output layer to the embeddings after making both), hence
+    # the margin of twice what the files hold.
+    limit, counted, seen, thread = 2 * held + 2**20, [0], set(), threading.get_ident()
+
+    def count(module: nn.Module, name: str, param: torch.Tensor | None) -> None:
+        if param is None or id(param) in seen or threading.get_ident() != thread:
+            return
+        seen.add(id(param))
+        counted[0] += param.numel()
+        if counted[0] > limit:
+            raise _TooBig(counted[0])
+
+    hook = torch.nn.modules.module.register_module_parameter_registration_hook(count)
+    try:
+        with torch.device("meta"):
+            return cls(config)
+    except _TooBig as stop:
+        raise CheckpointError(
+            f"{checkpoint.directory / CONFIG_NAME} describes a {cls.__name__} of more than "
+            f"{stop.args[0]:,} parameters, but its weight files hold {held:,} values in all: the config "
+            "does not belong to these weights (edited?); refused before allocating anything"
+        ) from None
+    except VlmzooError:
+        raise
+    except (RuntimeError, ValueError, OverflowError, TypeError) as e:  # sizes torch cannot represent
+        raise CheckpointError(
+            f"{checkpoint.directory / CONFIG_NAME}: the config describes a {cls.__name__} that cannot be "
+            f"built: {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        hook.remove()
+
+
+class _TooBig(Exception):
+    """Raised inside a parameter registration hook to stop a meta build (never escapes)."""
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _check_fit(model: nn.Module, checkpoint: _Checkpoint) -> None:
+    """Every key and shape of ``model`` (real or meta) is in the files, with a dtype it may take."""
+    tensors = model.state_dict(keep_vars=True)
+    shapes = checkpoint.shapes
+    fake = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    # Tied tensors are stored once: accept any key whose storage twin is present.
+    twins: dict[str, str] = {}
+    for names in _tied_groups(tensors):
+        present = [n for n in names if n in fake]
+        for n in names:
+            if present and n not in fake:
+                fake[n], twins[n] = fake[present[0]], present[0]
+    check_state_dict(model, fake, checkpoint.describe())
+    dtypes = checkpoint.dtypes
+    refused = []
+    for name, tensor in tensors.items():
+        code = dtypes[twins.get(name, name)]
+        if tensor.is_floating_point() != (code in _FLOAT_DTYPES) or (
+            not tensor.is_floating_point() and code != _code(tensor.dtype)
+        ):
+            refused.append(
+                f"{name} ({checkpoint.where(twins.get(name, name))}: {code}, model: {_code(tensor.dtype)})"
+            )
+    if refused:
+        raise CheckpointError(
+            f"{checkpoint.describe()}: {len(refused)} tensors are stored in a dtype of another kind than "
+            f"{type(model).__name__} holds them in: {_shown(refused, 5)}; vlmzoo does not cast integer or "
+            "bool data into float weights (or back). The file was altered or written by another tool: "
+            "re-save it from the model"
+        )
+    _check_recorded_float_dtypes(checkpoint)
+
+
+def _tied_groups(tensors: Mapping[str, torch.Tensor]) -> Iterator[list[str]]:
+    """Names that share one tensor (tied weights): by storage for real tensors; for meta tensors
+    (no storage), by object (``state_dict(keep_vars=True)`` gives a tied Parameter twice)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, tensor in tensors.items():
+        ptr = tensor.untyped_storage().data_ptr() if tensor.device.type != "meta" else 0
+        key = (
+            (tensor.device, ptr, tensor.storage_offset(), tuple(tensor.shape)) if ptr else ("id", id(tensor))
+        )
+        groups.setdefault(key, []).append(name)
+    return iter(groups.values())
+
+
+def _check_recorded_float_dtypes(checkpoint: _Checkpoint) -> None:
+    """Each float tensor is in the dtype the save recorded (one F16 tensor among F32 would load
+    and fail later in forward)."""
+    recorded = checkpoint.document.get("float_dtypes")
+    if not isinstance(recorded, dict) or not recorded:
+        return  # format_version < 3 (checked for presence later), or a model without floats
+    wrong = [
+        f"{name} ({checkpoint.where(name)}: {code}, recorded: {recorded.get(name, recorded.get('*'))})"
+        for name, code in sorted(checkpoint.dtypes.items())
+        if code in _FLOAT_DTYPES and code != recorded.get(name, recorded.get("*"))
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{checkpoint.describe()}: {len(wrong)} tensors are not in the float dtype the save recorded "
+            f"in {CONFIG_NAME}: {_shown(wrong, 5)}. The weights were converted after saving; cast the "
+            "model with model.to(dtype) and save it again instead of editing the files"
+        )
+
+
+def _check_records(checkpoint: _Checkpoint, cls_name: str) -> None:
+    """The config in ``config.json`` is the one the save digested, and a format-3 config holds
+    every record the save writes (a missing one means the file was edited)."""
+    document, path = checkpoint.document, checkpoint.directory / CONFIG_NAME
+    if document["format_version"] >= 3:
+        weights = document.get("weights_sha256")
+        lacking = [
+            k
+            for k, kind in (("config_sha256", str), ("float_dtypes", dict))
+            if not isinstance(document.get(k), kind)
+        ]
+        if not isinstance(weights, dict) or any(
+            not isinstance(weights.get(p.name), str) for p in checkpoint.headers
+        ):
+            lacking.append("weights_sha256 (for every weights file)")
+        if lacking:
+            raise CheckpointError(
+                f"{path} lacks {', '.join(lacking)}, which every format_version 3 save records: the "
+                "file was edited; restore it from the save"
+            )
+    stored = document.get("config_sha256")
+    if stored is None:  # a hand-written or older config: the weight files' record, if any
+        stored = next(
+            (
+                h.metadata["vlmzoo_config_sha256"]
+                for h in checkpoint.headers.values()
+                if "vlmzoo_config_sha256" in h.metadata
+            ),
+            None,
+        )
+    actual = _digest(document)
+    if stored is not None and stored != actual:
+        raise CheckpointError(
+            f"{path} was edited after the save: its config's SHA-256 is {actual[:12]}..., the save "
+            f"recorded {str(stored)[:12]}.... The shapes still fit, so the edit would change what the "
+            f"{cls_name} computes without an error; restore the saved {CONFIG_NAME}, or, to use the new "
+            "config on purpose, build the model from it, load_weights(model, directory) and save it again"
+        )
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_directory(
+    directory: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    expected: type | None = None,
+    *,
+    verify: bool | None = None,
+) -> nn.Module:
+    """Rebuild the model saved in the local ``directory`` (see the module docstring for the checks).
+
+    ``expected``, a class, refuses a checkpoint of any other architecture (subclasses pass) before
+    anything is built. ``verify=False`` skips hashing the tensors (``None``: on unless the
+    environment sets ``VLMZOO_VERIFY_WEIGHTS=0``); every other check always runs.
+    """
+    directory = Path(directory)
+    document = read_config(directory)
+    architecture = document["architecture"]
+    cls = get_architecture(architecture)
+    if expected is not None and not issubclass(cls, expected):
+        raise CheckpointError(
+            f"{directory} holds a {architecture} checkpoint, not a {expected.__name__}; "
+            f"load it with vlmzoo.load or {architecture}.from_pretrained"
+        )
+    try:
+        config = cls.config_class.from_dict(document["config"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: config does not fit {architecture}: {e}") from e
+    checkpoint = _open_checkpoint(directory, document)  # bad files are refused before anything is built
+    _check_fit(_build_on_meta(cls, config, checkpoint), checkpoint)
+    _check_records(checkpoint, architecture)
+    model = cls(config)  # for real, now that the files are known to fit (non-persistent buffers too)
+    _match_float_dtypes(model, checkpoint.dtypes)
+    _load_files(model, checkpoint, _verify(verify))
+    return model.to(device)
+
+
+def load_weights(model: nn.Module, directory: str | os.PathLike, *, verify: bool | None = None) -> None:
+    """Load the weights of the checkpoint in ``directory`` into an existing ``model`` (either layout).
+
+    The files are checked as by :func:`load_directory`, except that the config is the model's own
+    (``config.json`` is not compared with it), and float weights take the model's dtype.
+    """
+    directory = Path(directory)
+    checkpoint = _open_checkpoint(directory, read_config(directory))
+    _check_fit(model, checkpoint)
+    _load_files(model, checkpoint, _verify(verify))
+
+
+def _verify(verify: bool | None) -> bool:
+    if verify is not None:
+        return bool(verify)
+    return os.environ.get(VERIFY_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _load_files(model: nn.Module, checkpoint: _Checkpoint, verify: bool) -> None:
+    """Load the files one at a time (one shard in memory at a time), each checked against its
+    recorded digest when ``verify``; one warning for all non-finite weights."""
+    from safetensors.torch import load_file
+
+    recorded = checkpoint.document.get("weights_sha256")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    non_finite: list[str] = []
+    for path, header in checkpoint.headers.items():
+        tensors = load_file(path)
+        expected = recorded.get(path.name, header.metadata.get("vlmzoo_tensors_sha256"))
+        if verify and expected is not None:
+            actual = tensors_sha256(tensors)
+            if actual != expected:
+                raise CheckpointError(
+                    f"{path} is corrupted: its tensors' SHA-256 is {actual[:12]}..., the save recorded "
+                    f"{str(expected)[:12]}... (a flipped bit on disk, a truncated copy or an edit of the "
+                    "data); restore the file from a good copy or save the model again"
+                )
+        non_finite += _non_finite(tensors)
+        model.load_state_dict(tensors, strict=False)
+        del tensors
+    if non_finite:
+        warnings.warn(
+            f"{checkpoint.describe()}: {len(non_finite)} tensors hold non-finite values: "
+            f"{_shown(non_finite, 10)}; outputs computed with them will be NaN or inf",
+            NonFiniteWeightsWarning,
+            stacklevel=3,
+        )
+
+
+def _non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    found = []
+    for name, tensor in sorted(tensors.items()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan = int(torch.isnan(tensor).sum())
+            found.append(f"{name} ({nan} NaN, {int(torch.isinf(tensor).sum())} inf)")
+    return found
 
 
 def _match_float_dtypes(model: nn.Module, dtypes: dict[str, str]) -> None:
@@ -433,25 +739,5 @@ def _match_float_dtypes(model: nn.Module, dtypes: dict[str, str]) -> None:
             tensor.data = tensor.data.to(dtype)
 
 
-def _check_shapes(model: nn.Module, shapes: dict[str, list[int]], source: str) -> None:
-    fake = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-    # Tied tensors are stored once: accept any key whose storage twin is present.
-    expected = model.state_dict()
-    by_storage: dict[int, list[str]] = {}
-    for k, v in expected.items():
-        ptr = v.untyped_storage().data_ptr()
-        by_storage.setdefault(ptr if ptr else id(v), []).append(k)
-    for names in by_storage.values():
-        present = [n for n in names if n in fake]
-        if present:
-            for n in names:
-                fake.setdefault(n, fake[present[0]])
-    check_state_dict(model, fake, source)
-
-
-def _describe(files: list[Path], headers: dict[Path, _Header]) -> str:
-    """How errors name the weights: the file (or the index of the shards), flagged if foreign."""
-    name = str(files[0]) if len(files) == 1 else str(files[0].parent / INDEX_NAME)
-    if any("vlmzoo_config_sha256" not in h.metadata for h in headers.values()):
-        name += " (not written by vlmzoo)"
-    return name
+def _shown(items: list[str], n: int) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")

@@ -1,6 +1,8 @@
-"""Hugging Face Hub integration: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``.
+"""Hugging Face Hub integration: ``vlmzoo.load``, ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``.
 
-:class:`HubMixin` gives every registered vlmzoo module the methods users know from
+:func:`load` resolves a local path or a Hub repo id to a checkpoint directory and rebuilds the
+model with :func:`vlmzoo.weights.format.load_directory`; ``from_pretrained`` is the same call
+with a class check. :class:`HubMixin` gives every registered vlmzoo module the methods users know from
 transformers and huggingface_hub's ``ModelHubMixin``, on top of vlmzoo's own checkpoint format
 (:mod:`vlmzoo.weights.format`): what ``save_pretrained`` writes, ``vlmzoo.load`` reads, and back.
 
@@ -20,10 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vlmzoo.errors import CheckpointError
+from vlmzoo.version import __version__
 from vlmzoo.weights.format import CHECKPOINT_PATTERNS, DEFAULT_MAX_SHARD_SIZE, load_directory, save
 
 if TYPE_CHECKING:
     import torch
+    import torch.nn as nn
 
 M = TypeVar("M", bound="HubMixin")
 
@@ -61,21 +65,25 @@ class HubMixin:
         token: str | bool | None = None,
         force_download: bool = False,
         local_files_only: bool = False,
+        verify: bool | None = None,
     ) -> M:
-        """Load a checkpoint directory or Hub repo id holding a checkpoint of this class.
+        """Load a checkpoint directory or Hub repo id holding a checkpoint of this class
+        (:func:`load` with ``expected=cls``).
 
         A checkpoint of another architecture raises :class:`CheckpointError` naming both
         (checkpoints of subclasses load, since they are instances of this class).
         """
-        directory = resolve(
+        return load(  # type: ignore[return-value]
             pretrained_model_name_or_path,
+            device,
             revision=revision,
             cache_dir=cache_dir,
             token=token,
             force_download=force_download,
             local_files_only=local_files_only,
+            verify=verify,
+            expected=cls,
         )
-        return load_directory(directory, device, expected=cls)  # type: ignore[return-value]
 
     def push_to_hub(
         self,
@@ -136,6 +144,39 @@ def _upload(
     return str(commit)
 
 
+def load(
+    path_or_hub_id: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    verify: bool | None = None,
+    expected: type | None = None,
+) -> nn.Module:
+    """Rebuild a saved model; outputs are bit-identical to the saved model's.
+
+    ``path_or_hub_id`` is a checkpoint directory, or else a Hugging Face Hub repo id
+    (``"owner/name"``) whose checkpoint files are downloaded (``revision``, ``cache_dir``,
+    ``token``, ``force_download`` and ``local_files_only`` go to ``snapshot_download``).
+    Every file is checked before the model is allocated; ``verify=False`` (or the environment
+    variable ``VLMZOO_VERIFY_WEIGHTS=0``) skips the one check that reads every byte, the
+    comparison of each file's tensors with the SHA-256 the save recorded. ``expected``, a class,
+    refuses checkpoints of other architectures.
+    """
+    directory = resolve(
+        path_or_hub_id,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        force_download=force_download,
+        local_files_only=local_files_only,
+    )
+    return load_directory(directory, device, expected, verify=verify)
+
+
 def resolve(
     path_or_hub_id: str | os.PathLike,
     *,
@@ -161,8 +202,6 @@ def resolve(
             "('owner/name')"
         )
     from huggingface_hub import snapshot_download
-
-    from vlmzoo.version import __version__
 
     try:
         local = snapshot_download(

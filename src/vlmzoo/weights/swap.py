@@ -14,7 +14,9 @@ the staging directory in:
   target missing, and then the old directory is intact under its hidden ``.old`` name.
 
 Up to the swap the target is never touched, so an exception or a crash at any earlier point
-leaves it byte-identical. Files in the target that the caller does not manage (a tokenizer, a
+leaves it byte-identical. Targets that a swap cannot or must not replace are refused before
+anything is written (:func:`check_target`): the file system root, the working directory or a
+directory holding it, a mount point or a directory with one inside, a file, a path under a file. Files in the target that the caller does not manage (a tokenizer, a
 README, a trainer's state) are carried over into the new directory as hard links (copies where
 links are refused), so they survive the swap. A hard crash can leave a hidden
 ``.<name>.*.saving`` or ``.old`` sibling behind; nothing reads those.
@@ -48,9 +50,17 @@ def replace_directory(target: str | os.PathLike, managed: Callable[[str], bool])
     (they are dropped); every other entry is carried over. If the block raises, the staging
     directory is removed and ``target`` is left as it was.
     """
-    target = _checked_target(Path(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".saving", dir=target.parent))
+    target = check_target(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".saving", dir=target.parent))
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise CheckpointError(
+            f"cannot save into {target}: {target.parent} is not writable ({e.strerror}); choose a "
+            "folder you can write to"
+        ) from e
     try:
         yield staging
         _fsync_files(staging)  # the new files are on disk before any name points at them
@@ -69,18 +79,54 @@ def replace_directory(target: str | os.PathLike, managed: Callable[[str], bool])
         raise
 
 
-def _checked_target(target: Path) -> Path:
+def check_target(target: str | os.PathLike) -> Path:
+    """``target`` resolved, or a :class:`CheckpointError` if a whole-directory swap must not
+    replace it; call it before any long job that ends by saving there.
+
+    Refused: the file system root; the working directory or any directory holding it (a save
+    into ``.``); an existing file; a path under a file; a mount point (it cannot be renamed);
+    a directory with a mount point inside (carrying it over would copy the mounted file system,
+    and removing the old directory would delete its files).
+    """
     # Swap the real directory, not a symlink to it (renaming would replace the link itself).
-    target = target.resolve()
-    if target.exists() and not target.is_dir():
-        raise CheckpointError(f"{target} exists and is not a directory")
+    target = Path(target).resolve()
+    if target.parent == target:
+        raise CheckpointError(f"cannot save into {target}: it is the file system root; save into a folder")
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
         raise CheckpointError(
             f"cannot save into {target}: it holds the current working directory, and a checkpoint "
             "directory is replaced as a whole; save into a directory of its own"
         )
+    for ancestor in target.parents:  # nearest first: the first one that exists must be a directory
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise CheckpointError(
+                    f"cannot save into {target}: {ancestor} is a file, so no directory can be made under it"
+                )
+            break
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(
+            f"cannot save into {target}: it is a file, not a directory; pass the path of a directory "
+            "(a checkpoint is several files)"
+        )
+    if target.is_dir():
+        for directory in _directories(target):
+            if os.path.ismount(directory):
+                where = "is a mount point" if directory == target else f"holds the mount point {directory}"
+                raise CheckpointError(
+                    f"cannot save into {target}: it {where}, and a checkpoint directory is replaced as a "
+                    "whole by renaming; save into a folder of its own"
+                )
     return target
+
+
+def _directories(root: Path) -> Iterator[Path]:
+    """``root`` and every directory under it (symlinks are not followed)."""
+    yield root
+    for parent, names, _ in os.walk(root, followlinks=False):
+        for name in names:
+            yield Path(parent) / name
 
 
 def _carry_over(old: Path, new: Path, managed: Callable[[str], bool]) -> None:

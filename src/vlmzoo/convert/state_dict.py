@@ -1,0 +1,148 @@
+"""The state-dict work every converter shares: prefixes, fused projections, block counts, loading.
+
+- :func:`strip_prefix`: the entries under a prefix, with it removed (a tower out of a whole
+  checkpoint, or a module's own keys that may or may not carry its attribute name).
+- :func:`unwrap`: the prefixes training wrappers put in front of *every* key (DDP's ``module.``).
+- :func:`fuse_rows`: separate q / k / v (or k / v) projections -> one fused Linear, rows in order.
+- :func:`count_blocks`: how many numbered blocks a state dict holds, *checked*: a converter that
+  sized a model from the largest index it saw would let one stray key
+  (``blocks.3000000.norm1.weight``) allocate three million blocks. Indices must run 0 .. n-1 with
+  every block complete; anything else is a :class:`ConversionError` naming the key.
+- :func:`build_loaded`: build the module on the meta device first, compare every key and shape
+  there, and only then allocate and load — so a size inferred wrongly (or planted) costs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
+
+import torch
+import torch.nn as nn
+
+from vlmzoo.errors import ConversionError
+from vlmzoo.weights.format import check_state_dict
+
+StateDict = dict[str, torch.Tensor]
+M = TypeVar("M", bound=nn.Module)
+
+# Nine digits allow a billion blocks, far beyond any model; longer runs are refused before int()
+# (which also refuses numbers of more than 4300 digits with a ValueError of its own).
+_MAX_INDEX_DIGITS = 9
+
+
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str, *, if_present: bool = False) -> StateDict:
+    """The entries of ``sd`` whose key starts with ``prefix``, with the prefix removed.
+
+    Keys outside the prefix are dropped, and a state dict in which no key carries it gives an
+    empty dict — the caller's own check then names what is missing, instead of the whole state
+    dict passing for the part. ``if_present=True`` is for a module's *own* state dict that may or
+    may not carry its attribute name (transformers 5 drops a tower's prefix in memory, a bare
+    ``image_encoder`` has none): when no key carries the prefix, ``sd`` is returned as it is.
+    """
+    if if_present and not any(k.startswith(prefix) for k in sd):
+        return dict(sd)
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def unwrap(sd: Mapping[str, torch.Tensor], prefixes: Sequence[str] = ("module.",)) -> StateDict:
+    """``sd`` without the wrapper prefixes (in order) that *every* key carries.
+
+    DDP saves ``module.<key>``; some training scripts save ``model.<key>``. A prefix carried by
+    only some keys is part of their names and stays (a model may have a submodule called ``model``).
+    """
+    out = dict(sd)
+    for prefix in prefixes:
+        if out and all(k.startswith(prefix) for k in out):
+            out = {k[len(prefix) :]: v for k, v in out.items()}
+    return out
+
+
+def fuse_rows(
+    sd: Mapping[str, torch.Tensor],
+    parts: Sequence[str],
+    into: str,
+    params: Iterable[str] = ("weight", "bias"),
+) -> StateDict:
+    """``{f"{into}.{p}": cat([sd[f"{part}.{p}"] for part in parts])}`` for each ``p`` in ``params``.
+
+    Concatenates the output rows of separate projections into one fused Linear, in the order of
+    ``parts`` (q, k, v for a fused ``qkv``; k, v for a fused ``kv``), the layout OpenAI CLIP's
+    ``in_proj_weight``, timm and DINOv2 use. A parameter that no part has is skipped (bias-free
+    projections); one that some parts have and others lack is a :class:`ConversionError` naming
+    the missing key.
+    """
+    out: StateDict = {}
+    for p in params:
+        keys = [f"{part}.{p}" for part in parts]
+        held = [k for k in keys if k in sd]
+        if not held:
+            continue
+        if len(held) != len(keys):
+            missing = next(k for k in keys if k not in sd)
+            raise ConversionError(f"{missing} is missing, but {held[0]} is there: cannot fuse {into}.{p}")
+        out[f"{into}.{p}"] = torch.cat([sd[k] for k in keys], dim=0)
+    return out
+
+
+def count_blocks(
+    sd: Mapping[str, object], prefix: str, required: Sequence[str] = (), what: str = "block"
+) -> int:
+    """The number n of blocks ``{prefix}{i}.*`` in ``sd`` (0 when no key is under ``prefix``).
+
+    Checked before anything is sized from it: the indices are exactly 0 .. n-1, written without
+    leading zeros, and every block holds each of the ``required`` sub-keys (e.g. ``"norm1.weight"``).
+    Otherwise a :class:`ConversionError` names the offending key: a gap or an absurd index
+    (``blocks.3000000.norm1.weight`` beside 12 blocks) is a truncated file or a stray key, never
+    a reason to allocate more blocks.
+    """
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    first_key: dict[int, str] = {}
+    for key in sorted(sd):
+        match = pattern.match(key)
+        if match is None:
+            continue
+        digits = match.group(1)
+        if len(digits) > _MAX_INDEX_DIGITS or (len(digits) > 1 and digits[0] == "0"):
+            raise ConversionError(
+                f"{key!r}: {digits[:20]}{'...' if len(digits) > 20 else ''} is not a {what} index "
+                f"(indices are 0, 1, 2, ... without leading zeros, at most {_MAX_INDEX_DIGITS} digits); "
+                "remove the key"
+            )
+        first_key.setdefault(int(digits), key)
+    n = len(first_key)
+    beyond = [i for i in first_key if i >= n]
+    if beyond:
+        absent = min(set(range(n)) - set(first_key))
+        worst = max(beyond)
+        raise ConversionError(
+            f"{first_key[worst]!r} asks for {what} {worst}, but {what} {absent} ({prefix}{absent}.*) is "
+            f"absent: {what}s must be numbered 0 .. n-1 without gaps. The file is truncated or holds a "
+            "stray key; remove the key or restore the missing ones"
+        )
+    for i in range(n):
+        for sub in required:
+            if f"{prefix}{i}.{sub}" not in sd:
+                raise ConversionError(
+                    f"{prefix}{i}.{sub} is missing: every {what} {prefix}<i>.* of this layout has "
+                    f"{sub} ({n} {what}s found, e.g. {first_key[i]})"
+                )
+    return n
+
+
+def build_loaded(factory: Callable[[], M], state: Mapping[str, torch.Tensor], source: str) -> M:
+    """``factory()`` with ``state`` loaded strictly, checked on the meta device first.
+
+    The module is built once on the meta device (no memory), every key and shape of ``state`` is
+    compared with it (:func:`vlmzoo.weights.format.check_state_dict`: a :class:`CheckpointError`
+    naming missing, unexpected and mis-shaped keys), and only a state dict that fits is given a
+    real module. ``factory`` builds the module from an already validated config.
+    """
+    with torch.device("meta"):
+        skeleton = factory()
+    check_state_dict(skeleton, state, source)
+    del skeleton
+    module = factory()
+    module.load_state_dict(state, strict=True)
+    return module

@@ -1,0 +1,88 @@
+"""Reading images the way the released pipelines read them, before any resize.
+
+Three steps come before a model's resize/crop/normalise recipe, and the originals differ in each:
+
+* **Opening a file.** LLaVA (llava/eval/run_llava.py ``load_image``), LAVIS (its data sets) and
+  Vary (vary/demo/run_qwen_vary.py ``load_image``) all do ``Image.open(path).convert('RGB')``:
+  no ``ImageOps.exif_transpose``, so a photo whose EXIF says "rotate 90" is fed in sensor order.
+  transformers' ``load_image`` applies the EXIF orientation. :func:`load_image` follows the
+  originals by default (``exif_transpose=False``) and names the file when it cannot be read.
+* **Alpha.** ``Image.convert('RGB')`` drops the alpha channel (a transparent pixel keeps its
+  colour); transformers' ``convert_to_rgb`` (image_transforms.py, 5.x) composites RGBA, LA and
+  palette transparency onto white first. :func:`to_rgb` does either (``alpha="drop"`` or
+  ``"white"``). Grey (L), palette (P) and 16-bit grey (I;16) go through Pillow's conversion in
+  both: grey is replicated, I;16 values above 255 are clipped to 255.
+* **Padding to a square.** LLaVA-1.5's ``image_aspect_ratio="pad"`` (llava/mm_utils.py
+  ``expand2square``) pastes the image centred, offset ``(long - short) // 2``, on a square canvas
+  filled with the image processor's mean colour ``tuple(int(m * 255) for m in image_mean)``
+  ((122, 116, 104) for CLIP), before the CLIP recipe. :func:`expand_to_square`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vlmzoo.errors import InputError
+
+Alpha = Literal["drop", "white"]
+
+
+def load_image(source: str | os.PathLike | Image.Image, *, exif_transpose: bool = False) -> Image.Image:
+    """A PIL image from a path (or a PIL image, returned as is apart from the EXIF step).
+
+    The pixels are decoded now (``Image.load``), so a truncated or corrupt file fails here, with
+    its name, rather than deep inside preprocessing.
+    """
+    if isinstance(source, Image.Image):
+        return ImageOps.exif_transpose(source) if exif_transpose else source
+    if not isinstance(source, str | os.PathLike):
+        raise InputError(
+            f"cannot read an image from a {type(source).__name__}; pass a file path or a PIL image"
+        )
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"image file {str(path)!r} does not exist (or is not a file); check the path")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InputError(
+            f"cannot read image file {str(path)!r} ({type(e).__name__}: {e}); "
+            "pass a PNG/JPEG/WebP/... file that Pillow can open"
+        ) from e
+    return ImageOps.exif_transpose(image) if exif_transpose else image
+
+
+def to_rgb(image: Image.Image, alpha: Alpha = "drop") -> Image.Image:
+    """An RGB copy of ``image``: ``alpha="drop"`` is ``Image.convert('RGB')`` (the originals),
+    ``"white"`` composites any transparency onto white first (transformers' ``convert_to_rgb``)."""
+    if image.mode == "RGB":
+        return image
+    if alpha == "white" and ("A" in image.getbands() or image.info.get("transparency") is not None):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def mean_fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:
+    """The padding colour LLaVA derives from normalisation means in [0, 1]: ``int(m * 255)``
+    (truncation, not rounding: CLIP's mean gives (122, 116, 104))."""
+    r, g, b = (int(m * 255) for m in mean)
+    return r, g, b
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """Centre ``image`` (RGB) on a ``max(w, h)`` square canvas of colour ``fill``; square images are
+    returned unchanged. The offset of the short side is ``(long - short) // 2``, as in LLaVA."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas

@@ -1,0 +1,200 @@
+"""The processor of each published family, found by model or encoder name.
+
+Each recipe states what the released pipeline does, with its source:
+
+* **LLaVA-1.5** (llava/mm_utils.py ``process_images`` with ``image_aspect_ratio="pad"``):
+  ``expand2square`` filled with the CLIP mean colour, then the CLIPImageProcessor of
+  openai/clip-vit-large-patch14-336 (bicubic shortest side 336, centre crop 336 with
+  transformers' floor offsets, CLIP mean/std); the ``vicuna_v1`` template; Llama's BOS.
+* **BLIP-2** (LAVIS lavis/processors/blip_processors.py ``BlipImageEvalProcessor(224)``):
+  bicubic resize to 224 x 224 (no crop), CLIP mean/std; the ``blip2`` template; the 32 query
+  embeddings go before OPT's BOS ``</s>`` (LAVIS concatenates them in front of the embedded
+  prompt, transformers' ``Blip2Processor`` writes the image tokens before BOS).
+* **OpenFlamingo** (open_clip's ``image_transform`` for ViT-L-14 openai, used by
+  open_flamingo/src/factory.py): torchvision's bicubic resize 224 + centre crop 224 (round
+  offsets), CLIP mean/std; the ``openflamingo`` template; no BOS (GPT-NeoX / MPT tokenizer), to
+  which factory.py adds ``<|endofchunk|>`` and ``<image>``.
+* **Vary-toy** (Vary-toy vary/demo/run_qwen_vary.py): stream 1 the CLIPImageProcessor of
+  openai/clip-vit-large-patch14 (224, floor crop), stream 2 ``BlipImageEvalProcessor(1024)``:
+  bicubic 1024 x 1024 with CLIP mean/std; ``<imgpad>`` placeholders; Qwen chat; no BOS. Its
+  tokenizer is Qwen's tiktoken one (remote code), so it is passed in, never loaded implicitly.
+* **Vary** (Vary vary/demo/run_qwen_vary.py): stream 2 is vary/model/plug/transforms.py
+  ``test_transform``, albumentations ``Resize(1024, 1024)`` (OpenCV bilinear) + ImageNet
+  mean/std. Pillow's bilinear is used here: it equals OpenCV's when upsampling and differs when
+  shrinking (Pillow filters over the source footprint, OpenCV samples 2 x 2 pixels).
+* **CLIP** encoders (openai/CLIP clip/clip.py ``_transform``): bicubic resize + centre crop
+  (torchvision, round offsets), CLIP mean/std.
+* **DINOv2** (dinov2/data/transforms.py ``make_classification_eval_transform``, the hub
+  models' evaluation): bicubic resize 256, centre crop 224, ImageNet mean/std.
+* **SAM** (segment_anything/utils/transforms.py ``ResizeLongestSide`` + ``Sam.preprocess``):
+  bilinear longest side 1024, 0-255 normalisation, zero padding bottom/right to 1024 x 1024.
+
+Tiny presets use the same recipes at their encoders' sizes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vlmzoo.config import Config
+from vlmzoo.errors import UnknownModelError
+from vlmzoo.processing.image import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageProcessorConfig,
+)
+from vlmzoo.processing.processor import PROCESSOR_FILE, ImageStreamConfig, Processor, ProcessorConfig
+from vlmzoo.processing.templates import TEMPLATES
+from vlmzoo.registry import get_entry, list_models
+
+
+def _clip(size: int, rounding: str = "round") -> ImageStreamConfig:
+    return ImageStreamConfig(ImageProcessorConfig.clip(size).replace(crop_rounding=rounding))
+
+
+def _square(
+    size: int, mean: tuple[float, float, float], std: tuple[float, float, float], resample: str = "bicubic"
+) -> ImageStreamConfig:
+    """A plain resize to ``size`` x ``size`` (no crop): BLIP's eval transform, Vary's 1024 stream."""
+    recipe = ImageProcessorConfig(
+        size=size, crop_size=size, mean=mean, std=std, resample=resample, do_center_crop=False
+    )
+    return ImageStreamConfig(recipe)
+
+
+def llava(image_size: int = 336) -> ProcessorConfig:
+    stream = _clip(image_size, "floor").replace(pad_to_square=True)
+    return ProcessorConfig(
+        family="llava-1.5",
+        image=stream,
+        template=TEMPLATES["vicuna_v1"],
+        image_token_id=-200,
+        tokenizer="liuhaotian/llava-v1.5-7b",
+    )
+
+
+def blip2(image_size: int = 224) -> ProcessorConfig:
+    return ProcessorConfig(
+        family="blip2",
+        image=_square(image_size, CLIP_MEAN, CLIP_STD),
+        template=TEMPLATES["blip2"],
+        image_token_id=-200,
+        tokenizer="facebook/opt-2.7b",
+    )
+
+
+def openflamingo(image_size: int = 224) -> ProcessorConfig:
+    return ProcessorConfig(
+        family="openflamingo",
+        image=_clip(image_size),
+        template=TEMPLATES["openflamingo"],
+        add_bos=False,
+        tokenizer="anas-awadalla/mpt-1b-redpajama-200b",
+        add_tokens=("<|endofchunk|>", "<image>"),
+    )
+
+
+def vary_toy(clip_size: int = 224, vocab_size: int = 1024) -> ProcessorConfig:
+    return ProcessorConfig(
+        family="vary-toy",
+        image=_clip(clip_size, "floor"),
+        second_image=_square(vocab_size, CLIP_MEAN, CLIP_STD),
+        template=TEMPLATES["vary_toy"],
+        image_token="<imgpad>",
+        add_bos=False,
+    )
+
+
+def vary_base(clip_size: int = 224, vocab_size: int = 1024) -> ProcessorConfig:
+    return ProcessorConfig(
+        family="vary",
+        image=_clip(clip_size, "floor"),
+        second_image=_square(vocab_size, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        template=TEMPLATES["vary_base"],
+        image_token="<imgpad>",
+        add_bos=False,
+    )
+
+
+def clip_encoder(image_size: int = 224) -> ProcessorConfig:
+    return ProcessorConfig(family="clip", image=_clip(image_size))
+
+
+def dinov2_encoder(image_size: int = 224) -> ProcessorConfig:
+    # The hub models store 518 px position embeddings but were evaluated at 224 (resize 256).
+    crop = min(image_size, 224)
+    recipe = ImageProcessorConfig(
+        size=round(crop * 256 / 224), crop_size=crop, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
+    return ProcessorConfig(family="dinov2", image=ImageStreamConfig(recipe))
+
+
+def sam_encoder(image_size: int = 1024) -> ProcessorConfig:
+    return ProcessorConfig(family="sam", image=ImageStreamConfig(ImageProcessorConfig.sam(image_size)))
+
+
+def _encoder_size(config: Config) -> int:
+    return int(config.image_size)
+
+
+def _vary_sizes(config: Config) -> tuple[int, int]:
+    encoder = config.encoder
+    return int(encoder.first.image_size), int(encoder.second.image_size)
+
+
+# name pattern -> (registry kind, config of the preset -> processor config). First match wins.
+_FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
+    ("*llava*", "model", lambda c: llava(_encoder_size(c.encoder))),
+    ("*blip2*", "model", lambda c: blip2(_encoder_size(c.encoder))),
+    ("*openflamingo*", "model", lambda c: openflamingo(_encoder_size(c.encoder))),
+    ("vary-base", "model", lambda c: vary_base(*_vary_sizes(c))),
+    ("*vary*", "model", lambda c: vary_toy(*_vary_sizes(c))),
+    ("clip-*", "encoder", lambda c: clip_encoder(_encoder_size(c))),
+    ("dinov2-*", "encoder", lambda c: dinov2_encoder(_encoder_size(c))),
+    ("sam-*", "encoder", lambda c: sam_encoder(_encoder_size(c))),
+    ("eva-*", "encoder", lambda c: blip2(_encoder_size(c)).replace(family="eva", template=None)),
+]
+
+
+def processor_for(name: str) -> ProcessorConfig:
+    """The :class:`ProcessorConfig` of the registered model or encoder ``name`` (its family's
+    recipe at the preset's image size, with the preset's image token id)."""
+    for pattern, kind, make in _FAMILIES:
+        if fnmatch.fnmatchcase(name, pattern) and name in list_models(kind=kind):
+            preset = get_entry(name, kind).config
+            config = make(preset)
+            if kind == "model" and config.template is not None:
+                config = config.replace(image_token_id=preset.image_token_id)
+            return config
+    known = [n for pattern, kind, _ in _FAMILIES for n in list_models(pattern, kind=kind)]
+    raise UnknownModelError(
+        f"no processor is known for {name!r}; known names: {', '.join(sorted(set(known)))}. For "
+        "another model, build a ProcessorConfig from a family in vlmzoo.processing.processor_presets"
+    )
+
+
+def create_processor(name_or_path: str | os.PathLike, tokenizer: Any = None, **overrides: Any) -> Processor:
+    """The processor of a registered model/encoder name, or one saved in a directory.
+
+    ``tokenizer``: a transformers tokenizer, or a local directory / hub id for ``AutoTokenizer``
+    (default: the one saved beside the processor, else the family's published tokenizer, loaded
+    on first use). ``overrides`` replace :class:`ProcessorConfig` fields.
+    """
+    path = Path(name_or_path)
+    if (path / PROCESSOR_FILE).is_file():
+        processor = Processor.from_pretrained(path, tokenizer)
+        if overrides:
+            processor = Processor(processor.config.replace(**overrides), processor._tokenizer)
+        return processor
+    config = processor_for(str(name_or_path))
+    if overrides:
+        config = config.replace(**overrides)
+    if isinstance(tokenizer, str | os.PathLike):
+        config, tokenizer = config.replace(tokenizer=str(tokenizer)), None
+    return Processor(config, tokenizer)

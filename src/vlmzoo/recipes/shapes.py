@@ -1,0 +1,204 @@
+"""The shapes task: visual question answering on procedurally drawn scenes, and a VLM sized for it.
+
+Single-object scenes (colour, shape, size, position, count) from :mod:`vlmzoo.data`; the held-out
+scenes are attribute combinations never seen in training, so exact match of greedy answers on
+them measures generalisation rather than recall. A sentencepiece tokenizer is trained on the
+training split's text, and :func:`build_model` sizes a VLM from registry names to it (nothing is
+pretrained, nothing is downloaded). :func:`train_and_evaluate` trains a model on the task with
+:class:`~vlmzoo.train.trainer.Trainer`; the demo, ``vlmzoo train`` and the ablations use it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vlmzoo.data import SyntheticDataset
+from vlmzoo.eval import exact_match, generate_answers
+from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
+from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
+from vlmzoo.processing.prompts import collate
+from vlmzoo.processing.tokenizer import SentencePieceTokenizer, train_sentencepiece
+from vlmzoo.registry import get_entry
+from vlmzoo.train.trainer import TrainConfig, Trainer
+from vlmzoo.train.world import World
+
+QUESTION_TEMPLATE = "<image> {}"
+IMAGE_SIZE = 48  # pixels: the scenes' side, and the encoder's input size
+
+
+@dataclass
+class TaskData:
+    """Pixels ([n, 3, H, W]) and (image index, question, answer) triples of both splits, plus the tokenizer."""
+
+    tokenizer: SentencePieceTokenizer
+    train_pixels: torch.Tensor
+    train_qa: list[tuple[int, str, str]]
+    val_pixels: torch.Tensor
+    val_qa: list[tuple[int, str, str]]
+    val_captions: list[str]
+
+
+def build_task(
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+    train_size: int = 2000,
+    val_scenes: int = 60,
+    cache_dir: str | None = None,
+) -> TaskData:
+    """Shapes VQA: single-object scenes; validation scenes are attribute combinations unseen in training."""
+    train = SyntheticDataset("shapes", "train", train_size, seed=seed, image_size=image_size)
+    val = SyntheticDataset("shapes", "validation", val_scenes, seed=seed, image_size=image_size, unique=True)
+    processor = ImageProcessor(ImageProcessorConfig.clip(image_size))
+    train_samples = [train[i] for i in range(len(train))]
+    val_samples = [val[i] for i in range(len(val))]
+    texts = [q + " " + a for s in train_samples for q, a in s.qa] + [s.caption for s in train_samples]
+    tokenizer = train_sentencepiece(texts, vocab_size=128, cache_dir=cache_dir)
+    return TaskData(
+        tokenizer=tokenizer,
+        train_pixels=processor([s.image for s in train_samples]),
+        train_qa=[(i, QUESTION_TEMPLATE.format(q), a) for i, s in enumerate(train_samples) for q, a in s.qa],
+        val_pixels=processor([s.image for s in val_samples]),
+        val_qa=[(i, QUESTION_TEMPLATE.format(q), a) for i, s in enumerate(val_samples) for q, a in s.qa],
+        val_captions=[s.caption for s in val_samples],
+    )
+
+
+def check_names(encoder: str, adapter: str, decoder: str) -> None:
+    """Raise :class:`~vlmzoo.errors.UnknownModelError` (with the closest names) for an unregistered part.
+
+    Cheap (registry look-ups only): jobs call it before they build data or train anything.
+    """
+    for name, kind in ((encoder, "encoder"), (adapter, "adapter"), (decoder, "decoder")):
+        get_entry(name, kind)
+
+
+def build_config(
+    tokenizer: SentencePieceTokenizer,
+    encoder: str = "demo-vit",
+    adapter: str = "mlp2x_gelu",
+    decoder: str = "demo-llama",
+    image_size: int = IMAGE_SIZE,
+    train_encoder: str = "full",
+    train_decoder: str = "full",
+) -> VLMConfig:
+    """The validated config of a VLM from registry names, sized to the tokenizer (no weights allocated).
+
+    Raises :class:`~vlmzoo.errors.ConfigError` for parts that do not fit together (e.g. an encoder
+    whose patch size does not divide ``image_size``), before anything is built.
+    """
+    enc = get_entry(encoder, "encoder").config
+    # Trained from scratch, the encoder's residual stream is dominated by a component shared by all
+    # images; the final LayerNorm on the selected tokens (as DINOv2 does) keeps the differences
+    # visible to the LM. Without it the demo plateaus near 55% (measured).
+    overrides = {
+        k: v
+        for k, v in dict(image_size=image_size, pool="none", embed_dim=None, feature_norm=True).items()
+        if hasattr(enc, k)
+    }
+    enc = enc.replace(**overrides)
+    dec = get_entry(decoder, "decoder").config
+    special = dict(
+        vocab_size=tokenizer.vocab_size,
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+    )
+    dec = dec.replace(hf_config={**dec.hf_config, **special})
+    return VLMConfig(
+        encoder=enc,
+        adapter=get_entry(adapter, "adapter").config,
+        decoder=dec,
+        image_token_id=tokenizer.image_id,
+        train_encoder=train_encoder,
+        train_adapter="full",
+        train_decoder=train_decoder,
+    )
+
+
+def build_model(
+    tokenizer: SentencePieceTokenizer,
+    encoder: str = "demo-vit",
+    adapter: str = "mlp2x_gelu",
+    decoder: str = "demo-llama",
+    image_size: int = IMAGE_SIZE,
+) -> VisionLanguageModel:
+    """A VLM from registry names, sized to the tokenizer, every part trainable (nothing is pretrained)."""
+    return VisionLanguageModel(build_config(tokenizer, encoder, adapter, decoder, image_size))
+
+
+def task_train_config(
+    steps: int, seed: int, lr: float = 3e-3, eval_every: int | None = None, bf16: bool = False
+) -> TrainConfig:
+    """The optimisation settings of the task's runs: warmup over the first tenth, four checkpoints.
+
+    ``eval_every=None`` evaluates once, at the end. Raises :class:`~vlmzoo.errors.ConfigError` for a
+    value out of range (``steps`` or ``eval_every`` below 1, a non-positive ``lr``).
+    """
+    return TrainConfig(
+        steps=steps,
+        lr=lr,
+        warmup_steps=max(1, steps // 10),
+        eval_every=steps if eval_every is None else eval_every,
+        checkpoint_every=max(1, steps // 4),
+        bf16=bf16,
+        seed=seed,
+    )
+
+
+def train_and_evaluate(
+    model: VisionLanguageModel,
+    task: TaskData,
+    run_dir: Path,
+    steps: int,
+    seed: int,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    eval_every: int | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    world: World | None = None,
+    bf16: bool = False,
+) -> dict:
+    """Train on the task's QA pairs and return the history and the metrics of the final model.
+
+    ``world`` (:func:`vlmzoo.train.world.init_world`) trains with DDP or FSDP under torchrun;
+    ``batch_size`` is then the global batch, split over the processes."""
+    tok = task.tokenizer
+    config = task_train_config(steps, seed, lr=lr, eval_every=eval_every, bf16=bf16)
+
+    def batch_fn(step: int, micro: int):
+        rng = random.Random(f"{seed}-{step}-{micro}")  # the batch of a step is fixed: exact resume
+        picks = [task.train_qa[rng.randrange(len(task.train_qa))] for _ in range(batch_size)]
+        return collate(
+            tok,
+            [q for _, q, _ in picks],
+            [a for _, _, a in picks],
+            [task.train_pixels[i] for i, _, _ in picks],
+        )
+
+    def loss_fn(m, batch):
+        return m(batch.pixel_values, batch.input_ids, batch.attention_mask, labels=batch.labels).loss
+
+    def evaluate(m) -> dict[str, float]:
+        preds = generate_answers(
+            m, tok, task.val_pixels[[i for i, _, _ in task.val_qa]], [q for _, q, _ in task.val_qa]
+        )
+        return {"val_exact_match": exact_match(preds, [a for _, _, a in task.val_qa])}
+
+    trainer = Trainer(
+        model, config, batch_fn, loss_fn, run_dir, evaluate=evaluate, progress=progress, world=world
+    )
+    if resume:
+        trainer.resume()
+    start = time.perf_counter()
+    history = trainer.fit()
+    return {
+        "history": history,
+        "train_seconds": time.perf_counter() - start,
+        "val_exact_match": history["eval"][-1]["val_exact_match"] if history["eval"] else float("nan"),
+    }
