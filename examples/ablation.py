@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from vlmzoo.recipes.demo import run_ablation
+from vlmzoo.recipes.ablation import run_ablation
 
 
 def main(steps: int = 300, out: str = "runs/ablation_example") -> list[dict]:

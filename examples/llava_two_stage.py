@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vlmzoo.recipes.demo import build_model, build_task, train_and_evaluate
+from vlmzoo.recipes.shapes import build_model, build_task, train_and_evaluate
 from vlmzoo.train.trainer import parameter_table
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+
 import pytest
 
+from vlmzoo.config import Config, config_class, parse_json
 from vlmzoo.encoders import TextTransformerConfig, ViTConfig
 from vlmzoo.errors import ConfigError
 from vlmzoo.models import CLIPConfig
@@ -52,3 +57,65 @@ def test_clip_config_requires_matching_embedding_dims():
 def test_text_config_rejects_eos_outside_vocabulary():
     with pytest.raises(ConfigError, match="eos_token_id"):
         TextTransformerConfig(vocab_size=100, eos_token_id=100)
+
+
+# --- the table of config classes and the checked JSON parser ----------------------------------
+
+
+@dataclasses.dataclass
+class _LocalPartConfig(Config):
+    size: int = 1
+
+
+@dataclasses.dataclass
+class _LocalHolderConfig(Config):
+    part: Config = dataclasses.field(default_factory=_LocalPartConfig)
+
+
+def test_config_classes_join_the_table_when_defined():
+    assert config_class("_LocalPartConfig") is _LocalPartConfig
+
+
+def test_type_tag_is_read_back_through_the_table():
+    holder = _LocalHolderConfig(_LocalPartConfig(size=3))
+    assert holder.to_dict() == {"part": {"_type": "_LocalPartConfig", "size": 3}}
+    assert _LocalHolderConfig.from_dict(holder.to_dict()) == holder
+
+
+def test_unknown_type_tag_calls_the_registered_loaders_then_refuses(monkeypatch):
+    calls = []
+    monkeypatch.setattr("vlmzoo.config._CLASS_LOADERS", [lambda: calls.append(1)])
+    with pytest.raises(ConfigError, match="unknown config class 'NoSuchConfig'"):
+        config_class("NoSuchConfig")
+    assert calls == [1]
+
+
+def test_known_type_tag_does_not_call_the_loaders(monkeypatch):
+    monkeypatch.setattr("vlmzoo.config._CLASS_LOADERS", [lambda: pytest.fail("loader called")])
+    assert config_class("ViTConfig") is ViTConfig
+
+
+def test_integer_field_beyond_64_bits_is_refused():
+    with pytest.raises(ConfigError, match=r"ViTConfig.width: a 101-bit integer; expected at most 64 bits"):
+        ViTConfig(width=2**100)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"width": ' + "1" * 5000 + "}", "an integer of 5000 digits"),
+        ('{"width": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested more than 100 levels deep"),
+        ('{"width": 64, "width": 128}', "the key 'width' appears twice"),
+    ],
+    ids=["5000-digits", "deep", "duplicate-key"],
+)
+def test_from_json_refuses_json_that_would_mean_something_else(text, message):
+    with pytest.raises(ConfigError, match=rf"ViTConfig.from_json: not valid JSON \({message}"):
+        ViTConfig.from_json(text)
+
+
+def test_parse_json_reads_what_json_dumps_writes_including_nan():
+    document = {"loss": [1.5, float("inf")], "seed": 2**64 - 1, "nested": {"a": [[1]]}}
+    again = parse_json(json.dumps(document))
+    assert again["seed"] == 2**64 - 1 and again["nested"] == {"a": [[1]]}
+    assert math.isnan(parse_json("NaN"))

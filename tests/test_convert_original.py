@@ -500,3 +500,90 @@ def test_a_layout_passed_under_another_name_is_refused_naming_keys(layouts, sour
             from_original(sd, target)
         # the message names keys: a dotted state-dict name, looked for or found
         assert re.search(r"[A-Za-z_]+\d*\.[A-Za-z_0-9.]+", str(err.value)), (source, target, str(err.value))
+
+
+# --- hostile keys: what a converter sizes from key names is bounded by the tensors present ----------
+MODULE_BUDGET = 5000  # the tiny layouts here build a few hundred modules each
+
+
+@pytest.fixture
+def module_budget(monkeypatch):
+    """Fail fast instead of building millions of blocks: a conversion that constructs more modules
+    than a tiny model has raises AssertionError (which no converter turns into its own error)."""
+    built = 0
+    init = torch.nn.Module.__init__
+
+    def counting_init(self, *args, **kwargs):
+        nonlocal built
+        built += 1
+        if built > MODULE_BUDGET:
+            raise AssertionError(f"the conversion built more than {MODULE_BUDGET} modules")
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", counting_init)
+
+
+def swin_original_layout() -> dict[str, torch.Tensor]:
+    """microsoft/Swin-Transformer's names are vlmzoo's (models/swin_transformer.py)."""
+    return dict(vlmzoo.create_encoder("swin-tiny").state_dict())
+
+
+def pvt_original_layout() -> dict[str, torch.Tensor]:
+    """whai362/PVT's names: patch_embed{i+1}, pos_embed{i+1}, block{i+1} (classification/pvt.py)."""
+    sd = {}
+    for key, value in vlmzoo.create_encoder("pvt-tiny").state_dict().items():
+        key = re.sub(r"^patch_embeds\.(\d)\.", lambda m: f"patch_embed{int(m.group(1)) + 1}.", key)
+        key = re.sub(r"^pos_embeds\.(\d)$", lambda m: f"pos_embed{int(m.group(1)) + 1}", key)
+        sd[re.sub(r"^stages\.(\d)\.", lambda m: f"block{int(m.group(1)) + 1}.", key)] = value
+    return sd
+
+
+# (layout, a planted key asking for block 3,000,000 of one of the stacks the layout sizes from keys)
+HOSTILE_KEYS = [
+    ("openai-clip", "visual.transformer.resblocks.3000000.ln_1.weight"),
+    ("openai-clip", "transformer.resblocks.3000000.ln_1.weight"),
+    ("segment-anything", "image_encoder.blocks.3000000.norm1.weight"),
+    ("dinov2", "blocks.3000000.norm1.weight"),
+    ("lavis-blip2", "visual_encoder.blocks.3000000.norm1.weight"),
+    ("lavis-blip2", "Qformer.bert.encoder.layer.3000000.attention.self.query.weight"),
+    ("lavis-blip2", "opt_model.model.decoder.layers.3000000.fc1.weight"),
+    ("vary", "transformer.vision_tower_high.blocks.3000000.norm1.weight"),
+    ("llava", "model.layers.3000000.input_layernorm.weight"),
+    ("llava", "model.vision_tower.vision_tower.vision_model.encoder.layers.3000000.layer_norm1.weight"),
+    ("openflamingo", "perceiver.layers.3000000.0.to_q.weight"),
+    ("openflamingo", "lang_encoder.model.layers.3000000.gated_cross_attn_layer.attn.to_q.weight"),
+    ("swin", "layers.0.blocks.3000000.norm1.weight"),
+    ("swin", "layers.3000000.blocks.0.norm1.weight"),
+    ("pvt", "block1.3000000.norm1.weight"),
+    ("pvt", "block3000000.0.norm1.weight"),
+]
+
+
+@pytest.mark.parametrize(("layout", "key"), HOSTILE_KEYS, ids=[f"{a}:{k}" for a, k in HOSTILE_KEYS])
+def test_a_planted_block_index_is_refused_naming_the_key_before_allocating(
+    layouts, module_budget, layout, key
+):
+    if layout == "swin":
+        sd = swin_original_layout()
+    elif layout == "pvt":
+        sd = pvt_original_layout()
+    else:
+        sd = dict(layouts[layout])
+    sd[key] = torch.zeros(1)
+    options = {"image_token_id": 1} if layout == "openflamingo" else {}
+    with pytest.raises(ConversionError, match=re.escape(repr(key))):
+        from_original(sd, layout, **options)
+
+
+def test_a_block_missing_from_the_middle_is_refused_naming_it(layouts):
+    sd = {re.sub(r"^blocks\.1\.", "blocks.2.", k): v for k, v in layouts["dinov2"].items()}  # 0, 2
+    with pytest.raises(
+        ConversionError, match=r"'blocks\.2\..*' asks for block 2, but block 1 \(blocks\.1\.\*\)"
+    ):
+        from_original(sd, "dinov2")
+
+
+def test_an_incomplete_block_is_refused_naming_the_missing_key(layouts):
+    sd = {k: v for k, v in layouts["segment-anything"].items() if k != "image_encoder.blocks.1.norm2.weight"}
+    with pytest.raises(ConversionError, match=r"blocks\.1\.norm2\.weight is missing"):
+        from_original(sd, "segment-anything")

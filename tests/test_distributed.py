@@ -35,7 +35,7 @@ def tokenizer(cache: Path):
 def tiny_model(tok, frozen: bool = False):
     """The demo VLM (demo-vit + mlp2x_gelu + demo-llama) at 32 px, seeded; encoder optionally frozen."""
     from vlmzoo.models.vlm import VisionLanguageModel
-    from vlmzoo.recipes.demo import build_model
+    from vlmzoo.recipes.shapes import build_model
 
     config = build_model(tok, image_size=32).config
     config = config.replace(train_encoder="frozen" if frozen else "full")

@@ -157,6 +157,59 @@ def sam_weights(d: Path) -> None:
     shutil.copy(d.parent / "sam" / "model.safetensors", d / "model.safetensors")
 
 
+def edit_json(**fields: Any) -> Callable[[Path], None]:
+    """Set config fields in config.json, keeping the recorded digest (an edit after the save)."""
+
+    def apply(d: Path) -> None:
+        document = json.loads((d / "config.json").read_text())
+        document["config"].update(fields)
+        (d / "config.json").write_text(json.dumps(document))
+
+    return apply
+
+
+def flip_byte(d: Path) -> None:
+    data = bytearray((d / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # tensor data (the header comes first)
+    (d / "model.safetensors").write_bytes(bytes(data))
+
+
+def weights_of_another_save(d: Path) -> None:
+    vlmzoo.save(vlmzoo.create_encoder("clip-vit-tiny"), d / "other")  # same config, other values
+    shutil.copy(d / "other" / "model.safetensors", d / "model.safetensors")
+
+
+def retyped(name: str, dtype: torch.dtype) -> Callable[[Path], None]:
+    """Store one tensor of model.safetensors in another dtype, keeping the file's metadata."""
+
+    def apply(d: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        with safe_open(d / "model.safetensors", framework="pt") as f:
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118
+        save_file({**tensors, name: tensors[name].to(dtype)}, d / "model.safetensors", metadata=metadata)
+
+    return apply
+
+
+def replace_text(old: str, new: str) -> Callable[[Path], None]:
+    def apply(d: Path) -> None:
+        (d / "config.json").write_text((d / "config.json").read_text().replace(old, new))
+
+    return apply
+
+
+def meta_encoder() -> torch.nn.Module:
+    with torch.device("meta"):
+        return vlmzoo.create_encoder("clip-vit-tiny")
+
+
+def a_file(path: Path) -> Path:
+    path.write_text("not a folder")
+    return path
+
+
 def torchscript(path: Path) -> Path:
     with warnings.catch_warnings():  # torch.jit is deprecated, but its archives still circulate
         warnings.simplefilter("ignore", FutureWarning)
@@ -373,6 +426,40 @@ CASES = [
          CheckpointError, r"ViTConfig.width=-1: must be a positive number"),
     Case("save-not-a-vlmzoo-module", lambda d: vlmzoo.save(torch.nn.Linear(2, 2), d / "linear"),
          CheckpointError, r"Linear has no vlmzoo config"),
+    # What is loaded is what was saved; checks before allocation; bounded JSON; save targets
+    Case("load-config-edited", lambda d: vlmzoo.load(damaged(d, "edited", edit_json(norm_eps=1e-3))),
+         CheckpointError, r"config.json was edited after the save: its config's SHA-256"),
+    Case("load-flipped-byte", lambda d: vlmzoo.load(damaged(d, "flipped", flip_byte)),
+         CheckpointError, r"model.safetensors is corrupted: its tensors' SHA-256"),
+    Case("load-weights-of-another-save", lambda d: vlmzoo.load(damaged(d, "otherstep", weights_of_another_save)),
+         CheckpointError, r"come from different saves \(the file's tensor digest"),
+    Case("load-float-stored-as-integer",
+         lambda d: vlmzoo.load(damaged(d, "int64", retyped("pos_embed", torch.int64)), verify=False),
+         CheckpointError, r"pos_embed \(model.safetensors: I64, model: F32\).*does not cast"),
+    Case("load-float-stored-as-bool",
+         lambda d: vlmzoo.load(damaged(d, "bool", retyped("pos_embed", torch.bool)), verify=False),
+         CheckpointError, r"pos_embed \(model.safetensors: BOOL, model: F32\)"),
+    Case("load-one-f16-among-f32",
+         lambda d: vlmzoo.load(damaged(d, "f16", retyped("norm.weight", torch.float16)), verify=False),
+         CheckpointError, r"norm.weight \(model.safetensors: F16, recorded: F32\)"),
+    Case("load-config-asks-for-a-huge-model",
+         lambda d: vlmzoo.load(damaged(d, "huge", edit_json(width=8192, num_heads=64, depth=4096))),
+         CheckpointError, r"describes a VisionTransformer of more than .* refused before allocating anything"),
+    Case("load-config-5000-digit-integer",
+         lambda d: vlmzoo.load(damaged(d, "digits", replace_text('"depth": 2', '"depth": ' + "9" * 5000))),
+         CheckpointError, r"config.json is not valid JSON \(vlmzoo checkpoint config\): an integer of 5000 digits"),
+    Case("load-config-deep-nesting",
+         lambda d: vlmzoo.load(damaged(d, "deep", replace_text('"depth": 2', '"depth": ' + "[" * 200_000 + "]" * 200_000))),
+         CheckpointError, r"config.json is not valid JSON .*nested more than 100 levels deep"),
+    Case("load-config-duplicate-key",
+         lambda d: vlmzoo.load(damaged(d, "twice", replace_text('"depth": 2', '"depth": 2, "depth": 3'))),
+         CheckpointError, r"the key 'depth' appears twice"),
+    Case("save-meta-device-model", lambda d: vlmzoo.save(meta_encoder(), d / "meta"),
+         CheckpointError, r"tensors are on the meta device .* holds shapes but no values"),
+    Case("save-onto-a-file", lambda d: vlmzoo.save(encoder("clip-vit-tiny"), a_file(d / "onto.txt")),
+         CheckpointError, r"onto.txt: it is a file, not a directory"),
+    Case("save-under-a-file", lambda d: vlmzoo.save(encoder("clip-vit-tiny"), a_file(d / "under.txt") / "ckpt"),
+         CheckpointError, r"under.txt is a file, so no directory can be made under it"),
     # Converters
     Case("read-torchscript-archive", lambda d: vlmzoo.convert.read_state_dict(torchscript(d / "ts.pt")),
          CheckpointError, r"TorchScript archive; vlmzoo does not run its code"),

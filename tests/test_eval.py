@@ -32,7 +32,7 @@ def test_retrieval_recall_matches_a_brute_force_ranking():
 
 def test_multiple_choice_picks_the_highest_likelihood_continuation(tmp_path):
     from vlmzoo.processing.tokenizer import train_sentencepiece
-    from vlmzoo.recipes.demo import build_model
+    from vlmzoo.recipes.shapes import build_model
 
     tok = train_sentencepiece(["what color is it? red blue green"], vocab_size=40, cache_dir=tmp_path)
     model = build_model(tok, image_size=32).eval()

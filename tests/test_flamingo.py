@@ -1,5 +1,6 @@
-"""Flamingo adapter (SPEC §7): resampler, gated cross-attention, media masking, insertion into
-four transformers LM families, KV-cache generation, training setup, checkpoints.
+"""Flamingo adapter (Alayrac et al. 2022; OpenFlamingo): resampler, gated cross-attention, media
+masking, insertion into four transformers LM families, KV-cache generation, training setup,
+checkpoints.
 
 No Flamingo peer is installable, so the math is checked against plain references written here
 (transcribing OpenFlamingo's helpers.py) and, where the math coincides, against transformers'
@@ -17,14 +18,15 @@ import torch.nn.functional as F
 from conftest import max_abs_diff, randomize_
 
 import vlmzoo
+from vlmzoo.adapters.base import TextLayout
 from vlmzoo.adapters.cross_attention import (
     FlamingoAdapter,
     FlamingoConfig,
     GatedCrossAttentionBlock,
-    PerceiverResampler,
     media_attention_mask,
     text_time,
 )
+from vlmzoo.adapters.resampler import PerceiverResampler
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
@@ -54,7 +56,7 @@ def open_gates(model: VisionLanguageModel, attn: float = 0.8, ff: float = 0.0) -
 
 
 def bare_lm(model: VisionLanguageModel) -> nn.Module:
-    """The same LM without the adapter. Its keys are the attached decoder's keys: hooks rename nothing."""
+    """The same LM without the adapter. Its keys are the bound decoder's keys: hooks rename nothing."""
     bare = HFDecoder(model.config.decoder).eval()
     bare.load_state_dict(model.decoder.state_dict(), strict=True)
     return bare.lm
@@ -103,9 +105,10 @@ def test_dense_branch_applies_to_all_tokens_but_pre_image_tokens_see_no_image(de
     assert (out[0, :3] - ref[0, :3]).abs().max() > 1e-3  # the dense branch did act there
 
 
-# --- media masking (§7.3) ----------------------------------------------------------------------
+# --- media masking (Flamingo Section 2.3) -----------------------------------------------------
 def reference_mask(ids: torch.Tensor, num_slots: int, immediate: bool) -> torch.Tensor:
-    """Loop version of §7.3: count images so far; attend the latest (or all so far) that exist."""
+    """Loop version of Flamingo's media masking: count images so far; attend the latest (or all so
+    far) that exist."""
     b, length = ids.shape
     out = torch.zeros(b, length, num_slots, dtype=torch.bool)
     for i in range(b):
@@ -200,7 +203,8 @@ def test_gated_block_matches_openflamingo_reference(immediate):
     assert max_abs_diff(ours, ref) <= 1e-5
     if not immediate:
         # OpenFlamingo zeroes text_time == 0 rows only in immediate mode; in all-previous mode
-        # those tokens would average over every latent. vlmzoo zeroes them in both (§7.3).
+        # those tokens would average over every latent. vlmzoo zeroes them in both (Flamingo
+        # Section 2.3: a token before any image attends to no image).
         with torch.no_grad():
             literal = openflamingo_block(block, x, media, locations, False, zero_all_previous=False)
         before_any = text_time(locations) == 0
@@ -255,7 +259,7 @@ def test_gated_block_matches_idefics_cross_attention_core():
     assert max_abs_diff(ours, ref) <= 1e-5
 
 
-# --- perceiver resampler (§7.1) ------------------------------------------------------------------
+# --- perceiver resampler (Flamingo Section 2.1) ---------------------------------------------------
 def test_perceiver_matches_idefics_resampler_up_to_its_relu():
     from transformers.models.idefics.perceiver import IdeficsPerceiverResampler
 
@@ -315,7 +319,7 @@ def test_perceiver_time_and_frame_embeddings_follow_openflamingo():
     assert max_abs_diff(out, ref.flatten(0, 1)) <= 1e-5
 
 
-# --- KV cache and generation (§7.3 cached media) --------------------------------------------------
+# --- KV cache and generation (OpenFlamingo's cached media) ----------------------------------------
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_incremental_decoding_with_cache_equals_full_forward(decoder):
     model = flamingo_vlm(decoder)
@@ -383,7 +387,8 @@ def test_loss_backward_reaches_exactly_the_adapter_parameters(decoder):
 
 
 def test_gradient_checkpointing_of_the_frozen_lm_keeps_adapter_gradients():
-    # The blocks run in a pre-hook, outside transformers' checkpointed layer forward (DESIGN item 6).
+    # The blocks run in a pre-hook, outside transformers' checkpointed layer forward, so a frozen,
+    # checkpointed LM still passes gradients to them.
     model = flamingo_vlm("tiny-llama").train()
     lm = model.decoder.lm
     enable = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
@@ -414,7 +419,7 @@ def test_save_load_round_trip_stores_each_block_tensor_once(tmp_path):
     assert not any(k.startswith("decoder.") and ("gated" in k or "attn_gate" in k) for k in keys)
 
 
-def test_deepcopy_gives_an_independent_model_and_detach_restores_the_bare_lm():
+def test_deepcopy_gives_an_independent_model_and_unbind_restores_the_bare_lm():
     model = flamingo_vlm("tiny-qwen2")
     open_gates(model)
     twin = copy.deepcopy(model)  # the copy's hooks point at the copy's blocks and layers
@@ -422,12 +427,15 @@ def test_deepcopy_gives_an_independent_model_and_detach_restores_the_bare_lm():
     with torch.no_grad():
         bare = bare_lm(model)(input_ids=ids).logits
         assert torch.equal(model(x, ids).logits, twin(x, ids).logits)
-        twin.adapter.detach()
+        twin.adapter.unbind()
         assert torch.equal(twin(x, ids).logits, bare)
         assert not torch.equal(model(x, ids).logits, bare)  # the original keeps its hooks
 
 
 # --- placement, presets and errors -----------------------------------------------------------------
+LAYOUT = TextLayout(image_token_id=IMG)
+
+
 def eight_layer_llama() -> HFDecoder:
     return HFDecoder(
         DecoderConfig(
@@ -458,31 +466,45 @@ def test_presets_place_blocks_before_every_nth_layer(name, every, layers):
     assert (config.num_latents, config.xattn_heads, config.xattn_dim_head, config.ff_mult) == (64, 8, 64, 4)
     assert config.max_num_media is None and config.max_num_frames is None  # OpenFlamingo has neither
     adapter = create_adapter(name, in_dim=16, out_dim=None, resampler_depth=1)
-    adapter.attach(eight_layer_llama())
+    adapter.bind(eight_layer_llama(), LAYOUT)
     assert sorted(map(int, adapter.gated_cross_attn_layers)) == layers
-    assert adapter.injection == "cross_attention"
+    assert adapter.tokens_per_image(257) == 1  # the <image> token; the latents enter by cross-attention
 
 
-def test_attach_and_condition_errors():
+def test_bind_and_prepare_errors():
     adapter = FlamingoAdapter(FlamingoConfig(in_dim=16, resampler_depth=1, cross_attn_every_n_layers=9))
     with pytest.raises(ConfigError, match="only 8 layers"):
-        adapter.attach(eight_layer_llama())
+        adapter.bind(eight_layer_llama(), LAYOUT)
     adapter = FlamingoAdapter(FlamingoConfig(in_dim=16, out_dim=48, resampler_depth=1))
     with pytest.raises(ConfigError, match="out_dim=48"):
-        adapter.attach(eight_layer_llama())
+        adapter.bind(eight_layer_llama(), LAYOUT)
     adapter = FlamingoAdapter(FlamingoConfig(in_dim=16, resampler_depth=1))
+    with pytest.raises(ConfigError, match="not bound to a decoder"):
+        adapter.prepare(None, torch.tensor([[IMG, 5]]), torch.randn(1, 4, 16))
     decoder = eight_layer_llama()
-    adapter.attach(decoder)
-    with pytest.raises(ConfigError, match="already attached"):
-        adapter.attach(decoder)
-    with pytest.raises(InputError, match="2 image placeholders"):
-        adapter.condition(torch.randn(1, 4, 16), torch.tensor([[IMG, 5, IMG]]), IMG)
-    with pytest.raises(InputError, match="without cache"):  # a cache the adapter never saw
-        cache = decoder.lm(input_ids=torch.tensor([[5, 6]]), use_cache=True).cache
-        adapter.clear()
+    with pytest.raises(ConfigError, match=r"image_token_id=64: .* token id in \[0, 64\)"):
+        adapter.bind(decoder, TextLayout(image_token_id=64))
+    adapter.bind(decoder, LAYOUT)
+    with pytest.raises(ConfigError, match="already bound"):
+        adapter.bind(decoder, LAYOUT)
+    with pytest.raises(InputError, match="expects 16-dim visual tokens"):
+        adapter.prepare(decoder, torch.tensor([[IMG, 5]]), torch.randn(1, 4, 8))
+    adapter.unbind()
+    cache = decoder.lm(input_ids=torch.tensor([[5, 6]]), use_cache=True).cache  # not seen by the adapter
+    adapter.bind(decoder, LAYOUT)
+    with pytest.raises(InputError, match="without cache"):
         decoder.lm(input_ids=torch.tensor([[7]]), cache=cache)
     with pytest.raises(InputError, match="needs in_dim"):
         create_adapter("flamingo")
+
+
+def test_placeholders_are_counted_against_images_before_any_compute():
+    model = flamingo_vlm()
+    calls = []
+    model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(InputError, match=r"hold 2 image placeholders \(id 3\) but 1 images"):
+        model(images(1), torch.tensor([[IMG, 5, IMG]]))
+    assert calls == []
 
 
 def test_decoder_without_findable_layers_gives_a_clear_error():
@@ -503,7 +525,7 @@ def test_decoder_without_findable_layers_gives_a_clear_error():
     decoder.lm = FakeLM()
     adapter = FlamingoAdapter(FlamingoConfig(in_dim=16, resampler_depth=1))
     with pytest.raises(ConfigError, match=r"cannot find the decoder layers of FakeLM") as err:
-        adapter.attach(decoder)
+        adapter.bind(decoder, LAYOUT)
     for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
         assert path in str(err.value)
     assert "LAYER_PATHS" in str(err.value)

@@ -56,7 +56,7 @@ def open_gates(vlm: nn.Module) -> None:
 
 def vlm_setup(name: str, **config_overrides) -> Setup:
     model = vlmzoo.create_model(name, **config_overrides).train()
-    if model.injection == "cross_attention":
+    if hasattr(model.adapter, "gated_cross_attn_layers"):  # Flamingo: open its gates, real <image> ids
         open_gates(model)
         ids = torch.tensor([[5, FLAMINGO_IMG, 6, 7, 8], [9, 10, FLAMINGO_IMG, 11, 12]])
     else:

@@ -5,7 +5,11 @@ No network: snapshot_download and HfApi are replaced by fakes that work on local
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,6 +24,7 @@ from vlmzoo.encoders.sam import SamEncoder
 from vlmzoo.errors import CheckpointError
 from vlmzoo.models.clip import CLIPModel
 from vlmzoo.registry import _ARCHITECTURES, _ensure_loaded
+from vlmzoo.weights import hub
 from vlmzoo.weights.format import CHECKPOINT_PATTERNS, CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
 from vlmzoo.weights.hub import HubMixin
 
@@ -206,3 +211,64 @@ def test_save_pretrained_with_push_uploads_only_the_checkpoint_files(tmp_path, v
     assert upload["repo_id"] == "me/tiny-vit" and upload["commit_message"] == "v2"
     assert sorted(upload["files"]) == [CONFIG_NAME, WEIGHTS_NAME]
     assert json.loads(upload["files"][CONFIG_NAME])["architecture"] == "VisionTransformer"
+
+
+# --- one load: vlmzoo.load and from_pretrained are the same function ------------------------------
+
+
+def test_vlmzoo_load_is_the_hub_load():
+    assert vlmzoo.load is hub.load
+
+
+def test_from_pretrained_is_load_with_a_class_check(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hub, "load", lambda *args, **kwargs: calls.append((args, kwargs)))
+    VisionTransformer.from_pretrained("someone/tiny-vit", revision="v2", verify=False)
+    ((args, kwargs),) = calls
+    assert args == ("someone/tiny-vit", "cpu")
+    assert (
+        kwargs["expected"] is VisionTransformer and kwargs["revision"] == "v2" and kwargs["verify"] is False
+    )
+
+
+def test_load_and_from_pretrained_spell_out_the_same_keywords():
+    def keywords(fn) -> set[str]:
+        return {p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+    assert keywords(hub.load) - {"expected"} == keywords(HubMixin.from_pretrained) - {"device"}
+
+
+def test_from_pretrained_with_verify_false_skips_hashing(tmp_path, vit):
+    vit.save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / WEIGHTS_NAME
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is corrupted"):
+        VisionTransformer.from_pretrained(tmp_path / "ckpt")
+    VisionTransformer.from_pretrained(tmp_path / "ckpt", verify=False)
+
+
+def test_weights_modules_import_each_other_one_way_and_only_at_the_top():
+    room = Path(vlmzoo.__file__).parent / "weights"
+    below = {
+        "files": set(),
+        "swap": {"files"},
+        "format": {"files", "swap"},
+        "hub": {"files", "swap", "format"},
+    }
+    for name, allowed in below.items():
+        tree = ast.parse((room / f"{name}.py").read_text())
+        top = {n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vlmzoo"):
+                assert node in top, f"weights/{name}.py imports {node.module} inside a function"
+                sibling = node.module.removeprefix("vlmzoo.weights.")
+                if node.module.startswith("vlmzoo.weights."):
+                    assert sibling in allowed, f"weights/{name}.py imports weights/{sibling}.py"
+
+
+def test_importing_the_format_does_not_import_the_hub():
+    code = "import sys, vlmzoo.weights.format; assert 'vlmzoo.weights.hub' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

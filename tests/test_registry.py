@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import vlmzoo
@@ -46,3 +51,41 @@ def test_create_rejects_unknown_override_field():
 def test_create_rejects_invalid_override_value():
     with pytest.raises(ConfigError, match="width.*divisible by num_heads"):
         vlmzoo.create_encoder("clip-vit-tiny", width=66)
+
+
+# --- one-way dependencies: the registry imports config, never the reverse ------------------------
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "vlmzoo"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_config_never_imports_the_registry():
+    assert not {m for m in imported_modules(SRC / "config.py") if m.startswith("vlmzoo.registry")}
+
+
+def run_python(code: str) -> None:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_importing_config_does_not_import_the_registry():
+    run_python("import sys, vlmzoo.config; assert 'vlmzoo.registry' not in sys.modules")
+
+
+def test_type_tag_of_a_class_not_imported_yet_is_found_through_the_registry():
+    run_python(
+        "import sys, vlmzoo.registry\n"
+        "assert 'vlmzoo.encoders.sam' not in sys.modules\n"
+        "from vlmzoo.config import config_class\n"
+        "assert config_class('SamConfig').__module__ == 'vlmzoo.encoders.sam'\n"
+    )

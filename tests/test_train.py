@@ -11,7 +11,8 @@ import vlmzoo
 from vlmzoo.errors import CheckpointError, InputError
 from vlmzoo.processing.prompts import collate
 from vlmzoo.processing.tokenizer import train_sentencepiece
-from vlmzoo.train.trainer import TrainConfig, Trainer, check_run_dir, lr_factor
+from vlmzoo.train.run_dir import check_run_dir
+from vlmzoo.train.trainer import TrainConfig, Trainer, lr_factor
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def tok(tmp_path):
 
 
 def tiny_model(tok) -> torch.nn.Module:
-    from vlmzoo.recipes.demo import build_model
+    from vlmzoo.recipes.shapes import build_model
 
     return build_model(tok, image_size=32)
 
@@ -120,12 +121,13 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(tok, tmp_path):
 
 
 def test_run_folder_with_a_run_is_refused_without_resume_or_overwrite(tok, tmp_path):
+    run = tmp_path / "run"  # tmp_path also holds the tokenizer cache, which is not the run's
     config = TrainConfig(steps=1, warmup_steps=1, eval_every=100)
-    Trainer(tiny_model(tok), config, batch_fn_for(tok), loss_fn, tmp_path, progress=False).fit()
+    Trainer(tiny_model(tok), config, batch_fn_for(tok), loss_fn, run, progress=False).fit()
     with pytest.raises(CheckpointError, match="already holds a run"):
-        check_run_dir(tmp_path, resume=False, overwrite=False)
-    check_run_dir(tmp_path, resume=False, overwrite=True)
-    assert not any(tmp_path.iterdir())
+        check_run_dir(run, resume=False, overwrite=False)
+    check_run_dir(run, resume=False, overwrite=True)
+    assert not any(run.iterdir())
 
 
 def test_resume_without_a_checkpoint_is_refused(tmp_path):

@@ -119,3 +119,49 @@ def test_integer_pixels_are_rejected():
 def test_empty_batch_is_rejected():
     with pytest.raises(InputError, match="empty batch"):
         tiny()(torch.randn(0, 3, 32, 32))
+
+
+# --- the helpers every encoder shares (layers/patch_embed.py image_hw, layers/drop_path.py) -----
+ENCODERS_WITH_SIZES = ["clip-vit-tiny", "sam-vit-tiny", "swin-tiny", "pvt-tiny"]
+
+
+@pytest.mark.parametrize("name", ENCODERS_WITH_SIZES)
+def test_num_tokens_reads_an_int_a_pair_or_none_alike(name):
+    encoder = vlmzoo.create_encoder(name)
+    size = encoder.config.image_size
+    assert encoder.num_tokens() == encoder.num_tokens(size) == encoder.num_tokens((size, size))
+    assert encoder.num_tokens([size, 2 * size]) == encoder.num_tokens((size, 2 * size))
+
+
+@pytest.mark.parametrize("name", ENCODERS_WITH_SIZES)
+@pytest.mark.parametrize("bad", [0, -32, True, 32.0, (32,), (32, 32, 3), (32, 0), "32"])
+def test_num_tokens_refuses_a_size_that_is_not_positive_ints(name, bad):
+    with pytest.raises(InputError, match="image_size"):
+        vlmzoo.create_encoder(name).num_tokens(bad)
+
+
+def test_drop_path_rates_rise_linearly_from_zero_to_the_rate():
+    from vlmzoo.layers import drop_path_rates
+
+    assert drop_path_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert drop_path_rates(0.3, 1) == [0.0]
+
+
+@pytest.mark.parametrize("name", ENCODERS_WITH_SIZES)
+def test_every_encoder_drops_paths_by_the_same_rule(name):
+    from vlmzoo.layers import DropPath, drop_path_rates
+
+    encoder = vlmzoo.create_encoder(name, drop_path_rate=0.2)
+    rates = [
+        m.p if isinstance(m, DropPath) else 0.0
+        for m in (b.drop_path for b in encoder.modules() if hasattr(b, "drop_path"))
+    ]
+    assert rates == pytest.approx(drop_path_rates(0.2, len(rates))) and rates[-1] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("name", ENCODERS_WITH_SIZES)
+@pytest.mark.parametrize("rate", [1.0, -0.1])
+def test_a_drop_path_rate_outside_0_1_is_refused_by_name(name, rate):
+    config = vlmzoo.create_encoder(name).config
+    with pytest.raises(vlmzoo.ConfigError, match=rf"{type(config).__name__}\.drop_path_rate=.*< 1"):
+        config.replace(drop_path_rate=rate)

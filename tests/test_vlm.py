@@ -8,7 +8,8 @@ from conftest import max_abs_diff
 
 import vlmzoo
 from vlmzoo.errors import ConfigError, InputError
-from vlmzoo.models.vlm import IGNORE_INDEX, VisionLanguageModel, VLMConfig, kv_cache
+from vlmzoo.decoders.hf import IGNORE_INDEX, kv_cache
+from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
 from vlmzoo.registry import get_entry
 
 IMG = -200  # LLaVA's original sentinel: placeholders are never embedded
@@ -30,7 +31,9 @@ def test_each_placeholder_becomes_the_adapter_tokens_of_its_image():
     model = tiny_vlm()
     ids = torch.tensor([[5, IMG, 6, 7]])
     x = images(1)
-    embeds, mask, labels = model.merge(ids, model.image_features(x), labels=torch.tensor([[5, 9, 6, 7]]))
+    embeds, mask, labels = model.adapter.splice(
+        model.decoder, ids, model.image_features(x), labels=torch.tensor([[5, 9, 6, 7]])
+    )
     m = model.tokens_per_image
     assert embeds.shape == (1, 3 + m, 64)
     text = model.decoder.embed(torch.tensor([5, 6, 7]))
@@ -67,7 +70,7 @@ def test_loss_backward_reaches_exactly_the_trainable_parameters(decoder):
 
 
 def test_unfreezing_the_encoder_gives_it_gradients():
-    """Freezing is requires_grad only; nothing runs under no_grad (DESIGN item 6)."""
+    """Freezing is requires_grad only; nothing runs under no_grad (unlike LLaVA's clip_encoder.py)."""
     model = tiny_vlm(train_encoder="full").train()
     ids = torch.tensor([[IMG, 6, 7]])
     model(images(1), ids, labels=ids.clamp(min=0)).loss.backward()
@@ -80,7 +83,7 @@ def test_kv_cache_logits_equal_full_forward(decoder):
     ids = torch.tensor([[5, IMG, 6, 7, 8, 9]])
     x = images(1)
     with torch.no_grad():
-        embeds, mask, _ = model.merge(ids, model.image_features(x))
+        embeds, mask, _ = model.adapter.splice(model.decoder, ids, model.image_features(x))
         full = model.decoder(inputs_embeds=embeds, attention_mask=mask).logits
         head = model.decoder(inputs_embeds=embeds[:, :-2], attention_mask=mask[:, :-2], use_cache=True)
         kwargs = {"cache" if "cache" in head else "past_key_values": kv_cache(head)}

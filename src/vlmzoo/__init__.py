@@ -23,6 +23,8 @@ _LAZY = {
     "create_adapter": "vlmzoo.registry",
     "create_decoder": "vlmzoo.registry",
     "create_model": "vlmzoo.registry",
+    "create_processor": "vlmzoo.processing.processor_presets",
+    "chat": "vlmzoo.processing.chat",
     "save": "vlmzoo.weights.format",
     "load": "vlmzoo.weights.hub",
     "VisionOutput": "vlmzoo.encoders.base",

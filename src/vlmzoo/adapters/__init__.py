@@ -1,17 +1,20 @@
-"""Adapters between vision encoders and language models."""
+"""Ways of conditioning a language decoder on images: the contract (``base``), the prefix splice
+(``prefix``: MLP projector, Q-Former), Flamingo's gated cross-attention and its Perceiver Resampler."""
 
-from vlmzoo.adapters.base import PrefixAdapter
+from vlmzoo.adapters.base import Adapter, Prepared, TextLayout
 from vlmzoo.adapters.cross_attention import (
     FlamingoAdapter,
     FlamingoConfig,
     GatedCrossAttentionBlock,
     MaskedCrossAttention,
-    PerceiverResampler,
 )
 from vlmzoo.adapters.mlp import MLPProjector, MLPProjectorConfig
+from vlmzoo.adapters.prefix import PrefixAdapter
 from vlmzoo.adapters.qformer import QFormer, QFormerConfig, QFormerLayer, QFormerModel
+from vlmzoo.adapters.resampler import PerceiverResampler
 
 __all__ = [
+    "Adapter",
     "FlamingoAdapter",
     "FlamingoConfig",
     "GatedCrossAttentionBlock",
@@ -20,8 +23,10 @@ __all__ = [
     "MaskedCrossAttention",
     "PerceiverResampler",
     "PrefixAdapter",
+    "Prepared",
     "QFormer",
     "QFormerConfig",
     "QFormerLayer",
     "QFormerModel",
+    "TextLayout",
 ]

@@ -18,6 +18,7 @@ from vlmzoo.cli.report import INTERRUPTED, explain
 __all__ = ["build_parser", "main"]
 
 RESUMABLE = ("demo", "train")
+OUTPUTS = ("run_dir", "out")  # the flags naming where a command writes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,17 +27,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     A user's mistake prints one line ``vlmzoo: error: ...`` to stderr (see :mod:`vlmzoo.cli.report`);
     a bug in vlmzoo keeps its traceback.
     """
-    command = None
+    command = output = None
     try:
         args = build_parser().parse_args(argv)
         command = args.command
+        output = next((getattr(args, name) for name in OUTPUTS if getattr(args, name, None)), None)
         return args.func(args)
     except KeyboardInterrupt:
         hint = "; the last checkpoint is intact (continue with --resume)" if command in RESUMABLE else ""
         print(f"vlmzoo: interrupted{hint}", file=sys.stderr)
         return INTERRUPTED
     except Exception as error:
-        failure = explain(error)
+        failure = explain(error, output)
         if failure is None:
             raise
         print(f"vlmzoo: error: {failure.line}", file=sys.stderr)

@@ -62,7 +62,9 @@ def device(text: str) -> str:
     except (RuntimeError, ValueError):
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device vlmzoo trains on; use cpu, cuda, cuda:N or auto")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device vlmzoo trains on; use cpu, cuda, cuda:N or auto"
+        )
     return text
 
 

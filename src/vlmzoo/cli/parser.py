@@ -16,7 +16,7 @@ class Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line (no usage block) for :func:`vlmzoo.cli.main` to print."""
 
     def error(self, message: str) -> NoReturn:
-        raise CommandLineError(f"{self.prog}: {message} (`{self.prog} --help` lists the flags)")
+        raise CommandLineError(f"{message} (`{self.prog} --help` lists the flags)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=["single", "ddp", "fsdp"], default="single")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--steps", type=value.positive_int, default=300, help="optimizer steps (default 300)")
-    p.add_argument("--run-dir", type=value.folder, default="runs/train", help="run folder (default runs/train)")
+    p.add_argument(
+        "--run-dir", type=value.folder, default="runs/train", help="run folder (default runs/train)"
+    )
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     again.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir")
@@ -92,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps between evaluations (default: end)",
     )
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations")
-    p.add_argument("--device", type=value.device, default="auto", help="cpu, cuda, or auto (cuda when visible)")
+    p.add_argument(
+        "--device", type=value.device, default="auto", help="cpu, cuda, or auto (cuda when visible)"
+    )
     p.add_argument(
         "--backend", choices=["gloo", "nccl"], default=None, help="default: nccl on cuda, else gloo"
     )

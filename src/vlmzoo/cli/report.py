@@ -8,7 +8,9 @@
 - **1, run time**: the command started and something failed it. A file that cannot be read or
   written (:class:`OSError`: a missing folder, no permission, a read-only file system, a full disk),
   a checkpoint that is corrupt, foreign or does not fit the run (:class:`~vlmzoo.errors.CheckpointError`),
-  weights that cannot be converted, a loss that stopped being finite, memory running out.
+  weights that cannot be converted, a loss that stopped being finite, memory running out. An I/O
+  error inside safetensors' writer (a full disk while saving weights) is reported as the
+  :class:`OSError` it wraps, naming the folder the command writes into.
 - **130**: interrupted (Ctrl-C).
 
 Anything else is a bug in vlmzoo and keeps its traceback.
@@ -17,9 +19,12 @@ Anything else is a bug in vlmzoo and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import os
+import re
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 
 from vlmzoo.errors import (
     ConfigError,
@@ -68,8 +73,19 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def explain(error: BaseException) -> Failure | None:
-    """The report for ``error`` when it is the user's to fix; ``None`` for a bug (show the traceback)."""
+def explain(error: BaseException, output: str | None = None) -> Failure | None:
+    """The report for ``error`` when it is the user's to fix; ``None`` for a bug (show the traceback).
+
+    ``output`` is the path the command writes into (a run folder, a file): named for a failure that
+    does not say which file it was writing (an I/O error inside safetensors' writer carries no path).
+    """
+    if isinstance(error, SafetensorError):
+        code = re.search(r"I/O error: .*\(os error (\d+)\)", str(error))
+        if code is not None:  # the disk or the file system failed the write
+            number = int(code.group(1))
+            error = OSError(number, os.strerror(number), output)
+        else:
+            return Failure(RUNTIME, one_line(str(error)))
     if isinstance(error, CommandLineError):
         return Failure(USAGE, one_line(str(error)))
     if isinstance(error, USAGE_ERRORS):

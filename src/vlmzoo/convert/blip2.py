@@ -244,8 +244,8 @@ EVA_BLOCK_KEYS = (
     "mlp.fc1.weight",
     "mlp.fc2.weight",
 )
-QFORMER_LAYER_KEYS = (
-    "attention.attention.query.weight",
+QFORMER_LAYER_KEYS = (  # LAVIS's names
+    "attention.self.query.weight",
     "attention.output.dense.weight",
     "intermediate_query.dense.weight",
     "output_query.dense.weight",
@@ -317,7 +317,7 @@ def _lavis_qformer(sd: StateDict) -> QFormer:
         )
     query_tokens = sd["query_tokens"]
     width = query_tokens.shape[-1]
-    depth = count_blocks(hf_names, "encoder.layer.", QFORMER_LAYER_KEYS, what="Q-Former layer")
+    depth = count_blocks(sd, f"{p}encoder.layer.", QFORMER_LAYER_KEYS, what="Q-Former layer")
     config = QFormerConfig(
         num_query_tokens=query_tokens.shape[1],
         width=width,
@@ -337,9 +337,11 @@ def _lavis_qformer(sd: StateDict) -> QFormer:
     return build_loaded(lambda: QFormer(config), state, "LAVIS query_tokens + Qformer + opt_proj")
 
 
-def opt_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> DecoderConfig:
-    """The :class:`DecoderConfig` of an ``OPTForCausalLM`` state dict (a published OPT size)."""
+def opt_config_from_state_dict(sd: Mapping[str, torch.Tensor], origin: str = "") -> DecoderConfig:
+    """The :class:`DecoderConfig` of an ``OPTForCausalLM`` state dict (a published OPT size).
+    ``origin``: the prefix the caller stripped from the file's keys (for error messages)."""
     p = "model.decoder."
+    layers = count_blocks(sd, f"{p}layers.", OPT_LAYER_KEYS, "OPT layer", origin)
     embed = sd[f"{p}embed_tokens.weight"]
     hidden = sd[f"{p}layers.0.self_attn.q_proj.weight"].shape[0]
     if hidden not in OPT_HEADS:
@@ -351,7 +353,7 @@ def opt_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> DecoderConfig:
         "opt",
         dict(
             hidden_size=hidden,
-            num_hidden_layers=count_blocks(sd, f"{p}layers.", OPT_LAYER_KEYS, what="OPT layer"),
+            num_hidden_layers=layers,
             num_attention_heads=OPT_HEADS[hidden],
             ffn_dim=sd[f"{p}layers.0.fc1.weight"].shape[0],
             vocab_size=embed.shape[0],
@@ -391,7 +393,7 @@ def from_lavis_blip2(
         decoder_config, decoder_state = decoder, None  # built (or loaded) from its config
     elif any(k.startswith("opt_model.") for k in sd):
         decoder_state = {k[len("opt_model.") :]: v for k, v in sd.items() if k.startswith("opt_model.")}
-        decoder_config = opt_config_from_state_dict(decoder_state)
+        decoder_config = opt_config_from_state_dict(decoder_state, "opt_model.")
     else:
         raise ConversionError(
             "the state dict has no opt_model.* weights (LAVIS checkpoints leave out the frozen LLM): "

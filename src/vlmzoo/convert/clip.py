@@ -241,8 +241,9 @@ def openai_vision_state_dict(sd: StateDict, prefix: str = "visual.") -> tuple[Vi
     return config, state
 
 
-def vision_config_from_hub_state_dict(sd: StateDict) -> ViTConfig:
+def vision_config_from_hub_state_dict(sd: StateDict, origin: str = "") -> ViTConfig:
     """OpenAI CLIP vision sizes read off hub-format ``vision_model.*`` tensors (no projection).
+    ``origin``: the prefix the caller stripped from the file's keys (for error messages).
 
     For checkpoints that embed transformers' ``CLIPVisionModel`` of an OpenAI release (LLaVA,
     Vary): QuickGELU, eps 1e-5, ``ln_pre``, no patch bias, and heads by OpenAI's rule (head dim
@@ -250,13 +251,13 @@ def vision_config_from_hub_state_dict(sd: StateDict) -> ViTConfig:
     """
     key = "vision_model.embeddings.patch_embedding.weight"
     if key not in sd:
-        raise ConversionError(f"no CLIP vision tower: {key} is missing")
+        raise ConversionError(f"no CLIP vision tower: {origin}{key} is missing")
     conv = sd[key]
     width, patch = conv.shape[0], conv.shape[-1]
     grid = round((sd["vision_model.embeddings.position_embedding.weight"].shape[0] - 1) ** 0.5)
-    depth = count_blocks(sd, "vision_model.encoder.layers.", HUB_LAYER_KEYS, what="encoder layer")
+    depth = count_blocks(sd, "vision_model.encoder.layers.", HUB_LAYER_KEYS, "encoder layer", origin)
     if depth == 0:
-        raise ConversionError("no CLIP vision layers: vision_model.encoder.layers.0.* is missing")
+        raise ConversionError(f"no CLIP vision layers: {origin}vision_model.encoder.layers.0.* is missing")
     mlp = sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
     return clip_vision_config(grid * patch, patch, width, depth, None).replace(
         mlp_ratio=mlp / width, pool="none"

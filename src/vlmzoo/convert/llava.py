@@ -220,7 +220,7 @@ def from_original_llava(
             raise ConversionError(
                 f"the checkpoint holds its vision tower ({VISION_TOWER}*): do not pass encoder="
             )
-        vision_config = features(vision_config_from_hub_state_dict(tower))
+        vision_config = features(vision_config_from_hub_state_dict(tower, VISION_TOWER))
         vision = vision_config, vision_state_dict_from_hf(tower, vision_config)
     else:
         vision = supplied_encoder(encoder, features, f"no {VISION_TOWER}* keys")

@@ -134,7 +134,9 @@ def _adapter(sd: StateDict) -> tuple[FlamingoConfig, StateDict, str]:
     config = FlamingoConfig(
         in_dim=dim,
         out_dim=first.shape[1],
-        resampler_depth=count_blocks(perceiver, "layers.", PERCEIVER_LAYER_KEYS, what="resampler layer"),
+        resampler_depth=count_blocks(
+            perceiver, "layers.", PERCEIVER_LAYER_KEYS, "resampler layer", "perceiver."
+        ),
         resampler_heads=_heads(perceiver["layers.0.0.to_q.weight"], "perceiver.layers.0.0.to_q.weight"),
         resampler_dim_head=DIM_HEAD,
         num_latents=num_latents,

@@ -133,6 +133,13 @@ def pvt_state_dict_from_original(sd: StateDict) -> StateDict:
     return out
 
 
+def _original_name(key: str) -> str:
+    """A vlmzoo PVT key's name in the original layout (for error messages)."""
+    key = re.sub(r"^patch_embeds\.(\d+)\.", lambda m: f"patch_embed{int(m.group(1)) + 1}.", key)
+    key = re.sub(r"^pos_embeds\.(\d+)$", lambda m: f"pos_embed{int(m.group(1)) + 1}", key)
+    return re.sub(r"^stages\.(\d+)\.", lambda m: f"block{int(m.group(1)) + 1}.", key)
+
+
 def pvt_config_from_state_dict(sd: StateDict) -> PvtConfig:
     """Infer a PVT / FLatten-PVT config from vlmzoo-named tensors (see :func:`pvt_state_dict_from_original`).
 
@@ -142,7 +149,7 @@ def pvt_config_from_state_dict(sd: StateDict) -> PvtConfig:
     Stage and block counts are checked (:func:`~vlmzoo.convert.state_dict.count_blocks`) before
     anything is sized from them.
     """
-    stages = count_blocks(sd, "stages.", ("0.norm1.weight",), what="stage")
+    stages = count_blocks(sd, "stages.", ("0.norm1.weight",), "stage", _original_name)
     if not stages:
         raise ConversionError(
             f"not a PVT state dict: no block1.* (stage 1) keys; found e.g. {sorted(sd)[:3]}"
@@ -155,7 +162,7 @@ def pvt_config_from_state_dict(sd: StateDict) -> PvtConfig:
         proj = sd[f"patch_embeds.{s}.proj.weight"]
         dims.append(proj.shape[0])
         patches.append(proj.shape[-1])
-        depths.append(count_blocks(sd, f"stages.{s}.", BLOCK_KEYS))
+        depths.append(count_blocks(sd, f"stages.{s}.", BLOCK_KEYS, origin=_original_name))
         ratios.append(sd[f"stages.{s}.0.mlp.fc1.weight"].shape[0] / proj.shape[0])
         attn = f"stages.{s}.0.attn."
         linear = f"{attn}positional_encoding" in sd

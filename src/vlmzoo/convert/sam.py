@@ -189,8 +189,11 @@ def from_timm_sam(model: Any) -> SamEncoder:
 
 
 # --- original releases ----------------------------------------------------------------------
-def sam_config_from_state_dict(sd: StateDict) -> SamConfig:
-    """Infer a :class:`SamConfig` from SamEncoder-named tensors (see the module docstring)."""
+def sam_config_from_state_dict(sd: StateDict, origin: str = "") -> SamConfig:
+    """Infer a :class:`SamConfig` from SamEncoder-named tensors (see the module docstring).
+
+    ``origin``: the prefix the caller stripped from the file's keys (for error messages).
+    """
     for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.rel_pos_h"):
         if key not in sd:
             raise ConversionError(
@@ -202,7 +205,7 @@ def sam_config_from_state_dict(sd: StateDict) -> SamConfig:
     grid_h, grid_w = sd["pos_embed"].shape[1:3]
     if grid_h != grid_w:
         raise ConversionError(f"non-square pos_embed grid {grid_h}x{grid_w} is not supported")
-    depth = count_blocks(sd, "blocks.", SAM_BLOCK_KEYS)
+    depth = count_blocks(sd, "blocks.", SAM_BLOCK_KEYS, origin=origin)
     head_dim = sd["blocks.0.attn.rel_pos_h"].shape[1]
     windows, global_indexes = set(), []
     for i in range(depth):
@@ -234,8 +237,9 @@ def from_original_sam(sd: StateDict) -> SamEncoder:
     Bare encoder state dicts (no ``image_encoder.`` prefix) are accepted too; the prompt encoder
     and mask decoder are not part of the result.
     """
-    state = sam_state_dict_from_original(strip_prefix(sd, "image_encoder.", if_present=True))
-    config = sam_config_from_state_dict(state)
+    origin = "image_encoder." if any(k.startswith("image_encoder.") for k in sd) else ""
+    state = sam_state_dict_from_original(strip_prefix(sd, origin))
+    config = sam_config_from_state_dict(state, origin)
     return build_loaded(lambda: SamEncoder(config), state, "segment-anything image_encoder state dict")
 
 

@@ -87,7 +87,11 @@ def fuse_rows(
 
 
 def count_blocks(
-    sd: Mapping[str, object], prefix: str, required: Sequence[str] = (), what: str = "block"
+    sd: Mapping[str, object],
+    prefix: str,
+    required: Sequence[str] = (),
+    what: str = "block",
+    origin: str | Callable[[str], str] = "",
 ) -> int:
     """The number n of blocks ``{prefix}{i}.*`` in ``sd`` (0 when no key is under ``prefix``).
 
@@ -95,8 +99,10 @@ def count_blocks(
     leading zeros, and every block holds each of the ``required`` sub-keys (e.g. ``"norm1.weight"``).
     Otherwise a :class:`ConversionError` names the offending key: a gap or an absurd index
     (``blocks.3000000.norm1.weight`` beside 12 blocks) is a truncated file or a stray key, never
-    a reason to allocate more blocks.
+    a reason to allocate more blocks. ``origin`` gives keys their names in the user's file for
+    the messages: the prefix the caller stripped, or a function from ``sd``'s names to the file's.
     """
+    name = origin if callable(origin) else (lambda key: f"{origin}{key}")
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     first_key: dict[int, str] = {}
     for key in sorted(sd):
@@ -106,9 +112,9 @@ def count_blocks(
         digits = match.group(1)
         if len(digits) > _MAX_INDEX_DIGITS or (len(digits) > 1 and digits[0] == "0"):
             raise ConversionError(
-                f"{key!r}: {digits[:20]}{'...' if len(digits) > 20 else ''} is not a {what} index "
-                f"(indices are 0, 1, 2, ... without leading zeros, at most {_MAX_INDEX_DIGITS} digits); "
-                "remove the key"
+                f"{name(key)[:120]!r}: {digits[:20]}{'...' if len(digits) > 20 else ''} is not a {what} "
+                f"index (indices are 0, 1, 2, ... without leading zeros, at most {_MAX_INDEX_DIGITS} "
+                "digits); remove the key"
             )
         first_key.setdefault(int(digits), key)
     n = len(first_key)
@@ -117,16 +123,16 @@ def count_blocks(
         absent = min(set(range(n)) - set(first_key))
         worst = max(beyond)
         raise ConversionError(
-            f"{first_key[worst]!r} asks for {what} {worst}, but {what} {absent} ({prefix}{absent}.*) is "
-            f"absent: {what}s must be numbered 0 .. n-1 without gaps. The file is truncated or holds a "
-            "stray key; remove the key or restore the missing ones"
+            f"{name(first_key[worst])!r} asks for {what} {worst}, but {what} {absent} "
+            f"({name(f'{prefix}{absent}.')}*) is absent: {what}s must be numbered 0 .. n-1 without gaps. "
+            "The file is truncated or holds a stray key; remove the key or restore the missing ones"
         )
     for i in range(n):
         for sub in required:
             if f"{prefix}{i}.{sub}" not in sd:
                 raise ConversionError(
-                    f"{prefix}{i}.{sub} is missing: every {what} {prefix}<i>.* of this layout has "
-                    f"{sub} ({n} {what}s found, e.g. {first_key[i]})"
+                    f"{name(f'{prefix}{i}.{sub}')} is missing: every {what} of this layout has {sub} "
+                    f"({n} {what}s found, e.g. {name(first_key[i])})"
                 )
     return n
 

@@ -91,7 +91,7 @@ def from_original_vary(sd: StateDict) -> VaryVocabEncoder:
         for k, v in state.items()
         if k.startswith(("patch_embed.", "pos_embed", "blocks.", "neck.", "net_2.", "net_3."))
     }
-    sam = sam_config_from_state_dict(state)
+    sam = sam_config_from_state_dict(state, prefix)
     config: VaryVocabConfig = vary_vocab_config(
         sam, (state["net_2.weight"].shape[0], state["net_3.weight"].shape[0])
     )
@@ -100,12 +100,13 @@ def from_original_vary(sd: StateDict) -> VaryVocabEncoder:
     )
 
 
-def _clip_config_from_state_dict(sd: StateDict) -> ViTConfig:
-    """openai/clip-vit-large-patch14 as Vary loads it (hub-format ``vision_model.*`` tensors)."""
+def _clip_config_from_state_dict(sd: StateDict, origin: str) -> ViTConfig:
+    """openai/clip-vit-large-patch14 as Vary loads it (hub-format ``vision_model.*`` tensors under
+    ``origin`` in the file)."""
     key = "vision_model.embeddings.patch_embedding.weight"
     if key not in sd:
-        raise ConversionError(f"Vary checkpoint without the CLIP tower ({key} under vision_tower.)")
-    return vision_config_from_hub_state_dict(sd)
+        raise ConversionError(f"Vary checkpoint without the CLIP tower ({origin}{key})")
+    return vision_config_from_hub_state_dict(sd, origin)
 
 
 def from_original_vary_encoder(sd: StateDict, vision_select_layer: int = -2) -> FusedEncoder:
@@ -117,7 +118,9 @@ def from_original_vary_encoder(sd: StateDict, vision_select_layer: int = -2) -> 
     """
     root = _anchor_prefix(sd, "mm_projector_vary.weight", "Vary's mm_projector_vary")
     clip_sd = strip_prefix(sd, f"{root}vision_tower.")
-    clip = vary_clip_branch(_clip_config_from_state_dict(clip_sd)).replace(feature_layer=vision_select_layer)
+    clip = vary_clip_branch(_clip_config_from_state_dict(clip_sd, f"{root}vision_tower.")).replace(
+        feature_layer=vision_select_layer
+    )
     vocab = from_original_vary(strip_prefix(sd, f"{root}vision_tower_high."))
     projections = {}
     for tower, name in (("clip", "mm_projector"), ("vocab", "mm_projector_vary")):

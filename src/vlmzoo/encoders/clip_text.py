@@ -1,4 +1,5 @@
-"""The CLIP text tower (Radford et al. 2021, SPEC §1.3): a causal transformer pooled at EOT."""
+"""The CLIP text tower (Radford et al. 2021, section 2.4; openai/CLIP's ``clip/model.py``
+``encode_text``): a causal transformer pooled at EOT."""
 
 from __future__ import annotations
 

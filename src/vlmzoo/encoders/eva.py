@@ -1,4 +1,5 @@
-"""EVA-CLIP ViT-g/14 as BLIP-2's frozen image encoder (Fang et al. 2023; Li et al. 2023, SPEC §6.1).
+"""EVA-CLIP ViT-g/14 as BLIP-2's frozen image encoder (Fang et al. 2023; Li et al. 2023, BLIP-2
+section 3.4; LAVIS's ``lavis/models/eva_vit.py``).
 
 No new module: EVA is a :class:`VisionTransformer` with a few switches —
 

@@ -1,4 +1,4 @@
-"""Two vision encoders run side by side, each optionally projected, and joined (Vary, SPEC §3.2-3.3).
+"""Two vision encoders run side by side, each optionally projected, and joined (Vary's dual towers).
 
 ::
 
@@ -25,7 +25,8 @@ trained projections — is a freezing rule on names.
 
 How the images are given. Vary feeds each tower its own preprocessed image: CLIP's processor
 output (shortest-side resize + center crop to 224, CLIP mean/std) and a 1024x1024 resize of the
-whole image with another normalisation (SPEC §3.3). One high-res tensor resized inside the
+whole image with another normalisation (Vary-toy's ``BlipImageEvalProcessor(1024)``, CLIP
+mean/std; Vary-base's ``test_transform``, ImageNet mean/std). One high-res tensor resized inside the
 model cannot reproduce that (the crop and, for Vary-base, the mean/std differ), so the faithful
 input is one tensor per tower: a tuple/list in tower order, or a dict keyed by the tower names
 (``{"clip": x224, "vocab": x1024}``). For convenience (e.g. a VLM that passes one

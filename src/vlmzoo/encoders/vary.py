@@ -1,9 +1,11 @@
-"""Vary's "new vision vocabulary" network and the Vary / Vary-toy dual-tower encoders (SPEC §3).
+"""Vary's "new vision vocabulary" network and the Vary / Vary-toy dual-tower encoders (Wei et al.
+2023, "Vary: Scaling up the Vision Vocabulary for Large Vision-Language Models", section 3).
 
 The vocabulary network (Vary's ``vision_tower_high``, also GOT-OCR2's vision tower + the two
-convs of transformers' ``GotOcr2MultiModalProjector``) is the SAM ViT-B image encoder of §2 —
-1024 px, 64 x 64 grid, neck to 256 channels — followed by two bias-free stride-2 3x3 convs with
-nothing between or after them (SPEC §3.1)::
+convs of transformers' ``GotOcr2MultiModalProjector``) is the SAM ViT-B image encoder
+(:mod:`vlmzoo.encoders.sam`) — 1024 px, 64 x 64 grid, neck to 256 channels — followed by two
+bias-free stride-2 3x3 convs with nothing between or after them (``net_2``, ``net_3`` of Vary's
+``vary/model/vision_encoder/sam.py``)::
 
     neck [B, 256, 64, 64] -> net_2 [B, 512, 32, 32] -> net_3 [B, 1024, 16, 16] -> tokens [B, 256, 1024]
 
@@ -12,20 +14,22 @@ are the SAM keys plus ``net_2.weight``/``net_3.weight``, as in Vary's checkpoint
 ``hidden_states`` are the SAM trunk's.
 
 Vary-base and Vary-toy run this vocabulary beside CLIP-L/14 and join the two token sets along
-channels (SPEC §3.2-3.3): the presets ``vary-base-encoder`` / ``vary-toy-encoder`` are
+channels (``vary/model/vary_qwen_vary.py``: ``torch.cat`` of the two projected sets on the last
+dimension; Vary-toy's ``vary_toy_qwen1_8.py`` the same): the presets ``vary-base-encoder`` / ``vary-toy-encoder`` are
 :class:`~vlmzoo.encoders.fusion.FusedEncoder` configs — see that module for why the per-tower
 projections (Vary's LLM-side ``mm_projector`` and ``mm_projector_vary``) live in the fused
 encoder, and for how the two images (CLIP 224 px, vocabulary 1024 px) are passed.
 
 - CLIP branch ``clip``: OpenAI CLIP ViT-L/14 at 224 px, ``hidden_states[-2]`` without CLS
-  (16 x 16 = 256 tokens, width 1024). ``-2`` is the README's training recipe; the value stored in
-  the released configs was not seen (SPEC caveats).
+  (16 x 16 = 256 tokens, width 1024). ``-2`` is the README's training recipe
+  (``--vision_select_layer -2``); the value stored in the released configs was not seen.
 - Vocabulary branch ``vocab``: the network above at 1024 px (16 x 16 = 256 tokens, width 1024).
 - Projections Linear(1024 -> 2048) each for Vary-base (-> 4096 = Qwen-7B hidden), Linear(1024 ->
   1024) each for Vary-toy (-> 2048 = Qwen-1.8B hidden); both with bias.
-- Preprocessing differs per branch and per release (SPEC §3.3): CLIP's processor for ``clip``;
-  for ``vocab`` a 1024x1024 bicubic resize normalised with CLIP mean/std (Vary-toy) or
-  ImageNet mean/std (Vary-base).
+- Preprocessing differs per branch and per release: CLIP's processor for ``clip``; for ``vocab``
+  a 1024x1024 bicubic resize normalised with CLIP mean/std (Vary-toy's
+  ``vary/model/plug/blip_process.py``) or ImageNet mean/std (Vary-base's
+  ``vary/model/plug/transforms.py``).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from vlmzoo.registry import register, register_architecture
 
 @dataclass
 class VaryVocabConfig(SamConfig):
-    """A :class:`SamConfig` plus the output widths of the two stride-2 convs (SPEC §3.1)."""
+    """A :class:`SamConfig` plus the output widths of the two stride-2 convs (``net_2``, ``net_3``)."""
 
     net_dims: tuple[int, int] = (512, 1024)
 
@@ -70,7 +74,7 @@ class VaryVocabEncoder(SamEncoder):
     def __init__(self, config: VaryVocabConfig):
         super().__init__(config)
         mid, out = config.net_dims
-        # No norm, no activation, no bias (SPEC §3.1).
+        # No norm, no activation, no bias (Vary's vision_encoder/sam.py).
         self.net_2 = nn.Conv2d(super().out_dim, mid, kernel_size=3, stride=2, padding=1, bias=False)
         self.net_3 = nn.Conv2d(mid, out, kernel_size=3, stride=2, padding=1, bias=False)
 
@@ -101,12 +105,14 @@ def vary_vocab_config(sam: SamConfig, net_dims: tuple[int, int] = (512, 1024)) -
 
 
 def vary_clip_branch(clip: ViTConfig) -> ViTConfig:
-    """Vary's CLIP branch: penultimate block, CLS dropped, no pooling or projection (SPEC §3.2)."""
+    """Vary's CLIP branch: penultimate block, CLS dropped, no pooling or projection (Vary's
+    ``vary_qwen_vary.py``: ``hidden_states[vision_select_layer][:, 1:]``)."""
     return clip.replace(feature_layer=-2, feature_tokens="patch", pool="none", embed_dim=None)
 
 
 def vary_fused_config(clip: ViTConfig, vocab: VaryVocabConfig, proj_dim: int | None) -> FusedEncoderConfig:
-    """CLIP branch + vocabulary, each projected to ``proj_dim``, joined along channels (SPEC §3.2)."""
+    """CLIP branch + vocabulary, each projected to ``proj_dim``, joined along channels (Vary's
+    ``mm_projector`` / ``mm_projector_vary``, then ``torch.cat(..., dim=-1)``)."""
     return FusedEncoderConfig(
         first=vary_clip_branch(clip),
         second=vocab,

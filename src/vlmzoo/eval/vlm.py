@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from vlmzoo.processing.prompts import IGNORE_INDEX, collate
+from vlmzoo.decoders.hf import IGNORE_INDEX
+from vlmzoo.processing.prompts import collate
 from vlmzoo.processing.tokenizer import Tokenizer
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from vlmzoo.adapters.base import Adapter
 from vlmzoo.registry import KINDS, Kind, get_entry, list_models
 
 
@@ -64,18 +65,12 @@ def summarize(name: str, kind: Kind | None = None, image_size: int | None = None
     tokens = gflops = size = None
     if tower is not None:
         size = image_size or tower.config.image_size
-        # A VLM's image cost includes its adapter; its tokens are what the text receives.
-        image_fn = model.image_features if hasattr(model, "image_features") else tower
-        if getattr(model, "injection", None) == "cross_attention":  # + the perceiver resampler
-
-            def image_fn(x: torch.Tensor) -> torch.Tensor:
-                return model.adapter(model.image_features(x))
-
         tokens = tower.num_tokens(size)
-        if getattr(model, "injection", None) == "prefix":
-            tokens = model.adapter.num_tokens(tokens)
-        elif getattr(model, "injection", None) == "cross_attention":
-            tokens = 1  # one placeholder token in the text; the latents enter through cross-attention
+        image_fn = tower
+        adapter = getattr(model, "adapter", None)
+        if isinstance(adapter, Adapter):  # a VLM: its adapter says what an image costs before the decoder
+            image_fn = model.image_features
+            tokens = adapter.tokens_per_image(tokens)  # positions one image takes in the text
         counter = FlopCounterMode(display=False)
         with counter:  # grad mode on: the flop counter's module tracker needs it (meta tensors cost nothing)
             image_fn(torch.empty(1, tower.config.in_channels, size, size, device="meta"))

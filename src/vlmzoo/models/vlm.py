@@ -1,17 +1,20 @@
 """VisionLanguageModel: any vision encoder x any adapter x any Hugging Face causal LM.
 
-    pixel_values ─► encoder ─► tokens [n_img, N, C_enc] ─► adapter ─┐
-    input_ids (with image placeholders) ─► decoder embeddings ──────┴► decoder ─► logits
+    pixel_values ─► encoder ─► tokens [n_img, N, C_enc] ─┐
+    input_ids (with image placeholders) ─────────────────┴► adapter.prepare ─► decoder ─► logits
+                                                             (decoder inputs + conditioning)
 
-A prefix adapter's M embeddings per image replace that image's placeholder in the text (LLaVA,
-BLIP-2, Vary); a cross-attention adapter instead conditions gated layers inside the decoder and
-the placeholder stays a real token (Flamingo). Images are given flat, ``pixel_values``
-[n_img, C, H, W], in reading order of their placeholders across the batch, so samples may hold
-several images or none.
+How images condition the decoder is the adapter's business (:mod:`vlmzoo.adapters.base`): a prefix
+adapter's M embeddings per image replace that image's placeholder in the text (LLaVA, BLIP-2,
+Vary); Flamingo's adapter conditions gated layers inside the decoder and the placeholder stays a
+real token. The model runs one path for every adapter: check the inputs, encode the images,
+``adapter.prepare``, check the length, run the decoder (or ``generate``) inside the prepared
+conditioning. Images are given flat, ``pixel_values`` [n_img, C, H, W], in reading order of their
+placeholders across the batch, so samples may hold several images or none.
 
 Placeholders are counted against images before any compute, and an image span is never cut:
-mismatches raise :class:`InputError` with both counts (the "image features and image tokens do
-not match" failure of other VLM code bases, DESIGN item 10).
+mismatches raise :class:`InputError` with both counts (transformers' modeling_llava.py finds the
+same mistake only after the encoder ran: "Image features and image tokens do not match").
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
+from vlmzoo.adapters.base import Adapter, Prepared, TextLayout
 from vlmzoo.config import Config
-from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
+from vlmzoo.decoders.hf import IGNORE_INDEX, DecoderConfig, HFDecoder, cache_length, kv_cache
 from vlmzoo.errors import ConfigError, InputError, require
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import architecture_for, build, register_architecture
@@ -31,7 +35,7 @@ from vlmzoo.weights.hub import HubMixin
 
 Trainable = Literal["frozen", "full"]
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "VLMConfig", "VLMOutput", "VisionLanguageModel", "kv_cache"]
 
 
 @dataclass
@@ -63,6 +67,11 @@ class VLMConfig(Config):
         if self.max_length is not None:
             self._check_positive("max_length")
 
+    @property
+    def layout(self) -> TextLayout:
+        """How images sit in this model's text (what the adapter is bound with)."""
+        return TextLayout(self.image_token_id, self.expand_image_tokens, self.max_length)
+
 
 @dataclass
 class VLMOutput:
@@ -90,12 +99,9 @@ def _num_images(pixel_values: Any) -> int:
     return counts.pop()
 
 
-def kv_cache(output: Any) -> Any:
-    """The KV cache of a transformers output (``cache`` in transformers >= 5.2, else ``past_key_values``)."""
-    for name in ("cache", "past_key_values"):
-        if name in output:
-            return output[name]
-    return None
+def _cache_of(kwargs: dict[str, Any]) -> Any:
+    """The KV cache among a decoder call's keyword arguments (either transformers name)."""
+    return kwargs.get("cache", kwargs.get("past_key_values"))
 
 
 @register_architecture
@@ -108,45 +114,24 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         super().__init__()
         encoder = build(config.encoder)
         decoder = HFDecoder(config.decoder)
-        adapter_config = config.adapter
-        # A prefix adapter writes into the embedding space; cross-attention into the layers' width.
-        cross = architecture_for(config.adapter).injection == "cross_attention"
-        out_width = decoder.layer_width if cross else decoder.hidden_size
-        fill = {
-            k: v
-            for k, v in (("in_dim", encoder.out_dim), ("out_dim", out_width))
-            if hasattr(adapter_config, k) and getattr(adapter_config, k) is None
-        }
-        if fill:
-            adapter_config = adapter_config.replace(**fill)
+        kind = architecture_for(config.adapter)
+        if not issubclass(kind, Adapter):
+            raise ConfigError(
+                f"VLMConfig.adapter={type(config.adapter).__name__}: {kind.__name__} is not an adapter "
+                "(a subclass of vlmzoo.adapters.Adapter)"
+            )
+        adapter_config = kind.fit_config(config.adapter, encoder.out_dim, decoder)
+        if adapter_config is not config.adapter:
             config = config.replace(adapter=adapter_config)
         self.config = config
         self.encoder, self.decoder = encoder, decoder
-        self.adapter = build(adapter_config)
-        self._check_dims()
-        if self.injection == "cross_attention":
-            if not 0 <= config.image_token_id < decoder.vocab_size:
-                raise ConfigError(
-                    f"VLMConfig.image_token_id={config.image_token_id}: cross-attention keeps the "
-                    f"placeholder in the text, so it must be a token id in [0, {decoder.vocab_size})"
-                )
-            self.adapter.attach(decoder)
+        self.adapter: Adapter = build(adapter_config)
+        if self.adapter.in_dim != encoder.out_dim:
+            raise ConfigError(f"adapter in_dim={self.adapter.in_dim} != encoder out_dim={encoder.out_dim}")
+        self.adapter.bind(decoder, config.layout)
         self.set_trainable(
             encoder=config.train_encoder, adapter=config.train_adapter, decoder=config.train_decoder
         )
-
-    @property
-    def injection(self) -> str:
-        return self.adapter.injection
-
-    def _check_dims(self) -> None:
-        a = self.adapter
-        if getattr(a.config, "in_dim", self.encoder.out_dim) != self.encoder.out_dim:
-            raise ConfigError(f"adapter in_dim={a.config.in_dim} != encoder out_dim={self.encoder.out_dim}")
-        if self.injection == "prefix" and a.out_dim != self.decoder.hidden_size:
-            raise ConfigError(
-                f"adapter out_dim={a.out_dim} != decoder hidden size={self.decoder.hidden_size}"
-            )
 
     # --- training setup ---------------------------------------------------------------------
     def set_trainable(
@@ -158,8 +143,10 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         """Freeze (``"frozen"``) or unfreeze (``"full"``) each part by ``requires_grad`` only.
 
         Nothing runs under ``no_grad``: a frozen part simply builds no graph, and unfreezing it
-        later works (DESIGN item 6). Gated cross-attention blocks are the adapter's parameters
-        (they run through hooks on the decoder layers), so ``decoder="frozen"`` leaves them trainable.
+        later works (LLaVA's ``CLIPVisionTower.forward`` runs under ``torch.no_grad``, in
+        llava/model/multimodal_encoder/clip_encoder.py, so its tower cannot be unfrozen by flags).
+        Gated cross-attention blocks are the adapter's parameters (they run through hooks on the
+        decoder layers), so ``decoder="frozen"`` leaves them trainable.
         """
         for part, mode in (("encoder", encoder), ("decoder", decoder), ("adapter", adapter)):
             if mode is None:
@@ -175,19 +162,19 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         all three."""
         return [self.encoder, self.adapter, self.decoder]
 
-    # --- images -> embeddings -------------------------------------------------------------------
+    # --- images ---------------------------------------------------------------------------------
     @property
     def tokens_per_image(self) -> int:
-        """M: the embeddings one image occupies in the text (1 placeholder for cross-attention)."""
-        if self.injection != "prefix":
-            return 1
-        return self.adapter.num_tokens(self.encoder.num_tokens())
+        """Positions one image takes in the decoder's sequence: the adapter's M embeddings for a
+        prefix adapter, 1 (its ``<image>`` token) for Flamingo."""
+        return self.adapter.tokens_per_image(self.encoder.num_tokens())
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[n_img, C, H, W] -> [n_img, M, hidden] adapter outputs (prefix) or visual tokens."""
-        tokens = self.encoder(pixel_values).tokens
-        return self.adapter(tokens) if self.injection == "prefix" else tokens
+        """[n_img, C, H, W] -> [n_img, M, D]: what the adapter makes of the images before the
+        decoder (the spliced embeddings of a prefix adapter, Flamingo's resampled latents)."""
+        return self.adapter.visual_features(self.encoder(pixel_values).tokens)
 
+    # --- checks -----------------------------------------------------------------------------
     def _check_inputs(
         self,
         pixel_values: torch.Tensor | None,
@@ -195,6 +182,7 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         attention_mask: torch.Tensor | None,
         labels: torch.Tensor | None,
     ) -> int:
+        """Shapes, devices and values of one call's inputs; returns the number of images."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
             raise InputError(
                 f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', type(input_ids))}"
@@ -206,14 +194,10 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         for name, t in (("attention_mask", attention_mask), ("labels", labels)):
             if t is not None and t.shape != input_ids.shape:
                 raise InputError(f"{name} shape {tuple(t.shape)} != input_ids shape {tuple(input_ids.shape)}")
-        device = self.decoder.embed_tokens.weight.device
-        if input_ids.device != device:
-            raise InputError(
-                f"input_ids are on {input_ids.device} but the decoder's weights are on {device}; "
-                "move one of them with .to()"
-            )
+        self._check_device(input_ids)
         # Value checks go through require(): exact errors eagerly, graph assertions when compiled.
-        image_id, vocab = self.config.image_token_id, self.decoder.vocab_size
+        layout, vocab = self.config.layout, self.decoder.vocab_size
+        image_id = layout.image_token_id
         is_image = input_ids == image_id
         text = input_ids.masked_fill(is_image, 0)
         lowest, highest = text.min(), text.max()
@@ -226,11 +210,13 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
             )
 
         require((lowest >= 0) & (highest < vocab), range_error, f"token ids outside [0, {vocab})")
+        if attention_mask is not None:
+            _check_attention_mask(attention_mask)
+        if labels is not None:
+            _check_labels(labels, is_image, vocab)
         placeholders = is_image.sum()
         num_images = _num_images(pixel_values)
-        per_image = (
-            1 if self.config.expand_image_tokens or self.injection != "prefix" else self.tokens_per_image
-        )
+        per_image = layout.placeholders_per_image(self.tokens_per_image)
 
         def count_error() -> str:
             unit = "placeholder per image" if per_image == 1 else f"placeholders per image ({per_image} each)"
@@ -246,109 +232,60 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         )
         return num_images
 
-    def _check_length(self, length: int, new_tokens: int = 0) -> None:
+    def _check_device(self, input_ids: torch.Tensor) -> None:
+        """A model without weights (on the meta device) or inputs on another device than the weights."""
+        if input_ids.device.type != "meta":
+            for name in ("encoder", "adapter", "decoder"):
+                weight = next(getattr(self, name).parameters(), None)
+                if weight is not None and weight.is_meta:
+                    raise InputError(
+                        f"the model's {name} is on the meta device: its weights have shapes but no values "
+                        "(it was built under torch.device('meta'), as size summaries do). Build it on a real "
+                        "device or load weights first: vlmzoo.load(path), or model.to_empty(device='cpu') "
+                        "then load_state_dict(...)"
+                    )
+        device = self.decoder.embed_tokens.weight.device
+        if input_ids.device != device:
+            raise InputError(
+                f"input_ids are on {input_ids.device} but the decoder's weights are on {device}; "
+                "move one of them with .to()"
+            )
+
+    def _check_length(self, length: int, new_tokens: int = 0, cached: int = 0) -> None:
         """Refuse a (merged) sequence longer than ``max_length`` or than the decoder's learned
-        position table (GPT-2, OPT), which would otherwise fail deep inside with an IndexError."""
-        total = length + new_tokens
-        plus = f" + {new_tokens} new tokens" if new_tokens else ""
+        position table (GPT-2, OPT), which would otherwise fail deep inside with an IndexError.
+        ``cached`` tokens already in a KV cache and ``new_tokens`` to generate count too."""
+        total = cached + length + new_tokens
+        extra = (f" + {cached} in the KV cache" if cached else "") + (
+            f" + {new_tokens} new tokens" if new_tokens else ""
+        )
         if self.config.max_length is not None and total > self.config.max_length:
-            raise InputError(f"sequence of {length} tokens{plus} > max_length={self.config.max_length}")
+            raise InputError(f"sequence of {length} tokens{extra} > max_length={self.config.max_length}")
         limit = self.decoder.max_positions
         if limit is not None and total > limit:
             raise InputError(
-                f"sequence of {length} tokens{plus} exceeds the {limit} learned positions of the "
-                f"{self.decoder.lm.config.model_type} decoder; shorten the text or use fewer images"
+                f"sequence of {length} tokens{extra} exceeds the {limit} learned positions of the "
+                f"{self.decoder.lm.config.model_type} decoder; shorten the text, use fewer images or "
+                "generate fewer tokens"
             )
 
-    def merge(
+    # --- one path for every adapter -----------------------------------------------------------
+    def _prepare(
         self,
-        input_ids: torch.Tensor,
-        features: torch.Tensor | None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Splice image embeddings into the text: returns (inputs_embeds, attention_mask, labels).
-
-        ``features`` [n_img, M, hidden] in placeholder order. With expansion, each placeholder
-        becomes M positions; padding stays on the side it was on (left padding is kept for
-        generation). Image positions get label ``IGNORE_INDEX``.
-        """
-        b, length = input_ids.shape
-        image_id = self.config.image_token_id
-        is_image = input_ids == image_id
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        text_embeds = self.decoder.embed(input_ids.masked_fill(is_image, 0))
-        if features is None:
-            return text_embeds, attention_mask, labels
-        features = features.to(text_embeds.dtype)
-        m = features.shape[1]
-        if not self.config.expand_image_tokens:
-            embeds = text_embeds.masked_scatter(is_image[..., None], features.reshape(-1, features.shape[-1]))
-            return (
-                embeds,
-                attention_mask,
-                None if labels is None else labels.masked_fill(is_image, IGNORE_INDEX),
-            )
-        width = torch.where(is_image, m, 1)
-        start = width.cumsum(dim=1) - width  # first merged position of each input token
-        total, offset = self._merged_length(is_image, width, attention_mask, features.shape[0], m)
-        if self.config.max_length is not None and total > self.config.max_length:
-            raise InputError(
-                f"with {m} tokens per image the sequence grows to {total} > max_length="
-                f"{self.config.max_length}; truncating would cut an image span, shorten the text"
-            )
-        # Data movement by scatters of static shape (no boolean indexing), so that the merge traces
-        # into one torch.compile graph. Every input token lands at `position`; a placeholder's slot
-        # is then overwritten by its image's M embeddings, in placeholder (row-major) order.
-        position = start + offset[:, None]
-        hidden = text_embeds.shape[-1]
-        embeds = text_embeds.new_zeros(b, total, hidden)
-        embeds = embeds.scatter(1, position[..., None].expand(b, length, hidden), text_embeds)
-        spans = torch.zeros(b, total + 1, dtype=torch.long, device=input_ids.device)
-        spans = spans.scatter_add(1, position, is_image.long())  # +1 where an image starts
-        spans = spans.scatter_add(1, position + width - 1 + is_image.long(), -is_image.long())  # -1 after it
-        image_slot = spans.cumsum(dim=1)[:, :total] > 0
-        embeds = embeds.masked_scatter(image_slot[..., None], features)
-        mask = (
-            attention_mask.new_zeros(b, total).scatter(1, position, attention_mask).masked_fill(image_slot, 1)
-        )
-        new_labels = None
-        if labels is not None:
-            new_labels = labels.new_full((b, total), IGNORE_INDEX).scatter(1, position, labels)
-            new_labels = new_labels.masked_fill(image_slot, IGNORE_INDEX)
-        return embeds, mask, new_labels
-
-    def _merged_length(
-        self,
-        is_image: torch.Tensor,
-        width: torch.Tensor,
-        attention_mask: torch.Tensor,
+        pixel_values: Any,
         num_images: int,
-        m: int,
-    ) -> tuple[int, torch.Tensor]:
-        """(merged length, per-row offset [B]) of the expanded sequence.
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        new_tokens: int = 0,
+        cache: Any = None,
+    ) -> Prepared:
+        """Encode the images, let the adapter prepare the decoder's inputs, check their length."""
+        tokens = self.encoder(pixel_values).tokens if num_images else None
+        prepared = self.adapter.prepare(self.decoder, input_ids, tokens, attention_mask, labels)
+        self._check_length(prepared.length, new_tokens, cache_length(cache))
+        return prepared
 
-        Eagerly: the longest row, and left-padded rows shifted right so that their padding stays on
-        the left (as generation needs). While ``torch.compile`` traces, the length must not depend on
-        where the placeholders are, so every sample must hold the same number of images (asserted
-        inside the graph): then every row has the same length and none is shifted.
-        """
-        b, length = is_image.shape
-        new_len = width.sum(dim=1)
-        if torch.compiler.is_compiling():
-            per_row = num_images // b
-            torch._assert_async(
-                (is_image.sum(dim=1) == per_row).all() & (num_images % b == 0),
-                "under torch.compile with expand_image_tokens=True every sample must hold the same "
-                "number of images (or use expand_image_tokens=False)",
-            )
-            return length + per_row * (m - 1), torch.zeros_like(new_len)
-        total = int(new_len.max())
-        left_padded = bool((attention_mask[:, 0] == 0).any() and (attention_mask[:, -1] == 1).all())
-        return total, (total - new_len) if left_padded else torch.zeros_like(new_len)
-
-    # --- forward and generation -------------------------------------------------------------
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -361,29 +298,18 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
 
         ``pixel_values`` [n_img, C, H, W] (a tuple/dict of them for a two-tower encoder);
         ``input_ids`` [B, L] with one placeholder per image (or
-        M with ``expand_image_tokens=False``); ``attention_mask`` [B, L] 1 = token, 0 = padding.
+        M with ``expand_image_tokens=False``); ``attention_mask`` [B, L] 1 = token, 0 = padding
+        (integers or floats; bool masks are refused, see docs/errors.md). ``decoder_kwargs`` go to
+        the decoder (``cache`` to continue a KV cache, ``use_cache``).
         """
         if input_ids is None:
             raise InputError("input_ids are required")
         num_images = self._check_inputs(pixel_values, input_ids, attention_mask, labels)
-        if self.injection == "cross_attention":
-            self._check_length(input_ids.shape[1])
-            self.adapter.condition(
-                self.image_features(pixel_values) if num_images else None,
-                input_ids,
-                self.config.image_token_id,
-            )
-            if labels is not None:  # the <image> token itself is not a prediction target (OpenFlamingo)
-                labels = labels.masked_fill(input_ids == self.config.image_token_id, IGNORE_INDEX)
-            out = self.decoder(
-                input_ids=input_ids, attention_mask=attention_mask, labels=labels, **decoder_kwargs
-            )
-            return VLMOutput(out.logits, out.loss, attention_mask, labels, kv_cache(out))
-        features = self.image_features(pixel_values) if num_images else None
-        embeds, mask, merged_labels = self.merge(input_ids, features, attention_mask, labels)
-        self._check_length(embeds.shape[1])
-        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, labels=merged_labels, **decoder_kwargs)
-        return VLMOutput(out.logits, out.loss, mask, merged_labels, kv_cache(out))
+        cache = _cache_of(decoder_kwargs)
+        prepared = self._prepare(pixel_values, num_images, input_ids, attention_mask, labels, cache=cache)
+        with prepared.conditioning:
+            out = self.decoder(**prepared.decoder_inputs(), **decoder_kwargs)
+        return VLMOutput(out.logits, out.loss, prepared.attention_mask, prepared.labels, kv_cache(out))
 
     @torch.no_grad()
     def generate(
@@ -397,37 +323,25 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         """Greedy (default) or sampled continuation with the KV cache: returns new tokens [B, T].
 
         Batch prompts must be left-padded (``attention_mask`` 0 on the left). Image features are
-        computed once, before decoding starts.
+        computed once, before decoding starts; every decoding step runs in the same conditioning.
         """
-        num_images = self._check_inputs(pixel_values, input_ids, attention_mask, None)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive int")
+        num_images = self._check_inputs(pixel_values, input_ids, attention_mask, None)
         if attention_mask is not None and bool((attention_mask[:, -1] == 0).any()):
             raise InputError(
                 "generate() needs left padding: a prompt ends in padding (attention_mask[:, -1] == 0)"
             )
+        cache = _cache_of(generate_kwargs)
+        prepared = self._prepare(
+            pixel_values, num_images, input_ids, attention_mask, None, max_new_tokens, cache
+        )
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("pad_token_id", self._pad_token_id())
-        if self.injection == "cross_attention":
-            self._check_length(input_ids.shape[1], max_new_tokens)
-            self.adapter.condition(
-                self.image_features(pixel_values) if num_images else None,
-                input_ids,
-                self.config.image_token_id,
+        with prepared.conditioning:
+            return self.decoder.generate(
+                **prepared.decoder_inputs(), max_new_tokens=max_new_tokens, **generate_kwargs
             )
-            out = self.decoder.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens,
-                **generate_kwargs,
-            )
-            return out[:, input_ids.shape[1] :]
-        features = self.image_features(pixel_values) if num_images else None
-        embeds, mask, _ = self.merge(input_ids, features, attention_mask)
-        self._check_length(embeds.shape[1], max_new_tokens)
-        return self.decoder.generate(
-            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **generate_kwargs
-        )
 
     def _pad_token_id(self) -> int:
         cfg = self.decoder.lm.config
@@ -438,3 +352,66 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
             if value is not None:
                 return int(value)
         return 0
+
+
+# --- value checks of the text inputs -------------------------------------------------------------
+def _check_attention_mask(mask: torch.Tensor) -> None:
+    """1 = token, 0 = padding, and every sample has a token: other masks mean something else.
+
+    Bool masks are refused rather than read as 0/1: torch.nn's ``key_padding_mask`` uses True for
+    *padding*, transformers' tokenizers 1 for tokens, so a bool mask's polarity is a guess.
+    Additive masks (0 = attend, a large negative number = masked) hold values other than 0/1, or,
+    without padding, are all 0: both are refused with the conversion to use.
+    """
+    if mask.dtype == torch.bool:
+        raise InputError(
+            "attention_mask is a bool tensor, whose meaning is ambiguous (transformers reads 1 as a "
+            "token, torch.nn's key_padding_mask reads True as padding): pass mask.long() if True marks "
+            "tokens, or (~mask).long() if True marks padding"
+        )
+    if mask.dtype.is_complex:
+        raise InputError(f"attention_mask must hold 0 (padding) and 1 (token), got a {mask.dtype} tensor")
+    binary = (mask == 0) | (mask == 1)
+
+    def values_error() -> str:
+        other = mask[~binary]
+        shown = ", ".join(f"{v:g}" for v in torch.unique(other)[:4].tolist())
+        hint = (
+            "it looks additive (0 = attend, negative = masked): pass (mask == 0).long()"
+            if bool((mask <= 0).all())
+            else "mark tokens with 1 and padding with 0"
+        )
+        return (
+            f"attention_mask must hold only 0 (padding) and 1 (token), got {other.numel()} other "
+            f"values ({shown}); {hint}"
+        )
+
+    require(binary.all(), values_error, "attention_mask holds values other than 0 (padding) and 1 (token)")
+    has_token = (mask != 0).any(dim=1)
+
+    def empty_error() -> str:
+        rows = (~has_token).nonzero().flatten().tolist()
+        return (
+            f"attention_mask rows {rows} are all 0: those samples have no token to attend to; drop "
+            "them from the batch (an additive mask without padding is all 0 too: pass (mask == 0).long())"
+        )
+
+    require(has_token.all(), empty_error, "an attention_mask row is all 0 (a sample without any token)")
+
+
+def _check_labels(labels: torch.Tensor, is_image: torch.Tensor, vocab: int) -> None:
+    """Token ids of the vocabulary, or ``IGNORE_INDEX`` where not scored. Labels at image
+    placeholders are never scored (the adapter sets them to ``IGNORE_INDEX``), so any value goes."""
+    if labels.dtype not in (torch.int32, torch.int64):
+        raise InputError(f"labels must be an integer tensor of token ids, got {labels.dtype}")
+    valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < vocab)) | is_image
+
+    def range_error() -> str:
+        bad = labels[~valid]
+        return (
+            f"labels must be token ids in [0, {vocab}) (the decoder's vocabulary) or {IGNORE_INDEX} "
+            f"(not scored), got {bad.numel()} other values in [{int(bad.min())}, {int(bad.max())}]; "
+            f"mark positions that are not scored with {IGNORE_INDEX} (vlmzoo.decoders.hf.IGNORE_INDEX)"
+        )
+
+    require(valid.all(), range_error, f"labels outside [0, {vocab}) other than {IGNORE_INDEX}")

@@ -181,7 +181,11 @@ class AnswerStream:
     def finish(self, answers: Sequence[str]) -> None:
         """Send each row's rest of its final answer."""
         for i, answer in enumerate(answers):
-            if self.on_text is not None and answer.startswith(self.sent[i]) and len(answer) > len(self.sent[i]):
+            if (
+                self.on_text is not None
+                and answer.startswith(self.sent[i])
+                and len(answer) > len(self.sent[i])
+            ):
                 self.on_text(i, answer[len(self.sent[i]) :])
                 self.sent[i] = answer
 

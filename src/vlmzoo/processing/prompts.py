@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from vlmzoo.decoders.hf import IGNORE_INDEX
 from vlmzoo.errors import InputError
 from vlmzoo.processing.tokenizer import Tokenizer
-
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 A :class:`TemplateConfig` writes ``system``, then each turn through ``user`` / ``assistant``
 (``{}`` marks the message), then ``generation``, the text that opens the reply. Images are placed
-by ``images_at``: ``"first_user"`` writes ``image`` once per image in front of the first user
-message (LLaVA, Vary), ``"each_user"`` one image in front of every user message (OpenFlamingo's
-few-shot prompts: each example is an image and its answer), ``"prefix"`` writes nothing in the
-text because the image tokens precede the whole sequence, BOS included (BLIP-2; the processor
-puts them there). When the caller has written the image placeholder in the texts themselves,
+by ``images_at``: ``"first_user"`` writes ``image`` once per image at the start of the first
+user message (LLaVA, Vary), ``"each_example"`` one image in front of every user turn
+(OpenFlamingo's few-shot prompts: each example is an image, a question and its answer),
+``"prefix"`` writes nothing in the text because the image tokens precede the whole sequence, BOS
+included (BLIP-2; the processor puts them there). When the caller has written the image placeholder in the texts themselves,
 the template adds none.
 
 The published templates, with their sources:
@@ -39,7 +39,7 @@ from typing import Any, Literal
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError
 
-ImagesAt = Literal["first_user", "each_user", "prefix"]
+ImagesAt = Literal["first_user", "each_example", "prefix"]
 ROLES = ("user", "assistant")
 
 # A finished exchange: (role, text) pairs or {"role": ..., "content": ...} dicts, user first.
@@ -77,33 +77,32 @@ class TemplateConfig(Config):
         placeholders against images is the processor's check (it sees the tokens).
         """
         turns = [*normalize_history(history), ("user", question)]
-        if not any(image_token in text for _, text in turns):
-            turns = self._place_images(turns, num_images, image_token)
+        before = [""] * len(turns)  # image text in front of each formatted turn
+        if num_images and not any(image_token in text for _, text in turns):
+            turns, before = self._place_images(turns, before, num_images, image_token)
         parts = [self.system]
-        for role, text in turns:
-            parts.append((self.user if role == "user" else self.assistant).replace("{}", text, 1))
+        for (role, text), lead in zip(turns, before, strict=True):
+            parts.append(lead + (self.user if role == "user" else self.assistant).replace("{}", text, 1))
         parts.append(self.generation)
         return "".join(parts)
 
     def _place_images(
-        self, turns: list[tuple[str, str]], num_images: int, image_token: str
-    ) -> list[tuple[str, str]]:
-        if num_images == 0 or self.images_at == "prefix":
-            return turns
+        self, turns: list[tuple[str, str]], before: list[str], num_images: int, image_token: str
+    ) -> tuple[list[tuple[str, str]], list[str]]:
         users = [i for i, (role, _) in enumerate(turns) if role == "user"]
-        if self.images_at == "first_user":
+        if self.images_at == "first_user":  # inside the first message, after its role
             first = users[0]
             turns[first] = ("user", self.image * num_images + turns[first][1])
-            return turns
-        if num_images != len(users):  # each_user
-            raise InputError(
-                f"the {self.name!r} template puts one image before each question: {len(users)} "
-                f"question(s) ({len(users) - 1} in the history) but {num_images} image(s); pass one "
-                f"image per question, or write {image_token!r} in the texts where the images belong"
-            )
-        for i in users:
-            turns[i] = ("user", self.image + turns[i][1])
-        return turns
+        elif self.images_at == "each_example":  # before each user turn
+            if num_images != len(users):
+                raise InputError(
+                    f"the {self.name!r} template puts one image before each question: {len(users)} "
+                    f"question(s) ({len(users) - 1} in the history) but {num_images} image(s); pass one "
+                    f"image per question, or write {image_token!r} in the texts where the images belong"
+                )
+            for i in users:
+                before[i] = self.image
+        return turns, before
 
     def clean(self, text: str) -> str:
         """The answer in generated ``text``: cut at the first stop string, whitespace stripped."""
@@ -187,7 +186,7 @@ TEMPLATES: dict[str, TemplateConfig] = {
         assistant="Short answer:{}<|endofchunk|>",
         generation="Short answer:",
         image="<image>",
-        images_at="each_user",
+        images_at="each_example",
         stop=("<|endofchunk|>", "Question", "Answer", "Short"),
     ),
     "vary_toy": _qwen_chat("vary_toy", "<img><imgpad></img>\n"),

@@ -18,22 +18,24 @@ import torch
 from vlmzoo.errors import ConfigError
 from vlmzoo.models.vlm import VisionLanguageModel
 from vlmzoo.recipes.plots import plot_losses
-from vlmzoo.recipes.shapes import build_config, build_task, check_names, task_train_config, train_and_evaluate
+from vlmzoo.recipes.shapes import build_config, build_task, check_parts, task_train_config, train_and_evaluate
 from vlmzoo.recipes.train import prepare_run_folder
+from vlmzoo.train.run_dir import RunDir
 from vlmzoo.train.world import World
-from vlmzoo.weights.files import atomic_write_text
 
 
 def check_grid(encoders: list[str], adapters: list[str], decoders: list[str]) -> None:
     """Refuse an empty list, a name listed twice, or an unregistered name (the registry suggests)."""
     for kind, names in (("encoders", encoders), ("adapters", adapters), ("decoders", decoders)):
         if not names:
-            raise ConfigError(f"no {kind} to compare: give at least one name (`vlmzoo list --kind {kind[:-1]}`)")
+            raise ConfigError(
+                f"no {kind} to compare: give at least one name (`vlmzoo list --kind {kind[:-1]}`)"
+            )
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ConfigError(f"{kind} {twice} listed more than once: each combination runs once")
     for enc, ada, dec in product(encoders, adapters, decoders):
-        check_names(enc, ada, dec)
+        check_parts(enc, ada, dec)
 
 
 def run_ablation(
@@ -58,12 +60,14 @@ def run_ablation(
     task = build_task(seed)
     grid = [(enc, ada, dec) for enc, ada, dec in product(encoders, adapters, decoders)]
     configs = [build_config(task.tokenizer, *parts) for parts in grid]  # refuse misfits before training
+    run = RunDir(run_dir)
     rows, curves = [], {}
     for (enc, ada, dec), config in zip(grid, configs, strict=True):
-        name = f"{enc} + {ada} + {dec}"
+        name, folder = f"{enc} + {ada} + {dec}", f"{enc}__{ada}__{dec}"
+        run.record(folder + "/")  # a run of its own inside the grid's folder
         torch.manual_seed(seed)
         model = VisionLanguageModel(config)
-        result = train_and_evaluate(model, task, run_dir / f"{enc}__{ada}__{dec}", steps, seed, progress=progress)
+        result = train_and_evaluate(model, task, run_dir / folder, steps, seed, progress=progress)
         history = result["history"]
         rows.append(
             {
@@ -82,12 +86,12 @@ def run_ablation(
     header = list(rows[0])
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
-    atomic_write_text(run_dir / "results.md", "\n".join(table) + "\n")
+    run.write_text("results.md", "\n".join(table) + "\n")
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=header)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(run_dir / "results.csv", text.getvalue())
-    plot_losses(curves, run_dir / "ablation.png", f"vlmzoo ablate ({steps} steps, seed {seed})")
+    run.write_text("results.csv", text.getvalue())
+    plot_losses(curves, run.path_for("ablation.png"), f"vlmzoo ablate ({steps} steps, seed {seed})")
     print("\n" + "\n".join(table))
     return rows

@@ -17,7 +17,6 @@ from vlmzoo.recipes.plots import plot_losses
 from vlmzoo.recipes.shapes import TaskData
 from vlmzoo.recipes.train import TrainJob, train
 from vlmzoo.registry import list_models
-from vlmzoo.weights.files import atomic_write_text
 
 
 def sample_lines(model, task: TaskData, scenes: int = 8) -> list[str]:
@@ -72,11 +71,10 @@ def run_demo(
     )
     outcome = train(job)
     lines = sample_lines(outcome.model, outcome.task)
-    run_dir = outcome.run_dir
-    atomic_write_text(run_dir / "samples.txt", "\n".join(lines) + "\n")
-    plot_losses(
-        {"tiny-llava": (outcome.history["step"], outcome.history["loss"])}, run_dir / "loss.png", "vlmzoo demo"
-    )
+    run = outcome.run
+    run.write_text("samples.txt", "\n".join(lines) + "\n")
+    curves = {"tiny-llava": (outcome.history["step"], outcome.history["loss"])}
+    plot_losses(curves, run.path_for("loss.png"), "vlmzoo demo")
     summary = {
         "val_exact_match": outcome.val_exact_match,
         "train_seconds": outcome.train_seconds,
@@ -84,11 +82,11 @@ def run_demo(
         "seed": seed,
         "parameters": sum(p.numel() for p in outcome.model.parameters()),
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    run.write_text("summary.json", json.dumps(summary, indent=2))
     print("\nheld-out samples (scene caption, question -> answer):")
     print("\n".join("  " + line for line in lines))
     print(
         f"\nheld-out exact match: {100 * outcome.val_exact_match:.1f}% after {steps} steps "
-        f"({outcome.train_seconds:.0f} s of training); run folder: {run_dir}"
+        f"({outcome.train_seconds:.0f} s of training); run folder: {run.path}"
     )
     return summary

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from vlmzoo.config import Config
 from vlmzoo.data import SyntheticDataset
 from vlmzoo.eval import exact_match, generate_answers
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
@@ -68,13 +69,33 @@ def build_task(
     )
 
 
-def check_names(encoder: str, adapter: str, decoder: str) -> None:
-    """Raise :class:`~vlmzoo.errors.UnknownModelError` (with the closest names) for an unregistered part.
+def check_parts(encoder: str, adapter: str, decoder: str, image_size: int = IMAGE_SIZE) -> None:
+    """Raise :class:`~vlmzoo.errors.UnknownModelError` (with the closest names) for an unregistered
+    part, and :class:`~vlmzoo.errors.ConfigError` for an encoder that cannot take ``image_size``.
 
-    Cheap (registry look-ups only): jobs call it before they build data or train anything.
+    Cheap (registry look-ups and one config): jobs call it before they build data or train anything.
     """
-    for name, kind in ((encoder, "encoder"), (adapter, "adapter"), (decoder, "decoder")):
+    for name, kind in ((adapter, "adapter"), (decoder, "decoder")):
         get_entry(name, kind)
+    encoder_config(encoder, image_size)
+
+
+def encoder_config(encoder: str, image_size: int = IMAGE_SIZE) -> Config:
+    """The registered encoder's config for the task: ``image_size`` input, every token to the adapter.
+
+    Raises :class:`~vlmzoo.errors.ConfigError` when the encoder cannot take ``image_size`` (a patch
+    size or total stride that does not divide it); cheap, so jobs call it before anything runs.
+    """
+    enc = get_entry(encoder, "encoder").config
+    # Trained from scratch, the encoder's residual stream is dominated by a component shared by all
+    # images; the final LayerNorm on the selected tokens (as DINOv2 does) keeps the differences
+    # visible to the LM. Without it the demo plateaus near 55% (measured).
+    overrides = {
+        k: v
+        for k, v in dict(image_size=image_size, pool="none", embed_dim=None, feature_norm=True).items()
+        if hasattr(enc, k)
+    }
+    return enc.replace(**overrides)
 
 
 def build_config(
@@ -91,16 +112,7 @@ def build_config(
     Raises :class:`~vlmzoo.errors.ConfigError` for parts that do not fit together (e.g. an encoder
     whose patch size does not divide ``image_size``), before anything is built.
     """
-    enc = get_entry(encoder, "encoder").config
-    # Trained from scratch, the encoder's residual stream is dominated by a component shared by all
-    # images; the final LayerNorm on the selected tokens (as DINOv2 does) keeps the differences
-    # visible to the LM. Without it the demo plateaus near 55% (measured).
-    overrides = {
-        k: v
-        for k, v in dict(image_size=image_size, pool="none", embed_dim=None, feature_norm=True).items()
-        if hasattr(enc, k)
-    }
-    enc = enc.replace(**overrides)
+    enc = encoder_config(encoder, image_size)
     dec = get_entry(decoder, "decoder").config
     special = dict(
         vocab_size=tokenizer.vocab_size,

@@ -21,14 +21,22 @@ from vlmzoo.recipes.shapes import (
     TaskData,
     build_config,
     build_task,
-    check_names,
+    check_parts,
     task_train_config,
     train_and_evaluate,
 )
 from vlmzoo.train.run_checkpoint import convert_checkpoint
-from vlmzoo.train.trainer import check_run_dir, parameter_table
+from vlmzoo.train.run_dir import CHECKPOINT_DIR, RunDir, check_run_dir
+from vlmzoo.train.trainer import parameter_table
 from vlmzoo.train.world import BACKENDS, PRECISIONS, STRATEGIES, World, check_precision, init_world, teardown
-from vlmzoo.weights.format import load_weights, read_config, save
+from vlmzoo.weights.format import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    WEIGHTS_NAME,
+    is_checkpoint_file,
+    load_weights,
+    read_config,
+)
 
 PARTS_TRAINING: tuple[str, ...] = ("full", "frozen")
 
@@ -85,7 +93,7 @@ class TrainJob:
             )
         # The optimisation settings (steps, lr, eval_every, seed) are checked by the trainer's config.
         task_train_config(self.steps, self.seed, self.lr, self.eval_every, self.precision == "bf16")
-        check_names(self.encoder, self.adapter, self.decoder)
+        check_parts(self.encoder, self.adapter, self.decoder)
 
 
 @dataclass
@@ -97,7 +105,7 @@ class TrainOutcome:
     history: dict
     val_exact_match: float
     train_seconds: float
-    run_dir: Path
+    run: RunDir  # the run folder: write more files into it through run.write_text / run.path_for
 
 
 def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool, world: World) -> None:
@@ -183,10 +191,13 @@ def train_in_world(job: TrainJob, world: World) -> TrainOutcome:
         world=world,
         bf16=job.precision == "bf16",
     )
+    run = RunDir(run_dir, writer=world.is_main)
     if not world.distributed:
-        save(model, run_dir)
+        run.save_model(model)
     elif world.is_main:  # the last step always writes a checkpoint: merge its shards
-        convert_checkpoint(run_dir / "checkpoint", run_dir)
+        run.record(CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME)
+        convert_checkpoint(run_dir / CHECKPOINT_DIR, run_dir)
+        run.record(*(p.name for p in run_dir.iterdir() if is_checkpoint_file(p.name)))  # shards, if any
     world.barrier()
     history = result["history"]
     if world.is_main:
@@ -200,5 +211,5 @@ def train_in_world(job: TrainJob, world: World) -> TrainOutcome:
         history=history,
         val_exact_match=result["val_exact_match"],
         train_seconds=result["train_seconds"],
-        run_dir=run_dir,
+        run=run,
     )

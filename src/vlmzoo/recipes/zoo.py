@@ -66,6 +66,8 @@ def zoo_markdown() -> tuple[str, dict[str, str]]:
                 continue
             tokens = "-" if s.tokens_per_image is None else str(s.tokens_per_image)
             flops = "-" if s.gflops_per_image is None else f"{s.gflops_per_image:.3g}"
-            lines.append(f"| `{name}` | {s.architecture} | {format_count(s.parameters)} | {tokens} | {flops} |")
+            lines.append(
+                f"| `{name}` | {s.architecture} | {format_count(s.parameters)} | {tokens} | {flops} |"
+            )
         lines.append("")
     return "\n".join(lines), unsized

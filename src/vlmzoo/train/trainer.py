@@ -3,10 +3,12 @@
 AdamW with decoupled weight decay (no decay on norms, biases and embeddings' position tables),
 linear warmup then cosine decay, gradient accumulation, gradient clipping, optional bf16
 autocast (on CUDA, where it helps; CPU autocast is slower for these sizes), tqdm progress,
-evaluation of the in-memory model every ``eval_every`` steps, and atomic checkpoints with exact
-resume: the batch of step ``s`` is a pure function of ``(seed, s)``, so a resumed run sees the
-same data as an uninterrupted one. Ctrl-C saves a checkpoint at the current step (atomically)
-before it stops.
+evaluation of the in-memory model every ``eval_every`` steps (without moving the random
+generators), and checkpoints with exact resume (:mod:`vlmzoo.train.run_checkpoint`: weights,
+optimizer, scheduler, generators and step swapped in as one unit): the batch of step ``s`` is a
+pure function of ``(seed, s)``, so a resumed run computes bit for bit what the uninterrupted one
+does. Ctrl-C saves a checkpoint at the current step before it stops. The run folder's manifest
+(:mod:`vlmzoo.train.run_dir`) lists every file the trainer writes there.
 
 LLaVA's two-stage recipe is two calls: ``model.set_trainable(adapter="full")`` then ``fit``; then
 ``model.set_trainable(adapter="full", decoder="full")`` and ``fit`` again into a second run folder.
@@ -15,12 +17,11 @@ LLaVA's two-stage recipe is two calls: ``model.set_trainable(adapter="full")`` t
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import os
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,22 +30,19 @@ import torch
 import torch.nn as nn
 
 from vlmzoo.config import Config
-from vlmzoo.errors import CheckpointError, InputError
-from vlmzoo.processing.prompts import IGNORE_INDEX
+from vlmzoo.decoders.hf import IGNORE_INDEX
+from vlmzoo.errors import CheckpointError, ConfigError, InputError
 from vlmzoo.train.batches import batch_rows, shard_batch, to_device
-from vlmzoo.train.run_checkpoint import (
-    check_world,
-    is_sharded_checkpoint,
-    load_sharded,
-    recover_checkpoint,
-    save_sharded,
-)
+from vlmzoo.train.rng import rng_preserved
+from vlmzoo.train.run_checkpoint import STATE_NAME, RunState, load_run_checkpoint, save_run_checkpoint
+from vlmzoo.train.run_dir import CHECKPOINT_DIR, HISTORY_NAME, RunDir, check_location
 from vlmzoo.train.strategies import apply_strategy
 from vlmzoo.train.world import World
-from vlmzoo.weights.format import CONFIG_NAME, config_document, read_config, save
 
-STATE_NAME = "trainer_state.pt"
-HISTORY_NAME = "metrics.json"
+# Fields a resumed run may change: they decide what is logged, evaluated and saved, never what is
+# computed (evaluation runs with the random generators set aside). ``steps`` may change too (see
+# Trainer.resume); every other field must be the saved one.
+RESUME_NEUTRAL_FIELDS = frozenset({"log_every", "eval_every", "checkpoint_every"})
 
 
 @dataclass
@@ -115,31 +113,22 @@ def parameter_table(model: nn.Module) -> str:
     return "\n".join(lines)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Trainer:
     """Trains ``model`` on ``batch_fn(step, micro) -> batch`` for ``config.steps`` optimizer steps.
 
     ``loss_fn(model, batch) -> loss`` computes the scalar loss; ``evaluate(model) -> dict`` (optional)
-    returns metrics of the in-memory model. ``run_dir`` receives ``checkpoint/`` (model +
-    trainer state) and ``metrics.json`` (the history).
+    returns metrics of the in-memory model. ``run_dir`` receives ``checkpoint/`` (the run
+    checkpoint, :mod:`vlmzoo.train.run_checkpoint`), ``metrics.json`` (the history) and the
+    manifest listing both (:mod:`vlmzoo.train.run_dir`); it may not be the working directory, a
+    folder holding it, or the home directory.
 
     With a distributed ``world`` (:func:`vlmzoo.train.world.init_world` under ``torchrun``) the
     trainer wraps the model by ``world.strategy`` (DDP or FSDP2), and every rank builds the same
     *global* batch and keeps its rows (``shard_fn``). Each rank's mean loss is weighted by its share
     of the global batch's loss items (``loss_items``: label tokens by default), so the gradient is
     that of the global mean — the same as single-process training on the whole batch, whatever the
-    number of processes. Rank 0 alone logs and writes the history; checkpoints are sharded
-    (:func:`vlmzoo.train.run_checkpoint.save_sharded`) and every rank takes part in saving them.
+    number of processes. Rank 0 alone logs and writes the history; checkpoints are sharded (one
+    safetensors file per rank) and every rank takes part in saving them.
     ``evaluate`` runs on rank 0 under DDP and on every rank under FSDP (the weights are sharded).
     """
 
@@ -161,7 +150,8 @@ class Trainer:
         self.config = config
         self.batch_fn, self.loss_fn, self.evaluate = batch_fn, loss_fn, evaluate
         self.shard_fn, self.loss_items = shard_fn, loss_items or count_label_tokens
-        self.run_dir = Path(run_dir)
+        self.run_dir = check_location(run_dir)
+        self.run = RunDir(self.run_dir, writer=self.world.is_main)
         self.progress = progress and self.world.is_main
         # Read before wrapping: fully_shard swaps the model's class for an FSDP subclass.
         self.architecture = type(model).__name__
@@ -178,71 +168,91 @@ class Trainer:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoint"
+        return self.run_dir / CHECKPOINT_DIR
 
     # --- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        """Model + optimizer/scheduler/step. Single process: safetensors + ``trainer_state.pt``, each
-        replaced atomically; distributed: a collective sharded save, swapped in after all ranks wrote."""
-        if self.world.distributed:
-            state = {
-                "step": self.step,
-                "scheduler": self.scheduler.state_dict(),
-                "history": self.history,
-                "train_config": self.config.to_dict(),
-            }
-            document = {**config_document(self.model), "architecture": self.architecture}
-            save_sharded(self.checkpoint_dir, self.model, self.optimizer, state, document, self.world)
-            if self.world.is_main:
-                self._write_history()
+        """Write the run checkpoint (collective on several processes), then the history.
+
+        Nothing is saved before the first step: there is no progress to keep, and resuming such a
+        run is starting it."""
+        if self.step == 0:
             return
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        save(self.model, self.checkpoint_dir)
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "history": self.history,
-            "train_config": self.config.to_dict(),
-        }
-        _atomic_torch_save(state, self.checkpoint_dir / STATE_NAME)
+        save_run_checkpoint(
+            self.checkpoint_dir,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            RunState(self.step, self.history, self.config.to_dict()),
+            self.world,
+            architecture=self.architecture,
+            device=self.device,
+            staged=self._list_checkpoint,
+        )
         self._write_history()
 
+    def _list_checkpoint(self, names: Sequence[str]) -> None:
+        self.run.record(f"{CHECKPOINT_DIR}/", *(f"{CHECKPOINT_DIR}/{name}" for name in names))
+
     def resume(self) -> None:
-        """Load the run folder's checkpoint into the in-memory model and optimizer.
+        """Restore the run folder's checkpoint: model, optimizer, scheduler, generators, step.
 
-        Refuses (:class:`CheckpointError`) a checkpoint of another architecture or config, and one
-        written by another number of processes (:func:`vlmzoo.train.run_checkpoint.check_world`).
+        Refused (:class:`CheckpointError`), before anything changes: a checkpoint of another
+        architecture or config, one written by another number of processes
+        (:func:`vlmzoo.train.run_checkpoint.check_world`), a missing or damaged trainer state,
+        stored tensors that do not fit the model or optimizer, and a different training config.
+        Only ``log_every``, ``eval_every`` and ``checkpoint_every`` may differ (they change what is
+        logged and saved, not what is computed), and ``steps``, to extend or shorten the run: the
+        remaining steps then follow the schedule of the new total (the change is recorded in the
+        history under ``"steps_changed"``).
         """
-        from safetensors.torch import load_model
+        state = load_run_checkpoint(
+            self.checkpoint_dir,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.world,
+            architecture=self.architecture,
+            device=self.device,
+            check_train_config=self._check_resumable,
+        )
+        self.step, self.history = state.step, state.history
+        saved_steps = state.train_config.get("steps")
+        if saved_steps != self.config.steps:
+            change = {"at_step": self.step, "from": saved_steps, "to": self.config.steps}
+            self.history.setdefault("steps_changed", []).append(change)
 
-        recover_checkpoint(self.checkpoint_dir)
-        document = read_config(self.checkpoint_dir)
-        ours = {"architecture": self.architecture, "config": self.model_config.to_dict()}
-        if document["architecture"] != ours["architecture"] or document["config"] != ours["config"]:
+    def _check_resumable(self, saved: dict[str, Any], step: int) -> None:
+        """Refuse to resume with a training config that changes what the run computes."""
+        where = self.checkpoint_dir / STATE_NAME
+        try:
+            before = TrainConfig.from_dict(saved)
+        except ConfigError as e:
             raise CheckpointError(
-                f"{self.checkpoint_dir} holds a {document['architecture']} with a different config than the "
-                f"model being trained ({ours['architecture']}); use another run folder or --overwrite"
+                f"{where}: the stored training config is not valid ({e}); the checkpoint is damaged"
+            ) from e
+        differing = [
+            f"{f.name} {getattr(before, f.name)!r} -> {getattr(self.config, f.name)!r}"
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in RESUME_NEUTRAL_FIELDS | {"steps"}
+            and getattr(before, f.name) != getattr(self.config, f.name)
+        ]
+        if differing:
+            raise CheckpointError(
+                f"--resume with a different training config than {where} holds: {', '.join(differing)}; "
+                "the resumed run would not continue the saved one. Resume with the saved settings, or start "
+                "a new run (another run folder, or --overwrite); only steps, log_every, eval_every and "
+                "checkpoint_every may change"
             )
-        if is_sharded_checkpoint(self.checkpoint_dir):
-            state = load_sharded(
-                self.checkpoint_dir, self.model, self.optimizer, self.world
-            )  # checks the world
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.step, self.history = state["step"], state["history"]
-            return
-        check_world(self.checkpoint_dir, {"world_size": 1, "strategy": "single"}, self.world)
-        load_model(self.model, self.checkpoint_dir / "model.safetensors")
-        state = torch.load(self.checkpoint_dir / STATE_NAME, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.history = state["step"], state["history"]
+        if self.config.steps < step:
+            raise CheckpointError(
+                f"--resume with steps={self.config.steps}, but {where} is already at step {step}; pass "
+                f"steps >= {step}"
+            )
 
     def _write_history(self) -> None:
-        path = self.run_dir / HISTORY_NAME
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.history, indent=1))
-        os.replace(tmp, path)
+        if self.world.is_main:
+            self.run.write_json(HISTORY_NAME, self.history)
 
     # --- the loop -------------------------------------------------------------------------------
     def _shards(self, step: int, micro: int) -> tuple[Any, float]:
@@ -304,7 +314,8 @@ class Trainer:
         w = self.world
         metrics = None
         if w.strategy == "fsdp" or w.is_main:
-            metrics = self.evaluate(self.model)
+            with rng_preserved(self.device):  # evaluating never changes what training computes
+                metrics = self.evaluate(self.model)
         w.barrier()
         return metrics if w.is_main else None
 
@@ -338,15 +349,14 @@ class Trainer:
                     self.save_checkpoint()
                 bar.update(1)
         except KeyboardInterrupt:
-            if not w.distributed:
+            if not w.distributed and self.step > 0:
                 bar.write(f"interrupted at step {self.step}: saving a resumable checkpoint")
                 self.save_checkpoint()
             raise
         finally:
             bar.close()
         self.history.setdefault("train_seconds", []).append(time.perf_counter() - start)
-        if w.is_main:
-            self._write_history()
+        self._write_history()
         return self.history
 
 
@@ -357,25 +367,3 @@ def count_label_tokens(batch: Any) -> int:
     if isinstance(labels, torch.Tensor) and labels.ndim == 2:
         return int((labels[:, 1:] != IGNORE_INDEX).sum())
     return batch_rows(batch)
-
-
-def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool, is_main: bool = True) -> None:
-    """Refuse a run folder that already holds a run unless ``resume`` or ``overwrite`` is set.
-
-    Every rank of a distributed run checks; only ``is_main`` (rank 0) removes an overwritten run,
-    and the caller should then wait at a barrier.
-    """
-    import shutil
-
-    run_dir = Path(run_dir)
-    holds_run = (run_dir / "checkpoint" / CONFIG_NAME).is_file() or (run_dir / HISTORY_NAME).is_file()
-    if holds_run and not (resume or overwrite):
-        raise CheckpointError(
-            f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
-        )
-    if resume and not holds_run:
-        raise CheckpointError(f"--resume given but {run_dir} holds no checkpoint")
-    if is_main:
-        if overwrite and holds_run and not resume:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,29 @@ class World:
         dist.all_reduce(total)
         return total
 
+    def all_ok(self, ok: bool) -> bool:
+        """Collective: True on every rank when ``ok`` holds on every rank. Ranks that must act
+        together (a checkpoint's swap) agree through it instead of waiting at a barrier that a
+        failed rank never reaches."""
+        if not self.distributed:
+            return ok
+        failures = torch.tensor([0 if ok else 1], device=self.device)
+        dist.all_reduce(failures)
+        return int(failures.item()) == 0
+
+    def broadcast_text(self, text: str) -> str:
+        """Collective: rank 0's ``text`` on every rank (its UTF-8 bytes sent as a tensor, never
+        pickled as ``broadcast_object_list`` would)."""
+        if not self.distributed:
+            return text
+        data = torch.tensor(list(text.encode()), dtype=torch.uint8, device=self.device)
+        size = torch.tensor([data.numel()], dtype=torch.int64, device=self.device)
+        dist.broadcast(size, src=0)
+        if not self.is_main:
+            data = torch.empty(int(size.item()), dtype=torch.uint8, device=self.device)
+        dist.broadcast(data, src=0)
+        return bytes(data.cpu().tolist()).decode()
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"``/None -> cuda when a GPU is visible, else cpu; refuses cuda without a GPU."""

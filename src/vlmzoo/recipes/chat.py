@@ -1,0 +1,109 @@
+"""``vlmzoo chat NAME|PATH --image x.png``: ask a vision-language model about images, answers streamed.
+
+A PATH is a checkpoint directory holding the model (``vlmzoo.save``) and, beside it, its
+processor (``processor.save_pretrained``: ``vlmzoo_processor.json`` and the tokenizer files). A
+NAME is a registered preset: its processor comes from :func:`vlmzoo.create_processor` and its
+weights are random (a preset names an architecture; trained weights come from a checkpoint).
+With a question the answer is printed and the job ends; without one an interactive prompt keeps
+the conversation (each turn sees the earlier ones) until an empty line, ``exit`` or end of input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+import vlmzoo
+from vlmzoo.errors import ConfigError
+from vlmzoo.processing.chat import chat
+from vlmzoo.processing.processor import PROCESSOR_FILE, Processor
+from vlmzoo.processing.processor_presets import create_processor
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_QUIT = {"", "exit", "quit"}
+
+
+def load_chat_model(
+    model: str | os.PathLike, tokenizer: str | None = None, device: str = "cpu", dtype: str = "float32"
+) -> tuple[Any, Processor, bool]:
+    """(model in eval mode, its processor, whether the weights are random) for a directory or a name."""
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
+    path = Path(model)
+    if path.is_dir():
+        if not (path / PROCESSOR_FILE).is_file():
+            raise ConfigError(
+                f"{str(path)!r} holds no {PROCESSOR_FILE}; save the processor beside the model with "
+                f"processor.save_pretrained({str(path)!r}) (after vlmzoo.save, which replaces the directory)"
+            )
+        module = vlmzoo.load(path)
+        processor = create_processor(path, tokenizer=tokenizer)
+        random = False
+    else:
+        module = vlmzoo.create_model(str(model))
+        processor = create_processor(str(model), tokenizer=tokenizer)
+        random = True
+    module = module.to(device=device, dtype=_DTYPES[dtype]).eval()
+    return module, processor, random
+
+
+def run_chat(
+    model: str | os.PathLike,
+    images: Sequence[str] = (),
+    question: str | None = None,
+    *,
+    tokenizer: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    input: TextIO | None = None,
+    output: TextIO | None = None,
+) -> list[str]:
+    """Answer ``question`` about ``images`` (or hold an interactive chat); returns the answers.
+
+    Tokens are written to ``output`` (stdout) as they are generated. ``temperature`` 0 is greedy
+    decoding; above 0, sampling at that temperature.
+    """
+    input = sys.stdin if input is None else input
+    output = sys.stdout if output is None else output
+    module, processor, random = load_chat_model(model, tokenizer, device, dtype)
+    if random:
+        print(
+            f"note: {model} is a preset with random weights; pass a checkpoint directory for answers",
+            file=output,
+        )
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
+
+    def ask(text: str, history: list[tuple[str, str]]) -> str:
+        answer = chat(
+            module,
+            processor,
+            list(images),
+            text,
+            history=history,
+            stream=lambda piece: print(piece, end="", file=output, flush=True),
+            max_new_tokens=max_new_tokens,
+            **sampling,
+        )
+        print(file=output, flush=True)
+        return answer
+
+    if question is not None:
+        return [ask(question, [])]
+    history: list[tuple[str, str]] = []
+    answers = []
+    while True:
+        print("> ", end="", file=output, flush=True)
+        line = input.readline()
+        if not line or line.strip().lower() in _QUIT:
+            break
+        answer = ask(line.strip(), history)
+        history += [("user", line.strip()), ("assistant", answer)]
+        answers.append(answer)
+    return answers
