@@ -1,7 +1,8 @@
 """Focused linear attention core: vlmzoo's backends vs the FLatten formulation vs SDPA.
 
 What it measures
-    The attention core of SPEC §5.2 steps 3–9 — q, k, v [B, N, C] in, [B, N, C] out, before the
+    The attention core of FLatten's ``FocusedLinearAttention.forward`` (models/flatten_swin.py),
+    from the ReLU kernel to ``q @ kv * z`` — q, k, v [B, N, C] in, [B, N, C] out, before the
     output projection — for N in {1024, 4096, 16384} and (C, heads) in {(768, 12), (256, 8)},
     fp32, ``torch.set_num_threads(--threads)``, on CPU. Implementations, all on the same q, k, v
     (randn) and the same temperature (softplus of a random [C] vector):
@@ -10,7 +11,7 @@ What it measures
         memory-lean autograd Function (the default on CPU);
       - ``reference``: the same call with ``backend="reference"`` (the test oracle);
       - ``flatten``: :func:`flatten_formulation` below, a straightforward transcription of the
-        FLatten repo's current formulation (SPEC §5.2: ``x ** p`` with norms, heads folded into
+        FLatten repo's current formulation (``x ** p`` with norms, heads folded into
         the batch, ``z = 1 / (q · mean(k) + eps)``, ``kv = (k N^-½)ᵀ (v N^-½)``), as a user
         would write it in eager PyTorch;
       - ``sdpa``: ``F.scaled_dot_product_attention`` on the same q, k, v split into heads
@@ -84,7 +85,7 @@ TOLERANCE = 1e-4
 def flatten_formulation(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: torch.Tensor, p: float = 3.0
 ) -> torch.Tensor:
-    """The FLatten repo's focused linear attention core (SPEC §5.2 steps 3–9), transcribed plainly."""
+    """The FLatten repo's focused linear attention core (ReLU kernel to ``q @ kv * z``), transcribed plainly."""
     q = F.relu(q) + 1e-6
     k = F.relu(k) + 1e-6
     q = q / scale

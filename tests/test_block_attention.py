@@ -73,7 +73,7 @@ def test_window_covering_the_grid_is_global_attention(grid, prefix):
 @pytest.mark.parametrize("prefix", [0, 1])
 def test_window_not_dividing_the_grid_pads_with_unmasked_zero_tokens(prefix):
     """5x6 grid, window 4 (the grid is also wider than the window): pad to 8x8 with zeros that
-    take part in attention (ViTDet/SAM, SPEC §2.2): reference = dense attention on the padded grid."""
+    take part in attention (ViTDet/SAM: segment-anything's window_partition pads, nothing masks): reference = dense attention on the padded grid."""
     ref = randomize_(Attention(DIM, HEADS))
     win = same_weights(WindowAttention(DIM, HEADS, window_size=4, num_prefix_tokens=prefix), ref)
     h, w = 5, 6
@@ -282,7 +282,7 @@ def test_spatial_block_without_grid_is_refused():
 
 # --- focused linear (FLatten) -------------------------------------------------------------------
 def flatten_reference(attn, x: torch.Tensor, grid, p: int) -> torch.Tensor:
-    """SPEC §5.2 written out: PE on the grid keys, ReLU + 1e-6 kernel, softplus temperature,
+    """FLatten's FocusedLinearAttention.forward written out: PE on the grid keys, ReLU + 1e-6 kernel, softplus temperature,
     focusing (p = 3, norms over all C), linear attention with its normaliser, DWC of the grid's v."""
     q, k, v = attn.qkv(x).chunk(3, dim=-1)
     k = torch.cat([k[:, :p], k[:, p:] + attn.positional_encoding], dim=1)
@@ -323,7 +323,7 @@ def test_windowed_focused_linear_is_global_linear_attention_per_window():
 
 def test_clip_with_first_blocks_focused_linear_adds_exactly_flattens_parameters():
     """One config line; each switched block adds FLatten's DWC (d·5·5 + d), temperature (C) and
-    key positional encoding (grid tokens x C), SPEC §5.1."""
+    key positional encoding (grid tokens x C), as FLatten's module."""
     base = vlmzoo.create_encoder("clip-vit-tiny", depth=3)
     config = base.config.with_attention("focused_linear", blocks=range(2))
     encoder = vlmzoo.registry.build(config).train()

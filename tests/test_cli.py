@@ -148,6 +148,19 @@ def test_train_with_an_encoder_that_cannot_take_the_image_size_is_refused_up_fro
     assert not (tmp_path / "r").exists()
 
 
+def test_train_with_an_adapter_of_other_widths_is_refused_up_front(tmp_path, capsys):
+    # LLaVA-1.5's projector takes 1024-wide CLIP features; the demo ViT gives 64.
+    argv = ["train", "--adapter", "llava-1.5-7b-projector", "--run-dir", str(tmp_path / "r")]
+    code, line = fails(argv, capsys)
+    assert code == 2 and "do not fit together: adapter in_dim=1024 != encoder out_dim=64" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_with_an_encoder_without_an_image_size_is_refused_up_front(tmp_path, capsys):
+    code, line = fails(["train", "--encoder", "vary-base-encoder", "--run-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and "has no image size of its own to set to the task's 48 px images" in line
+
+
 def test_cuda_without_a_gpu_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     code, line = fails(["train", "--device", "cuda", "--run-dir", str(tmp_path / "r")], capsys)
@@ -338,6 +351,13 @@ def test_convert_checkpoint_of_a_run_folder_that_is_not_vlmzoos_exits_1(tmp_path
     (tmp_path / "ckpt" / "config.json").write_text("{}")
     code, line = fails(["convert-checkpoint", str(tmp_path / "ckpt"), str(tmp_path / "out")], capsys)
     assert code == 1 and "ckpt" in line
+
+
+def test_init_from_weights_of_other_parts_exits_1(finished_run, tmp_path, capsys):
+    """demo-vit and clip-vit-tiny weights have the same shapes: they would load silently."""
+    argv = ["train", *TINY, "--init-from", str(finished_run), "--encoder", "clip-vit-tiny"]
+    code, line = fails([*argv, "--run-dir", str(tmp_path / "r")], capsys)
+    assert code == 1 and "its encoder differs from the model being trained" in line
 
 
 def test_init_from_a_folder_that_is_not_a_checkpoint_exits_1_before_the_run(tmp_path, capsys):

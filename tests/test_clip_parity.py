@@ -195,7 +195,7 @@ def test_timm_registry_clip_model_converts_with_exact_parameter_count():
 
 
 def openai_layout(hf_model) -> dict[str, torch.Tensor]:
-    """Rewrite a transformers CLIPModel's weights in the OpenAI release's key layout (SPEC §1.5-1.6)."""
+    """Rewrite a transformers CLIPModel's weights in the OpenAI release's key layout (inverting transformers' convert_clip_original_pytorch_to_hf.py)."""
     sd, out = hf_model.state_dict(), {}
     for tower, prefix in (("vision_model", "visual."), ("text_model", "")):
         layers = (

@@ -1,9 +1,10 @@
 """Original-release checkpoint layouts: ``vlmzoo.convert.from_original(state_dict_or_path, name)``.
 
-Each layout is written here from a peer's random weights by the release's key names (SPEC):
-transformers LLaVA -> haotian-liu/LLaVA (§8), transformers DINOv2 -> facebookresearch/dinov2
-(§4.5). OpenFlamingo has no installable peer: its layout is written from a random vlmzoo model
-by OpenFlamingo's module structure (§7.4: ``FlamingoLayer`` wrapping each LM layer, alias
+Each layout is written here from a peer's random weights by the release's key names:
+transformers LLaVA -> haotian-liu/LLaVA (inverting transformers' convert_llava_weights_to_hf.py),
+transformers DINOv2 -> facebookresearch/dinov2 (inverting convert_dinov2_to_hf.py). OpenFlamingo
+has no installable peer: its layout is written from a random vlmzoo model by OpenFlamingo's
+module structure (open_flamingo's flamingo_lm.py: ``FlamingoLayer`` wrapping each LM layer, alias
 entries, open_clip's visual names), an inverse mapping independent of the converter. The other
 layouts' parity tests live with their families (test_clip_parity, test_sam_parity,
 test_dinov2_parity, test_qformer, test_vary); their layout writers are reused here for the
@@ -30,7 +31,7 @@ transformers = pytest.importorskip("transformers")
 TOL = 1e-4
 
 
-# --- LLaVA (SPEC §8) ------------------------------------------------------------------------------
+# --- LLaVA (haotian-liu/LLaVA) ---------------------------------------------------------------------
 IMAGE_ID, M = 299, 16  # 32 px / patch 8 -> 16 patch tokens per image (CLS dropped)
 
 
@@ -64,7 +65,7 @@ def hf_llava() -> torch.nn.Module:
 
 
 def llava_layout(hf: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """transformers 5 LLaVA keys -> the original ``LlavaLlamaForCausalLM`` keys (SPEC §8 rename, inverted)."""
+    """transformers 5 LLaVA keys -> the original ``LlavaLlamaForCausalLM`` keys (transformers' convert_llava_weights_to_hf.py renames, inverted)."""
     renames = (
         ("model.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
         ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
@@ -163,7 +164,7 @@ def test_llava_mismatched_shapes_are_named():
         from_original(narrow, "llava")
 
 
-# --- OpenFlamingo (SPEC §7.4) ---------------------------------------------------------------------
+# --- OpenFlamingo (mlfoundations/open_flamingo) ----------------------------------------------------
 FLAMINGO_IMAGE_ID = 5
 TINY_LMS = {
     # decoder path, config: LLaMA (untied head) every layer; MPT (tied head) every 2nd layer
@@ -386,7 +387,7 @@ def test_openflamingo_shape_mismatch_is_named():
         from_original(sd, "openflamingo", decoder=TINY_LMS["llama"], image_token_id=FLAMINGO_IMAGE_ID)
 
 
-# --- DINOv2 from the transformers peer (SPEC §4.5) --------------------------------------------------
+# --- DINOv2 from the transformers peer (facebookresearch/dinov2 names) -------------------------------
 def test_dinov2_layout_from_transformers_weights_matches_transformers():
     config = transformers.Dinov2Config(
         hidden_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from vlmzoo.cli import main
 
@@ -63,3 +64,32 @@ def test_ablate_writes_table_csv_and_plot(tmp_path):
     table = (out / "results.md").read_text()
     assert "linear" in table and "mlp2x_gelu" in table and "val_exact_match" in table
     assert (out / "results.csv").is_file() and (out / "ablation.png").is_file()
+
+
+def test_demo_overwrite_replaces_its_own_run(tmp_path):
+    """Every file the demo writes is listed in the run folder's manifest, so --overwrite may remove it."""
+    out = tmp_path / "run"
+    assert main(["demo", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    assert main(["demo", "--steps", "2", "--out", str(out), "--no-progress", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def test_ablate_overwrite_replaces_its_own_grid(tmp_path):
+    out = tmp_path / "ablate"
+    args = ["ablate", "--adapters", "linear", "--steps", "1", "--out", str(out)]
+    assert main(args) == 0
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "results.md").is_file()
+
+
+def test_the_demo_is_the_train_job_with_its_defaults(tmp_path):
+    """One orchestration: `demo` and `train` with the demo's settings end with the same weights."""
+    from safetensors.torch import load_file
+
+    assert main(["demo", "--steps", "2", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    argv = ["train", "--steps", "2", "--eval-every", "1", "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--run-dir", str(tmp_path / "train")]) == 0
+    demo = load_file(tmp_path / "demo" / "model.safetensors")
+    trained = load_file(tmp_path / "train" / "model.safetensors")
+    assert demo.keys() == trained.keys()
+    assert all(torch.equal(demo[k], trained[k]) for k in demo)

@@ -1,4 +1,4 @@
-"""DINOv2 parity (SPEC §4): transformers Dinov2Model / Dinov2WithRegistersModel, timm
+"""DINOv2 parity (facebookresearch/dinov2's dinov2/models/vision_transformer.py): transformers Dinov2Model / Dinov2WithRegistersModel, timm
 ``vit_*_dinov2`` models and the original facebookresearch/dinov2 key layout, converted with
 vlmzoo.convert.
 
@@ -108,7 +108,7 @@ def test_mask_token_matches_transformers_bool_masked_pos(registers):
 
 
 def hub_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers 5 in-memory names -> the serialised hub names of facebook/dinov2-* (SPEC §4.5)."""
+    """transformers 5 in-memory names -> the serialised hub names of facebook/dinov2-* (transformers' convert_dinov2_to_hf.py)."""
     out = {}
     for key, value in sd.items():
         for v5, hub in (
@@ -197,7 +197,7 @@ def test_timm_registers_with_position_embeddings_are_refused():
 
 # --- the original release (facebookresearch/dinov2) -------------------------------------------
 def original_layout(model: VisionTransformer) -> dict[str, torch.Tensor]:
-    """A vlmzoo DINOv2's weights under the original checkpoint's keys (SPEC §4.5)."""
+    """A vlmzoo DINOv2's weights under the original checkpoint's keys (dinov2's module attribute names)."""
     out = {}
     for key, value in model.state_dict().items():
         if model.config.swiglu:
@@ -209,7 +209,7 @@ def original_layout(model: VisionTransformer) -> dict[str, torch.Tensor]:
 def reference_forward(
     sd: dict[str, torch.Tensor], x: torch.Tensor, masks: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """The original DINOv2 forward_features (SPEC §4.2-4.4), written out with plain torch ops.
+    """The original DINOv2 forward_features (dinov2/models/vision_transformer.py), written out with plain torch ops.
 
     Head dim 64 as in every release; resize: scale factor (n + 0.1) / M without registers,
     size + antialias with registers (the hub models' interpolate_offset / interpolate_antialias).
@@ -286,7 +286,7 @@ def test_original_layout_matches_a_plain_reference_forward(variant, size):
 
 
 def test_original_offset_quirk_is_not_a_plain_size_resize():
-    """Without registers the original scales by (n + 0.1) / M: a size-based resize misses it (§4.4)."""
+    """Without registers the original scales by (n + 0.1) / M: a size-based resize misses it (dinov2's interpolate_pos_encoding)."""
     sd = original_checkpoint("plain")
     ours = vlmzoo.convert.from_original(sd, "dinov2").eval()
     x = torch.randn(1, 3, 42, 70)
@@ -298,7 +298,7 @@ def test_original_offset_quirk_is_not_a_plain_size_resize():
 
 
 def test_original_chunked_blocks_and_checkpoint_file_load_the_same_model(tmp_path):
-    """block_chunks > 0 training checkpoints name blocks ``blocks.{chunk}.{i}`` (SPEC §4.5)."""
+    """block_chunks > 0 training checkpoints name blocks ``blocks.{chunk}.{i}`` (dinov2's BlockChunk)."""
     sd = original_checkpoint("reg4")
     # One chunk of two blocks: blocks.0.0.* and blocks.0.1.* (the inner index is the global one).
     chunked = {
@@ -384,7 +384,7 @@ def test_wrong_channel_count_is_named():
 
 
 # --- presets and real-size parameter counts ---------------------------------------------------
-# name: (width, depth, heads, swiglu) — SPEC §4.1
+# name: (width, depth, heads, swiglu) — dinov2's vit_small/base/large/giant2
 REAL = {
     "s14": (384, 12, 6, False),
     "b14": (768, 12, 12, False),
@@ -438,7 +438,7 @@ def test_real_size_parameter_counts_match_transformers_and_timm(size, registers)
             hf = transformers.Dinov2Model(transformers.Dinov2Config(**hf_kw))
         tm = timm.create_model(timm_name, pretrained=False, num_classes=0)
     assert count(ours) == count(hf)
-    # timm drops the mask token, and its register models keep no CLS position row (SPEC §4.5).
+    # timm drops the mask token, and its register models keep no CLS position row (timm's _convert_dinov2).
     assert count(ours) == count(tm) + width + (width if registers else 0)
     assert same_architecture(config_from_hf(hf), ours.config)
     assert same_architecture(config_from_timm(tm), ours.config)

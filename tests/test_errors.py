@@ -31,6 +31,7 @@ import pytest
 import torch
 
 import vlmzoo
+import vlmzoo.processing.prompts  # noqa: F401  (the cases reach it as an attribute)
 from vlmzoo.config import Config
 from vlmzoo.errors import (
     CheckpointError,
@@ -222,6 +223,24 @@ def garbage(path: Path) -> Path:
     return path
 
 
+IDS2 = torch.tensor([[5, IMG, 6], [7, 8, 9]])  # two samples, one image
+
+
+def continue_past_learned_positions() -> Any:
+    """A gpt2 VLM continuing a 510-token KV cache by 3 tokens (its table holds 512 positions)."""
+    model = vlm("tiny-gpt2")
+    with torch.no_grad():
+        cache = model(None, torch.ones(1, 510, dtype=torch.long), use_cache=True).cache
+        return model(None, torch.ones(1, 3, dtype=torch.long), cache=cache)
+
+
+def meta_vlm() -> torch.nn.Module:
+    from vlmzoo.models.vlm import VisionLanguageModel
+
+    with torch.device("meta"):
+        return VisionLanguageModel(get_entry("tiny-llava", "model").config)
+
+
 # --- the catalogue ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -325,6 +344,37 @@ CASES = [
     Case("cross-attention-placeholder-outside-vocab",
          lambda _: vlmzoo.create_model("tiny-openflamingo", image_token_id=-5),
          ConfigError, r"image_token_id=-5: .* token id in \[0, \d+\)"),
+    Case("attention-mask-bool", lambda _: vlm()(PIX, IDS, torch.ones(1, 3, dtype=torch.bool)),
+         InputError, r"attention_mask is a bool tensor, whose meaning is ambiguous .* pass mask.long\(\)"),
+    Case("attention-mask-fraction", lambda _: vlm()(PIX, IDS, torch.tensor([[1.0, 0.5, 1.0]])),
+         InputError, r"only 0 \(padding\) and 1 \(token\), got 1 other values \(0.5\); mark tokens with 1"),
+    Case("attention-mask-two", lambda _: vlm()(PIX, IDS, torch.tensor([[1, 2, 1]])),
+         InputError, r"only 0 \(padding\) and 1 \(token\), got 1 other values \(2\)"),
+    Case("attention-mask-minus-one", lambda _: vlm()(PIX, IDS, torch.tensor([[1, -1, 1]])),
+         InputError, r"only 0 \(padding\) and 1 \(token\), got 1 other values \(-1\)"),
+    Case("attention-mask-additive", lambda _: vlm()(PIX, IDS2, torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -1e4]])),
+         InputError, r"other values \(-10000\); it looks additive .* pass \(mask == 0\).long\(\)"),
+    Case("attention-mask-all-zero-row", lambda _: vlm()(PIX, IDS2, torch.tensor([[1, 1, 1], [0, 0, 0]])),
+         InputError, r"attention_mask rows \[1\] are all 0: those samples have no token to attend to"),
+    Case("attention-mask-additive-without-padding", lambda _: vlm()(PIX, IDS, torch.zeros(1, 3)),
+         InputError, r"rows \[0\] are all 0 .*\(an additive mask without padding is all 0 too"),
+    Case("generate-attention-mask-bool",
+         lambda _: vlm().generate(PIX, IDS, torch.ones(1, 3, dtype=torch.bool), max_new_tokens=2),
+         InputError, r"attention_mask is a bool tensor"),
+    Case("labels-outside-vocab", lambda _: vlm()(PIX, IDS, labels=torch.tensor([[5, 6, 512]])),
+         InputError, r"labels must be token ids in \[0, 512\) .* or -100 \(not scored\), got 1 other values in \[512, 512\]"),
+    Case("labels-negative-not-ignore-index", lambda _: vlm()(PIX, IDS, labels=torch.tensor([[-1, 6, 7]])),
+         InputError, r"or -100 \(not scored\), got 1 other values in \[-1, -1\]; mark positions that are not scored with -100"),
+    Case("labels-float", lambda _: vlm()(PIX, IDS, labels=torch.tensor([[5.0, 6.0, 7.0]])),
+         InputError, r"labels must be an integer tensor of token ids, got torch.float32"),
+    Case("cache-continued-past-learned-positions", lambda _: continue_past_learned_positions(),
+         InputError, r"3 tokens \+ 510 in the KV cache exceeds the 512 learned positions of the gpt2 decoder"),
+    Case("generate-flamingo-past-learned-positions",
+         lambda _: vlmzoo.create_model("tiny-openflamingo", decoder=get_entry("tiny-gpt2", "decoder").config)
+         .generate(None, torch.ones(1, 500, dtype=torch.long), max_new_tokens=13),
+         InputError, r"500 tokens \+ 13 new tokens exceeds the 512 learned positions"),
+    Case("meta-device-model", lambda _: meta_vlm()(PIX, IDS),
+         InputError, r"the model's encoder is on the meta device: its weights have shapes but no values .* vlmzoo.load"),
     # Registry and configs
     Case("unknown-encoder-name", lambda _: vlmzoo.create_encoder("clip-vit-b61"),
          UnknownModelError, r"unknown encoder 'clip-vit-b61'\. Did you mean: clip-vit-b16"),
@@ -477,6 +527,18 @@ CASES = [
          ConversionError, r"not a PVT state dict"),
     Case("no-converter-for-class", lambda _: vlmzoo.convert.from_transformers(torch.nn.Linear(2, 2)),
          ConversionError, r"no vlmzoo converter for transformers Linear"),
+    Case("convert-block-index-beyond-a-gap",
+         lambda _: vlmzoo.convert.from_original(encoder("dinov2-vit-tiny").state_dict() | {"blocks.3000000.norm1.weight": torch.zeros(1)}, "dinov2"),
+         ConversionError, r"'blocks.3000000.norm1.weight' asks for block 3000000, but block 2 \(blocks.2.\*\) is absent"),
+    Case("convert-block-index-not-a-number",
+         lambda _: vlmzoo.convert.from_original(encoder("dinov2-vit-tiny").state_dict() | {"blocks.01.norm1.weight": torch.zeros(1)}, "dinov2"),
+         ConversionError, r"'blocks.01.norm1.weight': 01 is not a block index"),
+    Case("convert-incomplete-block",
+         lambda _: vlmzoo.convert.from_original({k: v for k, v in encoder("sam-vit-tiny").state_dict().items() if k != "blocks.1.norm2.weight"}, "segment-anything"),
+         ConversionError, r"blocks.1.norm2.weight is missing: every block of this layout has norm2.weight"),
+    Case("convert-fused-projection-half-present",
+         lambda _: vlmzoo.convert.from_original({k.replace("stages.0.0.attn.qkv.bias", "stages.0.0.attn.q.bias"): v for k, v in encoder("flatten-pvt-tiny").state_dict().items()}, "flatten-pvt"),
+         ConversionError, r"stages.0.0.attn.kv.bias is missing, but stages.0.0.attn.q.bias is there"),
 ]  # fmt: skip
 
 

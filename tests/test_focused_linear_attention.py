@@ -1,5 +1,5 @@
 """The FocusedLinearAttention module: parameters, square and non-square grids, the grid check,
-gradients, and equality with a plain transcription of SPEC §5.2."""
+gradients, and equality with a plain transcription of FLatten's FocusedLinearAttention.forward."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def module(dim=24, heads=3, grid=(4, 4), **kw) -> FocusedLinearAttention:
 
 
 def spec_transcription(m: FocusedLinearAttention, x: torch.Tensor) -> torch.Tensor:
-    """SPEC §5.2 steps 1–11, one line per step, loops over heads and no helpers from vlmzoo."""
+    """FLatten's FocusedLinearAttention.forward (models/flatten_swin.py), one line per step, loops over heads and no helpers from vlmzoo."""
     b, n, c = x.shape
     h, d = m.num_heads, c // m.num_heads
     height, width = m.grid
@@ -52,7 +52,7 @@ def test_parameters_have_the_flatten_names_and_shapes():
         "qkv.bias": (288,),
         "proj.weight": (96, 96),
         "proj.bias": (96,),
-        "dwc.weight": (24, 1, 5, 5),  # head_dim channels, shared across heads (SPEC §5.1)
+        "dwc.weight": (24, 1, 5, 5),  # head_dim channels, shared across heads (FLatten's dwc)
         "dwc.bias": (24,),
     }
     assert not m.scale.any() and not m.positional_encoding.any()  # zero-init

@@ -2,7 +2,7 @@
 
 Checkpointing must change memory only: outputs and gradients stay the same (dropout and
 drop-path included, the RNG state is replayed), frozen parts still pass gradients on to the
-trainable ones (DESIGN item 6), and inference is untouched.
+trainable ones (a frozen tower under checkpointing must not cut the graph), and inference is untouched.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def test_switching_off_restores_plain_runs():
     assert set(calls.values()) == {1}
 
 
-# --- frozen parts in a VLM (DESIGN item 6) --------------------------------------------------------
+# --- frozen parts in a VLM: gradients still reach the trainable parts --------------------------------
 @pytest.mark.parametrize("name", VLMS)
 @pytest.mark.parametrize(
     "frozen", [("encoder", "decoder"), ("encoder",), ("decoder",)], ids=lambda f: "frozen-" + "-".join(f)

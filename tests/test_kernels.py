@@ -43,7 +43,7 @@ def small_chunks(monkeypatch):
 
 
 def test_reference_is_the_direct_formula():
-    """out_i = Σ_j (φq_i·φk_j) v_j / Σ_j (φq_i·φk_j) per head, φ written plainly (SPEC §5.2)."""
+    """out_i = Σ_j (φq_i·φk_j) v_j / Σ_j (φq_i·φk_j) per head, φ written plainly (FLatten's FocusedLinearAttention)."""
     q, k, v, scale = inputs(b=2, n=9, c=12)
     q, k = q.abs() + 0.1, k.abs() + 0.1  # no head with eps-sized features only (those give ~0 / eps)
     heads, p, eps = 3, 3.0, 1e-12  # the formula has no eps in its normaliser: take it ~0 in both
@@ -67,7 +67,7 @@ def test_reference_is_the_direct_formula():
 
 
 def test_focusing_norms_span_all_heads():
-    """Per-head norms change the output by tens of percent (DESIGN): the reference must not do it."""
+    """Per-head norms change the output by tens of percent (FLatten takes the norms over all C channels): the reference must not do it."""
     q, k, v, scale = inputs(b=1, n=16, c=8)
     full = focused_linear_attention_reference(q, k, v, 2, scale)
     per_head = torch.cat(
@@ -172,7 +172,7 @@ def test_empty_batch():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("backend", ["torch", "reference"])
 def test_half_precision_large_inputs_stay_finite(dtype, backend):
-    """|x| up to 1e4: q ** 3 alone overflows float16; features run in float32 (DESIGN item 14)."""
+    """|x| up to 1e4: q ** 3 alone overflows float16; features run in float32 (float16 ends at 65504)."""
     q, k, v, scale = inputs(2, 64, 32, dtype=torch.float32, magnitude=1e4 / 4)
     q16, k16, v16 = (t.clamp(-1e4, 1e4).to(dtype).requires_grad_(True) for t in (q, k, v))
     scale = scale.detach().requires_grad_(True)  # a float32 parameter, as under autocast

@@ -193,7 +193,7 @@ def test_config_round_trips_through_json():
     assert ImageProcessorConfig.from_json(config.to_json()) == config
 
 
-# --- SAM: longest-side resize, 0-255 normalisation, zero padding (SPEC §2.4) -----------------
+# --- SAM: longest-side resize, 0-255 normalisation, zero padding (segment-anything's ResizeLongestSide + Sam.preprocess) -----------------
 # (width, height): landscape, portrait, square, upscaled, and sides whose scaled size ends in .5-ish
 SAM_SIZES = [(300, 200), (200, 333), (64, 64), (50, 30), (31, 97)]
 

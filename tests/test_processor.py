@@ -417,3 +417,15 @@ def test_processor_file_that_is_not_ours_is_refused(tmp_path):
     (tmp_path / PROCESSOR_FILE).write_text(json.dumps({"family": "x"}))
     with pytest.raises(ConfigError, match="not a vlmzoo-processor/1 file"):
         Processor.from_pretrained(tmp_path)
+
+
+def test_processor_for_finds_the_family_of_a_config_or_module():
+    import vlmzoo
+    from vlmzoo.registry import get_entry
+
+    assert processor_for(vlmzoo.create_encoder("dinov2-vit-tiny")).family == "dinov2"
+    assert processor_for(vlmzoo.create_encoder("sam-vit-tiny").config).image.recipe.size == 64
+    tiny = processor_for(get_entry("tiny-llava", "model").config.replace(max_length=40))
+    assert (tiny.family, tiny.image.recipe.crop_size) == ("llava-1.5", 32)
+    with pytest.raises(UnknownModelError, match="no registered preset has a config like this"):
+        processor_for(ImageProcessorConfig.clip())

@@ -168,7 +168,7 @@ def test_one_placeholder_per_image_expands_to_the_same_logits():
         assert max_abs_diff(expanding(x, single).logits, ours(x, ids).logits) <= 1e-5
 
 
-# --- LAVIS layout (SPEC §6.3) -----------------------------------------------------------------------
+# --- LAVIS layout (salesforce/LAVIS blip2_opt.py, Qformer.py) -----------------------------------------
 def lavis_layout(vlm: VisionLanguageModel, with_llm: bool = True) -> dict[str, torch.Tensor]:
     """A ``Blip2OPT.state_dict()`` written from a converted model's weights (LAVIS names)."""
     sd = vlm.state_dict()

@@ -2,7 +2,7 @@
 
 - Every encoder stays finite in float16 and bfloat16 with pixel values up to |x| = 1e4, forward
   and backward (focused linear attention computes its feature maps in float32 and scales K and V
-  by N^-1/2 before K^T V; DESIGN item 14).
+  by N^-1/2 before K^T V, as FLatten-Transformer's commit e205a01 "fix numerical instability").
 - Seeded runs are identical: the same seed gives bit-identical weights, outputs and training
   losses.
 - 200 repeated ``generate`` calls keep the resident memory flat (no state kept per call, e.g. by

@@ -137,7 +137,7 @@ def test_timm_variants_vlmzoo_does_not_express_are_refused():
 
 # --- the segment-anything release layout ----------------------------------------------------
 def segment_anything_layout(ours: SamEncoder) -> dict[str, torch.Tensor]:
-    """vlmzoo SamEncoder weights written as a ``sam_vit_*.pth`` (SPEC §2.5), decoder keys included."""
+    """vlmzoo SamEncoder weights written as a ``sam_vit_*.pth`` (segment-anything's names), decoder keys included."""
     sd = {
         f"image_encoder.{k.replace('.mlp.fc1.', '.mlp.lin1.').replace('.mlp.fc2.', '.mlp.lin2.')}": v.clone()
         for k, v in ours.state_dict().items()
@@ -205,7 +205,7 @@ def reference_attention(x, qkv, proj, heads, rel_h=None, rel_w=None):
             for xx in range(w):
                 for ky in range(h):
                     for kx in range(w):
-                        qv = q[:, :, y * w + xx]  # the unscaled query (SPEC §2.3)
+                        qv = q[:, :, y * w + xx]  # the unscaled query (SAM's add_decomposed_rel_pos)
                         bias[:, :, y * w + xx, ky * w + kx] = (qv * rh[y, ky]).sum(-1) + (
                             qv * rw[xx, kx]
                         ).sum(-1)
@@ -252,7 +252,7 @@ def test_window_equal_to_grid_is_global_attention_and_larger_window_attends_to_z
     global_out = block(x)
     block.window_size = 3
     assert max_abs_diff(block(x), global_out) <= 1e-6
-    # A 2x2 grid in a 3x3 window: the 5 padded zero tokens are attended to (not masked, SPEC §2.2):
+    # A 2x2 grid in a 3x3 window: the 5 padded zero tokens are attended to (not masked, as in SAM):
     # equal to global attention on the explicitly zero-padded grid, then cropped — not to the 2x2 one.
     x = torch.randn(2, 2, 2, 32)
     normed = F.pad(block.norm1(x), (0, 0, 0, 1, 0, 1))

@@ -1,5 +1,5 @@
 """Hierarchical encoders: Swin and PVT v1 against transformers (and timm's Swin), their FLatten
-variants (SPEC §5.4), parameter counts, and the original FLatten-Swin / PVT key layouts.
+variants (FLatten-Transformer's cfgs), parameter counts, and the original FLatten-Swin / PVT key layouts.
 
 Random small configs, float32, max abs diff <= 1e-4.
 """
@@ -177,7 +177,7 @@ def test_stage_attention_types_follow_the_config():
 
 
 def test_swin_without_final_norm_for_ocr_encoders():
-    """Donut/Nougat drop the final norm (SPEC §9): tokens are then stage 4's raw output."""
+    """Donut/Nougat drop the final norm (transformers' convert_donut_to_pytorch.py drops encoder.model.norm): tokens are then stage 4's raw output."""
     encoder = SwinTransformer(vlmzoo.create_encoder("swin-tiny").config.replace(final_norm=False)).eval()
     out = encoder(torch.randn(1, 3, 64, 64), output_hidden_states=True)
     assert torch.equal(out.tokens, out.hidden_states[-1])
@@ -185,7 +185,7 @@ def test_swin_without_final_norm_for_ocr_encoders():
 
 # --- original layouts ---------------------------------------------------------------------------
 def test_from_original_flatten_swin_layout():
-    """A state dict as FLatten-Swin saves it (SPEC §5.5): our names plus relative_position_index
+    """A state dict as FLatten-Swin saves it (models/flatten_swin.py names): our names plus relative_position_index
     and attn_mask buffers and a classifier head; config inferred from the tensors."""
     config = SwinConfig(
         image_size=64,
@@ -213,7 +213,7 @@ def test_from_original_flatten_swin_layout():
 @pytest.mark.parametrize("layout", ["pvt", "flatten-pvt"])
 def test_from_original_pvt_layout(layout):
     """PVT v1's names (patch_embed1, pos_embed1, block1, ...); FLatten-PVT's linear blocks store
-    q and kv separately (SPEC §5.4), fused here into qkv. PVT checkpoints do not store the heads
+    q and kv separately (models/flatten_pvt.py), fused here into qkv. PVT checkpoints do not store the heads
     of softmax stages: the converter assumes PVT v1's head dim 64, so this model uses it."""
     config = vlmzoo.create_encoder(f"{layout}-tiny").config.replace(
         widths=(64, 128, 128, 192), num_heads=(1, 2, 2, 3)

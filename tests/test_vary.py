@@ -1,7 +1,7 @@
 """Vary's vision vocabulary and the dual-tower fused encoders (Vary-base / Vary-toy).
 
 The vocabulary network is transformers' GOT-OCR2 vision tower + the projector's two stride-2
-convs (same network, SPEC §3.1): parity on a tiny random GOT-OCR2, and at a non-square size
+convs (same network as Vary's vision_encoder/sam.py + net_2/net_3): parity on a tiny random GOT-OCR2, and at a non-square size
 against timm's samvit + the same convs. Vary itself is not installable, so the fused encoder is
 checked against Vary's forward written here on peer models (CLIP hidden_states[-2] without CLS
 -> mm_projector, vocabulary -> mm_projector_vary, concatenated along channels).
@@ -192,7 +192,7 @@ def vary_pair(vocab):
     fused.projections["vocab"].load_state_dict(mm_projector_vary.state_dict())
 
     def vary_forward(x224: torch.Tensor, x1024: torch.Tensor) -> torch.Tensor:
-        """Vary-toy / Vary-base image features (SPEC §3.2): per-token channel concatenation."""
+        """Vary-toy / Vary-base image features (Vary's vary_qwen_vary.py): per-token channel concatenation."""
         clip_tokens = clip(pixel_values=x224, output_hidden_states=True).hidden_states[-2][:, 1:]
         vocab_tokens = vocab(x1024).tokens  # checked against GOT-OCR2 above
         return torch.cat([mm_projector(clip_tokens), mm_projector_vary(vocab_tokens)], dim=-1)

@@ -46,7 +46,7 @@ def test_blocks_after_the_feature_layer_do_not_run_without_pooling():
 
 
 def test_gradients_reach_the_encoder_weights():
-    """No no_grad inside the encoder: a trainable tower gets gradients (DESIGN item 6)."""
+    """No no_grad inside the encoder: a trainable tower gets gradients (LLaVA users could not unfreeze a no_grad tower)."""
     encoder = tiny().train()
     encoder(torch.randn(2, 3, 32, 32)).tokens.sum().backward()
     assert encoder.patch_embed.proj.weight.grad is not None

@@ -31,7 +31,7 @@ import torch
 
 from vlmzoo.adapters.qformer import QFormer, QFormerConfig, QFormerModel
 from vlmzoo.convert.activations import from_hf_activation
-from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows, strip_prefix
+from vlmzoo.convert.state_dict import BLOCK_KEYS, build_loaded, count_blocks, fuse_rows, moved, strip_prefix
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder
 from vlmzoo.encoders.eva import eva_vit_config
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
@@ -59,6 +59,16 @@ def vision_config_from_hf(hf: Any) -> ViTConfig:
     )
 
 
+# transformers' Blip2EncoderLayer sub-modules -> vlmzoo's Block (the fused qkv is handled apart).
+_VISION_LAYER_NAMES = {
+    "self_attn.projection": "attn.proj",
+    "layer_norm1": "norm1",
+    "layer_norm2": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+
+
 def vision_state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
     """Bare ``Blip2VisionModel`` keys (``embeddings.*``, ``encoder.layers.*``, ``post_layernorm``)
     -> :class:`VisionTransformer` keys. The k third of ``qkv.bias`` is dropped (see module doc)."""
@@ -76,12 +86,7 @@ def vision_state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
         if config.qkv_bias == "qv":
             q_bias, _, v_bias = sd[f"{src}self_attn.qkv.bias"].chunk(3)
             out[f"{dst}attn.q_bias"], out[f"{dst}attn.v_bias"] = q_bias, v_bias
-        for p in ("weight", "bias"):
-            out[f"{dst}attn.proj.{p}"] = sd[f"{src}self_attn.projection.{p}"]
-            out[f"{dst}norm1.{p}"] = sd[f"{src}layer_norm1.{p}"]
-            out[f"{dst}norm2.{p}"] = sd[f"{src}layer_norm2.{p}"]
-            out[f"{dst}mlp.fc1.{p}"] = sd[f"{src}mlp.fc1.{p}"]
-            out[f"{dst}mlp.fc2.{p}"] = sd[f"{src}mlp.fc2.{p}"]
+        out |= moved(sd, src, dst, _VISION_LAYER_NAMES)
     return out
 
 
@@ -120,6 +125,21 @@ def qformer_config_from_hf(hf: Any, num_query_tokens: int = 32, out_dim: int | N
     )
 
 
+# transformers' Blip2QFormerLayer sub-modules -> vlmzoo's Q-Former layer (fused projections apart).
+_QFORMER_LAYER_NAMES = {
+    "attention.output.dense": "attn.proj",
+    "attention.output.LayerNorm": "attn_norm",
+    "intermediate_query.dense": "mlp.fc1",
+    "output_query.dense": "mlp.fc2",
+    "output_query.LayerNorm": "mlp_norm",
+}
+_QFORMER_CROSS_NAMES = {
+    "crossattention.attention.query": "cross_attn.q",
+    "crossattention.output.dense": "cross_attn.proj",
+    "crossattention.output.LayerNorm": "cross_norm",
+}
+
+
 def qformer_state_dict_from_hf(sd: StateDict, config: QFormerConfig) -> StateDict:
     """Bare ``Blip2QFormerModel`` keys -> :class:`QFormerModel` keys (q, k, v fused; k, v fused)."""
     out = {"layernorm.weight": sd["layernorm.weight"], "layernorm.bias": sd["layernorm.bias"]}
@@ -132,16 +152,9 @@ def qformer_state_dict_from_hf(sd: StateDict, config: QFormerConfig) -> StateDic
             out |= fuse_rows(
                 sd, [f"{src}crossattention.attention.{n}" for n in ("key", "value")], f"{dst}cross_attn.kv"
             )
-        for p in ("weight", "bias"):
-            out[f"{dst}attn.proj.{p}"] = sd[f"{src}attention.output.dense.{p}"]
-            out[f"{dst}attn_norm.{p}"] = sd[f"{src}attention.output.LayerNorm.{p}"]
-            out[f"{dst}mlp.fc1.{p}"] = sd[f"{src}intermediate_query.dense.{p}"]
-            out[f"{dst}mlp.fc2.{p}"] = sd[f"{src}output_query.dense.{p}"]
-            out[f"{dst}mlp_norm.{p}"] = sd[f"{src}output_query.LayerNorm.{p}"]
-            if config.has_cross_attention(i):
-                out[f"{dst}cross_attn.q.{p}"] = sd[f"{src}crossattention.attention.query.{p}"]
-                out[f"{dst}cross_attn.proj.{p}"] = sd[f"{src}crossattention.output.dense.{p}"]
-                out[f"{dst}cross_norm.{p}"] = sd[f"{src}crossattention.output.LayerNorm.{p}"]
+        out |= moved(sd, src, dst, _QFORMER_LAYER_NAMES)
+        if config.has_cross_attention(i):
+            out |= moved(sd, src, dst, _QFORMER_CROSS_NAMES)
     return out
 
 
@@ -236,14 +249,6 @@ OPT_HEADS = {768: 12, 1024: 16, 2048: 32, 2560: 32, 4096: 32, 5120: 40, 7168: 56
 
 
 # The sub-keys every block of each LAVIS part has (checked before a depth is read off the keys).
-EVA_BLOCK_KEYS = (
-    "norm1.weight",
-    "attn.qkv.weight",
-    "attn.proj.weight",
-    "norm2.weight",
-    "mlp.fc1.weight",
-    "mlp.fc2.weight",
-)
 QFORMER_LAYER_KEYS = (  # LAVIS's names
     "attention.self.query.weight",
     "attention.output.dense.weight",
@@ -271,7 +276,7 @@ def _lavis_vision(sd: StateDict) -> VisionTransformer:
         image_size=grid * patch,
         patch_size=patch,
         width=width,
-        depth=count_blocks(sd, f"{p}blocks.", EVA_BLOCK_KEYS, what="EVA block"),
+        depth=count_blocks(sd, f"{p}blocks.", BLOCK_KEYS, what="EVA block"),
         num_heads=_heads(width, LAVIS_EVA_HEAD_DIM, "EVA ViT"),
     ).replace(
         mlp_dim=sd[f"{p}blocks.0.mlp.fc1.weight"].shape[0],

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from vlmzoo.convert.activations import from_hf_activation
-from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows
+from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows, moved
 from vlmzoo.encoders.clip_text import TextTransformer, TextTransformerConfig
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig, clip_vision_config
 from vlmzoo.errors import ConversionError
@@ -23,23 +23,30 @@ from vlmzoo.models.clip import CLIPConfig, CLIPModel
 StateDict = dict[str, torch.Tensor]
 
 
+def tower_fields(hf: Any, projection_dim: int | None) -> dict[str, Any]:
+    """The fields both CLIP towers read off their transformers config the same way."""
+    return dict(
+        width=hf.hidden_size,
+        depth=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        mlp_ratio=hf.intermediate_size / hf.hidden_size,
+        act=from_hf_activation(hf.hidden_act),
+        norm_eps=hf.layer_norm_eps,
+        embed_dim=projection_dim,
+    )
+
+
 def vision_config_from_hf(hf: Any, projection_dim: int | None) -> ViTConfig:
     """A :class:`ViTConfig` equal to a transformers ``CLIPVisionConfig`` (+ optional projection)."""
     return ViTConfig(
         image_size=hf.image_size,
         patch_size=hf.patch_size,
         in_channels=hf.num_channels,
-        width=hf.hidden_size,
-        depth=hf.num_hidden_layers,
-        num_heads=hf.num_attention_heads,
-        mlp_ratio=hf.intermediate_size / hf.hidden_size,
-        act=from_hf_activation(hf.hidden_act),
         patch_bias=False,
         pre_norm=True,
-        norm_eps=hf.layer_norm_eps,
         pos_embed_resize="bicubic",  # transformers' interpolate_pos_encoding
-        embed_dim=projection_dim,
         proj_bias=False,
+        **tower_fields(hf, projection_dim),
     )
 
 
@@ -54,15 +61,9 @@ def text_config_from_hf(hf: Any, projection_dim: int | None) -> TextTransformerC
     return TextTransformerConfig(
         vocab_size=hf.vocab_size,
         context_length=hf.max_position_embeddings,
-        width=hf.hidden_size,
-        depth=hf.num_hidden_layers,
-        num_heads=hf.num_attention_heads,
-        mlp_ratio=hf.intermediate_size / hf.hidden_size,
-        act=from_hf_activation(hf.hidden_act),
-        norm_eps=hf.layer_norm_eps,
-        embed_dim=projection_dim,
         pooling="argmax" if legacy else "eos_token",
         eos_token_id=hf.eos_token_id if not legacy else hf.vocab_size - 1,
+        **tower_fields(hf, projection_dim),
     )
 
 
@@ -79,18 +80,23 @@ HUB_LAYER_KEYS = (
 )
 
 
+# transformers' CLIP encoder layer sub-modules -> vlmzoo's Block (q/k/v are fused apart).
+HF_LAYER_NAMES = {
+    "self_attn.out_proj": "attn.proj",
+    "layer_norm1": "norm1",
+    "layer_norm2": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+
+
 def _blocks(sd: StateDict, prefix: str, depth: int) -> StateDict:
     """HF encoder layers (separate q/k/v) -> vlmzoo blocks (fused qkv, rows q, k, v)."""
     out: StateDict = {}
     for i in range(depth):
         src, dst = f"{prefix}encoder.layers.{i}.", f"blocks.{i}."
         out |= fuse_rows(sd, [f"{src}self_attn.{n}_proj" for n in "qkv"], f"{dst}attn.qkv")
-        for p in ("weight", "bias"):
-            out[f"{dst}attn.proj.{p}"] = sd[f"{src}self_attn.out_proj.{p}"]
-            out[f"{dst}norm1.{p}"] = sd[f"{src}layer_norm1.{p}"]
-            out[f"{dst}norm2.{p}"] = sd[f"{src}layer_norm2.{p}"]
-            out[f"{dst}mlp.fc1.{p}"] = sd[f"{src}mlp.fc1.{p}"]
-            out[f"{dst}mlp.fc2.{p}"] = sd[f"{src}mlp.fc2.{p}"]
+        out |= moved(sd, src, dst, HF_LAYER_NAMES)
     return out
 
 

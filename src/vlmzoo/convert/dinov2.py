@@ -25,15 +25,14 @@ from typing import Any
 import torch
 
 from vlmzoo.convert.activations import from_hf_activation
-from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows
+from vlmzoo.convert.state_dict import BLOCK_KEYS, build_loaded, count_blocks, fuse_rows, moved, renamed
 from vlmzoo.encoders.dinov2 import LAYER_SCALE_INIT, dinov2_config
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.errors import ConversionError
 
 StateDict = dict[str, torch.Tensor]
-# The sub-keys every block has, in vlmzoo's (= the original's, after three renames) and in
-# transformers 5's names: checked before the depth is read off the keys.
-BLOCK_KEYS = ("norm1.weight", "attn.qkv.weight", "attn.proj.weight", "norm2.weight", "mlp.fc2.weight")
+# The sub-keys every block has in transformers 5's names (vlmzoo's, = the original's after three
+# renames, are BLOCK_KEYS): checked before the depth is read off the keys.
 HF_LAYER_KEYS = (
     "norm1.weight",
     "attention.q_proj.weight",
@@ -97,11 +96,11 @@ def config_from_hf(model: Any) -> ViTConfig:
 
 # Hub files (and transformers 4) -> transformers 5 in-memory names (transformers' conversion_mapping.py).
 _HUB_TO_V5 = (
-    ("attention.attention.query.", "attention.q_proj."),
-    ("attention.attention.key.", "attention.k_proj."),
-    ("attention.attention.value.", "attention.v_proj."),
-    ("attention.output.dense.", "attention.o_proj."),
-    ("mlp.weights_out.", "mlp.down_proj."),
+    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
+    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
+    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (r"\.mlp\.weights_out\.", ".mlp.down_proj."),
 )
 
 
@@ -113,11 +112,25 @@ def _v5_names(sd: StateDict) -> StateDict:
             gate, up = value.chunk(2, dim=0)
             out[key.replace("mlp.weights_in.", "mlp.gate_proj.")] = gate
             out[key.replace("mlp.weights_in.", "mlp.up_proj.")] = up
-            continue
-        for old, new in _HUB_TO_V5:
-            key = key.replace(old, new)
-        out[key] = value
-    return out
+        else:
+            out[key] = value
+    return renamed(out, _HUB_TO_V5)
+
+
+# transformers 5 sub-module names of one layer -> vlmzoo's (q/k/v and SwiGLU's gate/up are fused).
+_HF_MLP_NAMES = {
+    "attention.o_proj": "attn.proj",
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_HF_SWIGLU_NAMES = {
+    "attention.o_proj": "attn.proj",
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "mlp.down_proj": "mlp.fc2",
+}
 
 
 def state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
@@ -142,21 +155,15 @@ def state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
     if config.num_registers:
         out["reg_token"] = sd[f"{e}register_tokens"]
     biases = ("weight", "bias") if config.qkv_bias else ("weight",)
+    names = _HF_SWIGLU_NAMES if config.swiglu else _HF_MLP_NAMES
     for i in range(config.depth):
         src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
         out |= fuse_rows(sd, [f"{src}attention.{n}_proj" for n in "qkv"], f"{dst}attn.qkv", biases)
+        if config.swiglu:
+            out |= fuse_rows(sd, [f"{src}mlp.{n}_proj" for n in ("gate", "up")], f"{dst}mlp.fc1")
+        out |= moved(sd, src, dst, names)
         out[f"{dst}ls1.gamma"] = sd[f"{src}layer_scale1.lambda1"]
         out[f"{dst}ls2.gamma"] = sd[f"{src}layer_scale2.lambda1"]
-        for p in ("weight", "bias"):
-            out[f"{dst}attn.proj.{p}"] = sd[f"{src}attention.o_proj.{p}"]
-            out[f"{dst}norm1.{p}"] = sd[f"{src}norm1.{p}"]
-            out[f"{dst}norm2.{p}"] = sd[f"{src}norm2.{p}"]
-            if config.swiglu:
-                out |= fuse_rows(sd, [f"{src}mlp.{n}_proj" for n in ("gate", "up")], f"{dst}mlp.fc1", (p,))
-                out[f"{dst}mlp.fc2.{p}"] = sd[f"{src}mlp.down_proj.{p}"]
-            else:
-                out[f"{dst}mlp.fc1.{p}"] = sd[f"{src}mlp.fc1.{p}"]
-                out[f"{dst}mlp.fc2.{p}"] = sd[f"{src}mlp.fc2.{p}"]
     return out
 
 

@@ -23,12 +23,19 @@ vlmzoo keeps PVT's module names, with the per-stage attributes as lists:
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import torch
 
-from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows, unwrap
+from vlmzoo.convert.state_dict import (
+    build_loaded,
+    count_blocks,
+    fuse_groups,
+    fuse_rows,
+    rename_key,
+    renamed,
+    unwrap,
+)
 from vlmzoo.encoders.pvt import PvtConfig, PvtStageAttention, PyramidVisionTransformer
 from vlmzoo.errors import ConversionError
 
@@ -54,21 +61,13 @@ _HF_RENAMES = (
 )
 
 
+_HF_KV = r"^encoder\.block\.(\d+)\.(\d+)\.attention\.self\.(?P<part>key|value)\.(weight|bias)$"
+
+
 def pvt_state_dict_from_hf(sd: StateDict) -> StateDict:
     """transformers ``PvtModel`` keys -> vlmzoo PVT keys (key/value fused into ``kv``)."""
-    out: StateDict = {}
-    for key, value in sd.items():
-        match = re.match(r"^encoder\.block\.(\d+)\.(\d+)\.attention\.self\.(key|value)\.(weight|bias)$", key)
-        if match:
-            if match.group(3) == "key":
-                s, b, kind = match.group(1), match.group(2), match.group(4)
-                parts = [f"encoder.block.{s}.{b}.attention.self.{x}" for x in ("key", "value")]
-                out |= fuse_rows(sd, parts, f"stages.{s}.{b}.attn.kv", (kind,))
-            continue
-        for pattern, replacement in _HF_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    return out
+    fused, rest = fuse_groups(sd, _HF_KV, ("key", "value"), r"stages.\1.\2.attn.kv")
+    return renamed(rest, _HF_RENAMES) | fused
 
 
 def pvt_config_from_hf(config: Any) -> PvtConfig:
@@ -113,16 +112,22 @@ def from_transformers_pvt(model: Any) -> PyramidVisionTransformer:
 
 
 # --- original layout ------------------------------------------------------------------------
+# PVT v1's per-stage attributes (1-based, patch_embed1 ... block4) <-> vlmzoo's lists (0-based).
+_ORIGINAL_RENAMES = (
+    (r"^patch_embed(\d+)\.", lambda m: f"patch_embeds.{int(m[1]) - 1}."),
+    (r"^pos_embed(\d+)$", lambda m: f"pos_embeds.{int(m[1]) - 1}"),
+    (r"^block(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}."),
+)
+_TO_ORIGINAL = (
+    (r"^patch_embeds\.(\d+)\.", lambda m: f"patch_embed{int(m[1]) + 1}."),
+    (r"^pos_embeds\.(\d+)$", lambda m: f"pos_embed{int(m[1]) + 1}"),
+    (r"^stages\.(\d+)\.", lambda m: f"block{int(m[1]) + 1}."),
+)
+
+
 def pvt_state_dict_from_original(sd: StateDict) -> StateDict:
     """PVT v1 / FLatten-PVT keys -> vlmzoo keys (FLatten's ``attn.q`` + ``attn.kv`` fused into ``attn.qkv``)."""
-    out: StateDict = {}
-    for key, value in sd.items():
-        if key.startswith("head."):
-            continue
-        key = re.sub(r"^patch_embed(\d+)\.", lambda m: f"patch_embeds.{int(m.group(1)) - 1}.", key)
-        key = re.sub(r"^pos_embed(\d+)$", lambda m: f"pos_embeds.{int(m.group(1)) - 1}", key)
-        key = re.sub(r"^block(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.", key)
-        out[key] = value
+    out = renamed({k: v for k, v in sd.items() if not k.startswith("head.")}, _ORIGINAL_RENAMES)
     for key in [k for k in out if k.endswith(".attn.positional_encoding")]:
         prefix = key.removesuffix("positional_encoding")
         fused = fuse_rows(out, [f"{prefix}q", f"{prefix}kv"], f"{prefix}qkv")
@@ -135,9 +140,7 @@ def pvt_state_dict_from_original(sd: StateDict) -> StateDict:
 
 def _original_name(key: str) -> str:
     """A vlmzoo PVT key's name in the original layout (for error messages)."""
-    key = re.sub(r"^patch_embeds\.(\d+)\.", lambda m: f"patch_embed{int(m.group(1)) + 1}.", key)
-    key = re.sub(r"^pos_embeds\.(\d+)$", lambda m: f"pos_embed{int(m.group(1)) + 1}", key)
-    return re.sub(r"^stages\.(\d+)\.", lambda m: f"block{int(m.group(1)) + 1}.", key)
+    return rename_key(key, _TO_ORIGINAL)
 
 
 def pvt_config_from_state_dict(sd: StateDict) -> PvtConfig:

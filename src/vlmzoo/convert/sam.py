@@ -29,51 +29,37 @@ import torch
 import torch.nn as nn
 
 from vlmzoo.convert.activations import from_hf_activation, from_module_activation
-from vlmzoo.convert.state_dict import build_loaded, count_blocks, strip_prefix
+from vlmzoo.convert.state_dict import BLOCK_KEYS, build_loaded, count_blocks, renamed, strip_prefix
 from vlmzoo.encoders.sam import SamConfig, SamEncoder
 from vlmzoo.errors import ConversionError
 
 StateDict = dict[str, torch.Tensor]
 # The sub-keys every block of the original layout has (checked before the depth is read off the keys).
-SAM_BLOCK_KEYS = (
-    "norm1.weight",
-    "attn.qkv.weight",
-    "attn.proj.weight",
-    "attn.rel_pos_h",
-    "attn.rel_pos_w",
-    "norm2.weight",
-    "mlp.fc1.weight",
-    "mlp.fc2.weight",
-)
+SAM_BLOCK_KEYS = (*BLOCK_KEYS, "attn.rel_pos_h", "attn.rel_pos_w")
 
 
 # --- state-dict renames ---------------------------------------------------------------------
 def sam_state_dict_from_original(sd: StateDict) -> StateDict:
     """Original SAM encoder keys (prefix stripped) -> SamEncoder keys: only ``mlp.lin`` -> ``mlp.fc``."""
-    return {k.replace(".mlp.lin1.", ".mlp.fc1.").replace(".mlp.lin2.", ".mlp.fc2."): v for k, v in sd.items()}
+    return renamed(sd, _ORIGINAL_RENAMES)
 
 
+_ORIGINAL_RENAMES = ((r"\.mlp\.lin([12])\.", r".mlp.fc\1."),)
 _HF_RENAMES = (
-    ("patch_embed.projection.", "patch_embed.proj."),
-    ("neck.conv1.", "neck.0."),
-    ("neck.layer_norm1.", "neck.1."),
-    ("neck.conv2.", "neck.2."),
-    ("neck.layer_norm2.", "neck.3."),
+    (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^neck\.conv1\.", "neck.0."),
+    (r"^neck\.layer_norm1\.", "neck.1."),
+    (r"^neck\.conv2\.", "neck.2."),
+    (r"^neck\.layer_norm2\.", "neck.3."),
+    (r"^layers\.(\d+)\.layer_norm([12])\.", r"blocks.\1.norm\2."),
+    (r"^layers\.", "blocks."),
+    *_ORIGINAL_RENAMES,
 )
 
 
 def sam_state_dict_from_hf(sd: StateDict) -> StateDict:
     """transformers ``SamVisionEncoder`` / ``GotOcr2VisionEncoder`` keys (no prefix) -> SamEncoder keys."""
-    out: StateDict = {}
-    for key, value in sd.items():
-        for old, new in _HF_RENAMES:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-        if key.startswith("layers."):
-            key = "blocks." + key[len("layers.") :]
-            key = key.replace(".layer_norm1.", ".norm1.").replace(".layer_norm2.", ".norm2.")
-        out[key] = value
-    return sam_state_dict_from_original(out)
+    return renamed(sd, _HF_RENAMES)
 
 
 # --- transformers ---------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 - :func:`strip_prefix`: the entries under a prefix, with it removed (a tower out of a whole
   checkpoint, or a module's own keys that may or may not carry its attribute name).
 - :func:`unwrap`: the prefixes training wrappers put in front of *every* key (DDP's ``module.``).
-- :func:`fuse_rows`: separate q / k / v (or k / v) projections -> one fused Linear, rows in order.
+- :func:`renamed`, :func:`moved`: key renames by rule (regexes, in order) or per block (sub-module
+  names, one block's prefix to another's).
+- :func:`fuse_rows`, :func:`fuse_groups`: separate q / k / v (or k / v) projections -> one fused
+  Linear, rows in order — for one block, or for every block a key pattern finds.
 - :func:`count_blocks`: how many numbered blocks a state dict holds, *checked*: a converter that
   sized a model from the largest index it saw would let one stray key
   (``blocks.3000000.norm1.weight``) allocate three million blocks. Indices must run 0 .. n-1 with
@@ -26,6 +29,17 @@ from vlmzoo.weights.format import check_state_dict
 
 StateDict = dict[str, torch.Tensor]
 M = TypeVar("M", bound=nn.Module)
+
+# The sub-keys every pre-LN ViT block has in vlmzoo's names, which are timm's and the originals'
+# of DINOv2, EVA, SAM (after mlp.lin -> mlp.fc) and Swin: checked before a depth is read off keys.
+BLOCK_KEYS = (
+    "norm1.weight",
+    "attn.qkv.weight",
+    "attn.proj.weight",
+    "norm2.weight",
+    "mlp.fc1.weight",
+    "mlp.fc2.weight",
+)
 
 # Nine digits allow a billion blocks, far beyond any model; longer runs are refused before int()
 # (which also refuses numbers of more than 4300 digits with a ValueError of its own).
@@ -59,6 +73,41 @@ def unwrap(sd: Mapping[str, torch.Tensor], prefixes: Sequence[str] = ("module.",
     return out
 
 
+Rename = tuple[str, str | Callable[[re.Match[str]], str]]  # (regex, replacement), as re.sub takes
+
+
+def rename_key(key: str, renames: Sequence[Rename]) -> str:
+    """``key`` rewritten by the ``(pattern, replacement)`` regex rules, in order."""
+    for pattern, replacement in renames:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def renamed(sd: Mapping[str, torch.Tensor], renames: Sequence[Rename]) -> StateDict:
+    """``sd`` with every key rewritten by :func:`rename_key`."""
+    return {rename_key(key, renames): value for key, value in sd.items()}
+
+
+def moved(
+    sd: Mapping[str, torch.Tensor],
+    src: str,
+    dst: str,
+    names: Mapping[str, str],
+    params: Sequence[str] = ("weight", "bias"),
+) -> StateDict:
+    """``{f"{dst}{new}.{p}": sd[f"{src}{old}.{p}"]}`` for every ``old -> new`` of ``names`` and ``p``
+    of ``params``: one block's sub-modules under another prefix and other names. A missing key is
+    a :class:`ConversionError` naming it."""
+    out: StateDict = {}
+    for old, new in names.items():
+        for p in params:
+            key = f"{src}{old}.{p}"
+            if key not in sd:
+                raise ConversionError(f"{key} is missing (looked for to fill {dst}{new}.{p})")
+            out[f"{dst}{new}.{p}"] = sd[key]
+    return out
+
+
 def fuse_rows(
     sd: Mapping[str, torch.Tensor],
     parts: Sequence[str],
@@ -84,6 +133,32 @@ def fuse_rows(
             raise ConversionError(f"{missing} is missing, but {held[0]} is there: cannot fuse {into}.{p}")
         out[f"{into}.{p}"] = torch.cat([sd[k] for k in keys], dim=0)
     return out
+
+
+def fuse_groups(
+    sd: Mapping[str, torch.Tensor], pattern: str, parts: Sequence[str], into: str
+) -> tuple[StateDict, StateDict]:
+    """(fused, rest): every group of separate projections in ``sd`` fused with :func:`fuse_rows`.
+
+    ``pattern`` matches a whole key of one part: a regex with a named group ``part`` (one of
+    ``parts``) followed by ``.weight`` or ``.bias``; the keys of a group share what precedes
+    ``part``. ``into`` is the fused module's name, a ``match.expand`` template (``\\1`` for the
+    pattern's groups). ``rest`` holds the keys ``pattern`` does not match, untouched.
+    """
+    compiled = re.compile(pattern)
+    fused: StateDict = {}
+    rest: StateDict = {}
+    seen: set[tuple[str, str]] = set()
+    for key, value in sd.items():
+        match = compiled.match(key)
+        if match is None:
+            rest[key] = value
+            continue
+        group = key[: match.start("part")], key[match.end("part") + 1 :]  # (prefix, param)
+        if group not in seen:  # fuse_rows names a part the group lacks
+            seen.add(group)
+            fused |= fuse_rows(sd, [group[0] + part for part in parts], match.expand(into), (group[1],))
+    return fused, rest
 
 
 def count_blocks(

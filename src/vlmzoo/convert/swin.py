@@ -29,21 +29,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vlmzoo.convert.state_dict import build_loaded, count_blocks, fuse_rows, unwrap
+from vlmzoo.convert.state_dict import BLOCK_KEYS, build_loaded, count_blocks, fuse_groups, renamed, unwrap
 from vlmzoo.encoders.swin import SwinConfig, SwinStageAttention, SwinTransformer
 from vlmzoo.errors import ConversionError
 
 StateDict = dict[str, torch.Tensor]
-# The sub-keys every Swin block has in vlmzoo's (= the original's) names; the bias table or
-# FLatten's positional encoding depends on the stage kind and is read where the kind is known.
-BLOCK_KEYS = (
-    "norm1.weight",
-    "attn.qkv.weight",
-    "attn.proj.weight",
-    "norm2.weight",
-    "mlp.fc1.weight",
-    "mlp.fc2.weight",
-)
 
 _HF_RENAMES = (
     (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
@@ -60,25 +50,14 @@ _HF_RENAMES = (
 )
 
 
+_HF_QKV = r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.(?P<part>[qkv]_proj)\.(weight|bias)$"
+
+
 def swin_state_dict_from_hf(sd: StateDict) -> StateDict:
     """transformers ``SwinModel`` keys -> vlmzoo Swin keys (q/k/v fused into ``qkv``)."""
-    out: StateDict = {}
-    for key, value in sd.items():
-        if key.endswith("relative_position_index"):
-            continue
-        match = re.match(
-            r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$", key
-        )
-        if match:
-            if match.group(3) == "q":
-                s, b, kind = match.group(1), match.group(2), match.group(4)
-                parts = [f"encoder.layers.{s}.blocks.{b}.attention.{x}_proj" for x in "qkv"]
-                out |= fuse_rows(sd, parts, f"layers.{s}.blocks.{b}.attn.qkv", (kind,))
-            continue
-        for pattern, replacement in _HF_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    return out
+    sd = {k: v for k, v in sd.items() if not k.endswith("relative_position_index")}
+    fused, rest = fuse_groups(sd, _HF_QKV, ("q_proj", "k_proj", "v_proj"), r"layers.\1.blocks.\2.attn.qkv")
+    return renamed(rest, _HF_RENAMES) | fused
 
 
 def swin_config_from_hf(config: Any, pool: str) -> SwinConfig:

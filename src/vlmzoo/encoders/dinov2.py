@@ -1,19 +1,24 @@
 """DINOv2 (Oquab et al. 2023) and DINOv2 with registers (Darcet et al. 2024) as ViT presets.
 
 DINOv2 is a plain pre-LN ViT, so it is expressed with :class:`VisionTransformer` and a
-:class:`ViTConfig`; this file only names the published sizes (SPEC §4.1) and records what sets
-DINOv2 apart from the CLIP towers in ``vit.py``:
+:class:`ViTConfig`; this file only names the published sizes (``vit_small`` .. ``vit_giant2`` in
+facebookresearch/dinov2's ``dinov2/models/vision_transformer.py``, whose functions are cited
+below) and records what sets DINOv2 apart from the CLIP towers in ``vit.py``:
 
 - Patch 14 with position embeddings stored for 518 px (37x37 = 1369 patches + 1 CLS row).
-  LayerScale on both residual branches (``ls1.gamma``/``ls2.gamma``, §4.2), LayerNorm eps 1e-6,
-  exact GELU, bias on qkv/proj/FFN and on the patch conv, a final LayerNorm, no ``ln_pre``.
-- ViT-g/14 uses a packed SwiGLU FFN with hidden width 4096 (= ((int(4·1536·2/3) + 7) // 8)·8),
-  not a round ratio of the width, hence ``mlp_dim`` (§4.1).
-- A learned ``mask_token`` replaces masked patches *before* CLS and position embeddings (§4.3).
-  It is part of every released checkpoint (and of transformers' models), so the presets have it.
+  LayerScale on both residual branches (``ls1.gamma``/``ls2.gamma``, ``dinov2/layers/block.py``),
+  LayerNorm eps 1e-6, exact GELU, bias on qkv/proj/FFN and on the patch conv, a final
+  LayerNorm, no ``ln_pre``.
+- ViT-g/14 uses a packed SwiGLU FFN with hidden width 4096 (= ((int(4·1536·2/3) + 7) // 8)·8,
+  ``dinov2/layers/swiglu_ffn.py``), not a round ratio of the width, hence ``mlp_dim``.
+- A learned ``mask_token`` replaces masked patches *before* CLS and position embeddings
+  (``prepare_tokens_with_masks``). It is part of every released checkpoint (and of
+  transformers' models), so the presets have it.
 - Register variants insert 4 register tokens right after CLS *after* the position embeddings
-  are added (registers get no position embedding): tokens are [CLS, reg x4, patches] (§4.3).
-- Position-embedding resizing differs between releases and peers (§4.4), so each preset and
+  are added (registers get no position embedding): tokens are [CLS, reg x4, patches]
+  (``prepare_tokens_with_masks`` again).
+- Position-embedding resizing differs between releases and peers (the original's
+  ``interpolate_pos_encoding`` against transformers' ``Dinov2Embeddings``), so each preset and
   converter names its rule: the original models without registers scale by
   ``(target + 0.1) / 37`` (``"bicubic_offset"``, a DINO v1 kludge kept for parity); the register
   models resize to the target size with antialias (``"bicubic_antialias"``). transformers'
@@ -22,7 +27,7 @@ DINOv2 apart from the CLIP towers in ``vit.py``:
 
 VLM defaults: the selected tokens are the final-normed patch tokens (``feature_norm=True``,
 the original's ``x_norm_patchtokens``); ``pooled`` is the final-normed CLS token
-(``x_norm_clstoken``, §4.3).
+(``x_norm_clstoken``, both from ``forward_features``).
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.layers import PosEmbedResize
 from vlmzoo.registry import register
 
-# The released weights overwrite LayerScale; 1e-5 is DINOv2's training init (SPEC §4.1,
-# ssl_default_config.yaml) and timm's ``init_values`` for these models.
+# The released weights overwrite LayerScale; 1e-5 is DINOv2's training init (``layerscale`` in
+# dinov2/configs/ssl_default_config.yaml) and timm's ``init_values`` for these models.
 LAYER_SCALE_INIT = 1e-5
 
 
@@ -53,7 +58,8 @@ def dinov2_config(
     ``mlp_dim`` is the FFN hidden width (SwiGLU: of each half); ``None`` means 4 x ``width``.
 
     ``pos_embed_resize`` defaults to the original release's rule: ``"bicubic_offset"`` without
-    registers, ``"bicubic_antialias"`` with them (SPEC §4.4). ``overrides`` are further
+    registers, ``"bicubic_antialias"`` with them (``interpolate_offset`` 0.1 / ``interpolate_antialias``
+    in dinov2's ``hub/backbones.py``). ``overrides`` are further
     :class:`ViTConfig` fields.
     """
     if pos_embed_resize is None:
@@ -85,7 +91,8 @@ def dinov2_config(
     return ViTConfig(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
-# name: (width, depth, heads, SwiGLU hidden or None) — SPEC §4.1; head dim 64 throughout.
+# name: (width, depth, heads, SwiGLU hidden or None) — dinov2's vit_small/base/large/giant2;
+# head dim 64 throughout.
 DINOV2_SIZES: dict[str, tuple[int, int, int, int | None]] = {
     "s14": (384, 12, 6, None),
     "b14": (768, 12, 12, None),

@@ -1,4 +1,5 @@
-"""Pyramid Vision Transformer v1 (Wang et al. 2021) and FLatten-PVT (Han et al. 2023; SPEC §5.4).
+"""Pyramid Vision Transformer v1 (Wang et al. 2021) and FLatten-PVT (Han et al. 2023, "FLatten
+Transformer", ICCV; FLatten-Transformer's ``models/flatten_pvt.py``).
 
 Four stages at strides 4, 8, 16, 32. Each stage embeds the previous map with a non-overlapping
 strided conv (patch 4, then 2, 2, 2) + LayerNorm, adds its own absolute position embedding, and
@@ -8,7 +9,8 @@ shrunk by ``sr_ratios`` (8, 4, 2, 1) with a strided conv + LayerNorm
 stage only (with its own position-embedding row) and ends with a LayerNorm over all tokens.
 
 FLatten-PVT (``ATTN_TYPE: LLLL``) replaces every stage's attention by focused linear attention
-over the whole map with *no* spatial reduction (``PVT_LA_SR_RATIOS`` default 1111, SPEC §5.4):
+over the whole map with *no* spatial reduction (``MODEL.LA.PVT_LA_SR_RATIOS`` default 1111 in
+FLatten-Transformer's ``config.py``):
 the reduction conv and norm disappear, a DWC, a temperature and a positional encoding the size of
 the stage's map appear. The positional encoding and DWC are tied to the H x W grid, so the
 FLatten-PVT presets drop PVT v1's CLS token and mean-pool (inferred: the FLatten code adds an
@@ -60,7 +62,7 @@ class PvtConfig(Config):
     """Sizes and switches of a PVT v1 / FLatten-PVT encoder (module docstring); per-stage tuples.
 
     ``sr_ratios`` apply to ``"spatial_reduction"`` stages; ``"focused_linear"`` stages never reduce
-    (FLatten's ``PVT_LA_SR_RATIOS`` default 1111, SPEC §5.4). ``norm_eps`` is the blocks' and the final norm's eps (PVT v1: 1e-6); ``embed_norm_eps`` the
+    (FLatten's ``PVT_LA_SR_RATIOS`` default 1111). ``norm_eps`` is the blocks' and the final norm's eps (PVT v1: 1e-6); ``embed_norm_eps`` the
     patch-embedding and spatial-reduction norms' (PVT v1 builds those with ``nn.LayerNorm``'s
     default 1e-5; transformers uses its single ``layer_norm_eps`` for all).
     """
@@ -262,7 +264,7 @@ class PyramidVisionTransformer(BlockStack, HubMixin, nn.Module):
 
 
 # --- presets --------------------------------------------------------------------------------
-# PVT v1 (Wang et al. 2021, Table 1; SPEC §5.4): widths 64/128/320/512, heads 1/2/5/8, MLP ratios
+# PVT v1 (Wang et al. 2021, Table 1): widths 64/128/320/512, heads 1/2/5/8, MLP ratios
 # 8/8/4/4, reduction 8/4/2/1, qkv bias; the sizes differ only in depth.
 PVT_DEPTHS: dict[str, tuple[int, ...]] = {
     "t": (2, 2, 2, 2),

@@ -1,16 +1,18 @@
-"""The Segment Anything image encoder (Kirillov et al. 2023): a ViTDet-style plain ViT (SPEC §2).
+"""The Segment Anything image encoder (Kirillov et al. 2023, appendix A): a ViTDet-style plain
+ViT (segment-anything's ``segment_anything/modeling/image_encoder.py`` ``ImageEncoderViT``).
 
 What sets it apart from the CLIP-style ViT in ``vit.py``:
 
 - Channels-last throughout: the patch embedding gives a [B, H', W', D] grid (no CLS token) and an
   absolute ``pos_embed`` of shape (1, 64, 64, D) for 1024 px (zero-init) is added to it.
 - Most blocks attend inside 14 x 14 windows; the grid is zero-padded bottom/right to a multiple
-  of 14 first and the padded tokens are *not* masked (SPEC §2.2). No shift. Blocks listed in
+  of 14 first and the padded tokens are *not* masked (``window_partition`` pads with zeros and
+  ``Attention`` takes no mask). No shift. Blocks listed in
   ``global_attn_indexes`` attend over the whole grid.
 - Every attention adds decomposed relative positions computed from the unscaled query
-  (SPEC §2.3; :mod:`vlmzoo.layers.rel_pos`).
+  (``add_decomposed_rel_pos``; :mod:`vlmzoo.layers.rel_pos`).
 - No final norm: a neck (1x1 conv -> LayerNorm2d -> 3x3 conv -> LayerNorm2d, 256 channels, no
-  conv bias, LN eps 1e-6) turns the last block's grid into the output map (SPEC §2.2 step 5).
+  conv bias, LN eps 1e-6) turns the last block's grid into the output map (``ImageEncoderViT.neck``).
 
 ``VisionOutput.tokens`` is the neck output flattened row-major: [B, H'·W', 256] with
 ``grid = (H', W')``; ``hidden_states`` are the embeddings (entry 0) and every block's output,
@@ -130,7 +132,7 @@ class SamBlock(nn.Module):
     """Pre-LN block on a channels-last grid, windowed or global: [B, H, W, C] -> [B, H, W, C].
 
     ``x + attn(norm1(x))`` where a windowed block pads/partitions the normed grid into
-    ``window_size`` windows (padding unmasked, SPEC §2.2), then ``x + mlp(norm2(x))``.
+    ``window_size`` windows (padding unmasked, as segment-anything's ``Block``), then ``x + mlp(norm2(x))``.
     ``input_size`` is the grid the global attention's relative-position tables are built for.
     """
 
@@ -304,7 +306,8 @@ class SamEncoder(BlockStack, HubMixin, nn.Module):
 
 # --- presets --------------------------------------------------------------------------------
 def sam_config(width: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]) -> SamConfig:
-    """A released SAM image encoder size (SPEC §2.1): 1024 px, patch 16, window 14, neck 256."""
+    """A released SAM image encoder size (segment-anything's ``build_sam.py``): 1024 px, patch 16,
+    window 14, neck 256."""
     return SamConfig(width=width, depth=depth, num_heads=num_heads, global_attn_indexes=global_attn_indexes)
 
 

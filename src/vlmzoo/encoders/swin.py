@@ -1,12 +1,14 @@
-"""Swin Transformer (Liu et al. 2021) and FLatten-Swin (Han et al. 2023; SPEC §5.4–5.5).
+"""Swin Transformer (Liu et al. 2021) and FLatten-Swin (Han et al. 2023, "FLatten Transformer",
+ICCV; FLatten-Transformer's ``models/flatten_swin.py``).
 
 A hierarchical encoder: a 4x4 patch embedding with LayerNorm, then four stages of pre-LN blocks
 at strides 4, 8, 16, 32. Stage s has ``width·2^s`` channels; a patch merging (concatenate each
 2x2 neighbourhood, LayerNorm(4C), Linear(4C -> 2C, no bias)) ends stages 1–3 — the original
-layout (SPEC §5.5), not timm's "downsample at the start of the next stage". A final LayerNorm
+layout (microsoft/Swin-Transformer's ``models/swin_transformer.py`` ``BasicLayer``), not timm's
+"downsample at the start of the next stage". A final LayerNorm
 follows stage 4 (Donut and Nougat drop it: ``final_norm=False``).
 
-Attention per stage (``stage_attention``, SPEC §5.4):
+Attention per stage (``stage_attention``; FLatten's ``ATTN_TYPE`` in ``cfgs/flatten_swin_*.yaml``):
 
 - ``"shifted_window"`` (Swin's W-MSA/SW-MSA): ``window_size`` windows with a relative position
   bias table, shifted by window // 2 on every second block.
@@ -14,7 +16,8 @@ Attention per stage (``stage_attention``, SPEC §5.4):
   ``linear_window_size`` windows. FLatten-Swin sets that window to 56, and a window at least
   as large as the stage's feature map is clamped to it with no shift, so at 224 px stages 1 (56x56)
   and 2 (28x28) become global linear attention over the whole map: ``ATTN_TYPE: LLSS``. The
-  linear attention has no shift mask (the original accepts and ignores it, SPEC §5.1).
+  linear attention has no shift mask (FLatten's ``FocusedLinearAttention.forward`` accepts a
+  ``mask`` argument and never reads it).
 
 Windows are clamped the way the original Swin does it (and transformers' ``SwinLayer``): when the
 shorter side of a stage's map is <= the window, the window becomes that side and the shift 0.
@@ -31,7 +34,8 @@ included, run as in transformers' ``SwinModel``. Patch merging pads odd maps by 
   resolution, *before* its patch merging and before the final norm, [B, h_s·w_s, C_s];
 - ``pooled``: the mean of ``tokens`` (``pool="mean"``, transformers' ``pooler_output``).
 
-Parameter names follow the original Swin / FLatten-Swin checkpoints (SPEC §5.5):
+Parameter names follow the original Swin / FLatten-Swin checkpoints (the module attributes of
+the two ``models/*.py`` files above):
 ``patch_embed.{proj,norm}``, ``layers.{s}.blocks.{b}.{norm1,attn.qkv,attn.proj,
 attn.relative_position_bias_table,norm2,mlp.fc1,mlp.fc2}`` (L blocks: ``attn.dwc``, ``attn.scale``,
 ``attn.positional_encoding`` instead of the table), ``layers.{s}.downsample.{norm,reduction}``,
@@ -233,7 +237,8 @@ class SwinTransformer(BlockStack, HubMixin, nn.Module):
     ) -> nn.Module:
         """The token mixer of one block: Swin window attention or FLatten's windowed linear attention.
 
-        Shift window // 2 on odd blocks unless the window covers the native map (SPEC §5.4).
+        Shift window // 2 on odd blocks unless the window covers the native map
+        (``SwinTransformerBlock.__init__`` of both originals sets shift 0 there).
         """
         c = self.config
         if kind == "shifted_window":
@@ -288,13 +293,14 @@ class SwinTransformer(BlockStack, HubMixin, nn.Module):
 
 
 # --- presets --------------------------------------------------------------------------------
-# Swin-T/S/B (Liu et al. 2021, Table 1; SPEC §5.4): patch 4, window 7, MLP 4x, head dim 32.
+# Swin-T/S/B (Liu et al. 2021, section 3.3 "Architecture Variants"): patch 4, window 7, MLP 4x,
+# head dim 32.
 SWIN_SIZES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
     "t": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
     "s": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
     "b": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
 }
-# FLatten-Swin: ATTN_TYPE "LLSS" with the linear stages' window 56 (SPEC §5.4).
+# FLatten-Swin: ATTN_TYPE "LLSS" with the linear stages' window 56 (cfgs/flatten_swin_t.yaml).
 FLATTEN_SWIN_ATTENTION: tuple[SwinStageAttention, ...] = (
     "focused_linear",
     "focused_linear",

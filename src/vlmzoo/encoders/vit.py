@@ -1,13 +1,15 @@
 """Vision Transformer (Dosovitskiy et al. 2021) in the variants VLMs use: CLIP, timm, DINOv2-style.
 
 One configurable model covers the published towers: OpenAI CLIP (no patch bias, ``ln_pre``,
-QuickGELU, projection without bias — SPEC §1.2), timm's ``vit_*_clip_*`` (exact GELU, projection
-with bias), and the LayerScale / register-token / SwiGLU variants. Feature selection for VLMs
-(layer -2, drop CLS, pre/post norm) is configuration, never a code change (DESIGN, LLaVA §8).
+QuickGELU, projection without bias — openai/CLIP's ``clip/model.py`` ``VisionTransformer``), timm's
+``vit_*_clip_*`` (exact GELU, projection with bias), and the LayerScale / register-token / SwiGLU
+variants. Feature selection for VLMs (layer -2, drop CLS, pre/post norm) is configuration, never a
+code change (LLaVA's ``mm_vision_select_layer=-2`` and ``mm_vision_select_feature="patch"``,
+``llava/model/multimodal_encoder/clip_encoder.py``).
 
 Attention is a per-block choice (``block_attention``): global softmax by default, or ViTDet
 windows, Swin shifted windows, PVT spatial reduction, CSWin stripes or FLatten focused linear
-attention (SPEC §5.4, :mod:`vlmzoo.layers.block_attention`). "Replace the first 4 blocks of CLIP
+attention (:mod:`vlmzoo.layers.block_attention`). "Replace the first 4 blocks of CLIP
 by focused linear attention" is ``config.with_attention("focused_linear", blocks=range(4))``.
 CLS and register tokens attend globally in every block and are visible to every window/stripe
 (the reasons are in :mod:`vlmzoo.layers.spatial_attention`).
@@ -57,14 +59,17 @@ class ViTConfig(Config):
     -2 = penultimate as in LLaVA); ``feature_tokens`` keeps (``"all"``) or drops (``"patch"``)
     the CLS/register tokens; ``feature_norm`` applies the final norm to the selected layer.
     ``mlp_dim`` sets the MLP hidden width exactly (for SwiGLU: the width of each half), overriding
-    ``width * mlp_ratio`` (DINOv2-g's 4096 is not a round ratio of 1536, SPEC §4.1).
-    ``mask_token`` adds DINOv2's learned token that replaces masked patches (SPEC §4.3).
+    ``width * mlp_ratio`` (DINOv2-g's 4096 is not a round ratio of 1536: dinov2's
+    ``layers/swiglu_ffn.py`` rounds 2/3 of 4 x 1536 up to a multiple of 8).
+    ``mask_token`` adds DINOv2's learned token that replaces masked patches (dinov2's
+    ``models/vision_transformer.py`` ``prepare_tokens_with_masks``).
 
     ``block_attention``: one attention type per block (empty = all ``"global"``); the types and
     what they add are listed in :mod:`vlmzoo.layers.block_attention`. Their hyperparameters:
     ``window_size`` (``window``, ``shifted_window``), ``sr_ratio`` (``spatial_reduction``),
     ``stripe_width`` (``cross_shaped``), ``focusing_factor`` and ``dwc_kernel_size``
-    (``focused_linear``; FLatten's 3 and 5, SPEC §5.1). :meth:`with_attention` edits the layout.
+    (``focused_linear``; FLatten's 3 and 5, ``MODEL.LA.FOCUSING_FACTOR`` / ``KERNEL_SIZE`` in its
+    ``config.py``). :meth:`with_attention` edits the layout.
     """
 
     kind = "encoder"
@@ -79,7 +84,7 @@ class ViTConfig(Config):
     mlp_dim: int | None = None
     act: Activation = "gelu"
     swiglu: bool = False
-    qkv_bias: bool | Literal["qv"] = True  # "qv": EVA's q_bias/v_bias, no k bias (SPEC §6.1)
+    qkv_bias: bool | Literal["qv"] = True  # "qv": EVA's q_bias/v_bias, no k bias (LAVIS eva_vit.py)
     patch_bias: bool = True
     class_token: bool = True
     num_registers: int = 0
@@ -196,8 +201,10 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
     """ViT encoder: [B, C, H, W] -> :class:`VisionOutput` (tokens [B, N, out_dim]).
 
     Token order is [CLS, registers..., patches...]. Position embeddings cover CLS + patches
-    (registers get none, as in DINOv2 §4.3). With ``mask_token``, patches flagged in ``masks``
-    are replaced by the learned token before CLS and position embeddings are added (§4.3).
+    (registers get none, as in dinov2's ``prepare_tokens_with_masks``, which inserts them after
+    the position embeddings are added). With ``mask_token``,
+    patches flagged in ``masks`` are replaced by the learned token before CLS and position
+    embeddings are added (the same function).
     """
 
     config_class = ViTConfig
@@ -308,7 +315,7 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
         """[B, C, H, W] -> VisionOutput; H and W multiples of ``patch_size``.
 
         ``masks``: optional bool [B, H'·W'] marking patches to replace by the mask token
-        (needs ``mask_token=True``; DINOv2's iBOT-style masking, SPEC §4.3).
+        (needs ``mask_token=True``; DINOv2's iBOT-style masking, Oquab et al. 2023, section 4).
 
         Blocks after the selected feature layer run only when they are needed (pooling, a
         projection head, or ``output_hidden_states``).
@@ -347,8 +354,9 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
 
 
 # --- presets --------------------------------------------------------------------------------
-# OpenAI CLIP towers (SPEC §1.1): head dim 64, MLP 4x, QuickGELU, no patch bias, ln_pre,
-# LayerNorm eps 1e-5, projection without bias.
+# OpenAI CLIP towers (openai/CLIP's clip/model.py build_model; sizes of the released ViT-B/32,
+# B/16, L/14, L/14@336): head dim 64, MLP 4x, QuickGELU, no patch bias, ln_pre, LayerNorm eps
+# 1e-5, projection without bias.
 def clip_vision_config(image_size: int, patch_size: int, width: int, depth: int, embed_dim: int) -> ViTConfig:
     """The OpenAI CLIP vision tower of the given size."""
     return ViTConfig(

@@ -1,4 +1,5 @@
-"""Focused linear attention kernels (FLatten, SPEC §5.2 steps 3–9) and the function that picks one.
+"""Focused linear attention kernels (the core of FLatten's ``FocusedLinearAttention.forward``, from
+the ReLU kernel to ``q @ kv * z``) and the function that picks one.
 
     focused_linear_attention(q, k, v, num_heads, *, scale=None, focusing_factor=3.0, eps=1e-6,
                              backend="auto") -> Tensor
@@ -13,8 +14,8 @@ Backends, all computing the same function:
   for CUDA tensors when Triton is installed. CPU tensors run it only under the Triton
   interpreter (``TRITON_INTERPRET=1`` set before Triton is imported), which is for tests.
 
-``backend="auto"`` never fails for want of Triton or a GPU: it falls back to ``"torch"``
-(DESIGN item 14). While ``torch.compile`` traces, that fallback is ``"reference"``, which
+``backend="auto"`` never fails for want of Triton or a GPU: it falls back to ``"torch"``.
+While ``torch.compile`` traces, that fallback is ``"reference"``, which
 Dynamo captures in one graph. All input validation happens here, once, before any backend runs.
 """
 
@@ -103,7 +104,7 @@ def focused_linear_attention(
     eps: float = 1e-6,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Non-causal focused linear attention (SPEC §5.2 steps 3–9): q, k, v [B, N, C] -> [B, N, C].
+    """Non-causal focused linear attention (FLatten's core, module docstring): q, k, v [B, N, C] -> [B, N, C].
 
     Args:
         q, k, v: [B, N, C], same dtype (float16/bfloat16/float32/float64) and device. ``k``

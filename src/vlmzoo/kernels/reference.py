@@ -1,9 +1,12 @@
-"""Focused linear attention, SPEC §5.2 steps 3–9, written to be read next to the paper.
+"""Focused linear attention — the core of LeapLabTHU/FLatten-Transformer's
+``FocusedLinearAttention.forward`` (``models/flatten_swin.py``), from the ReLU kernel to
+``q @ kv * z`` — written to be read next to the paper (Han et al. 2023, section 4).
 
 This is the test oracle: every other backend is checked against it. It favours clarity over
 speed and memory (it keeps every intermediate alive for autograd), and it only deviates from a
 literal transcription in one place: float16/bfloat16 inputs are computed in float32, because
-``q ** 3`` of a large half-precision activation overflows (DESIGN item 14) and an oracle that
+``q ** 3`` of a large half-precision activation overflows (float16 ends at 65504: an activation
+of 41 already does) and an oracle that
 returns ``inf`` is of no use.
 """
 
@@ -15,7 +18,7 @@ from einops import einsum, rearrange
 
 
 def focus(x: torch.Tensor, focusing_factor: float) -> torch.Tensor:
-    """SPEC §5.2 step 5: sharpen the direction of each token, keep its length. [..., C] -> [..., C].
+    """FLatten's focused function f_p: sharpen the direction of each token, keep its length. [..., C] -> [..., C].
 
     ``x ** p`` pulls every token towards its largest channels; dividing by the new norm and
     multiplying by the old one puts the length back, so only the direction is focused. Both

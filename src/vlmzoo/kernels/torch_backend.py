@@ -1,6 +1,6 @@
 """Focused linear attention in plain PyTorch, lean in memory: a custom autograd Function.
 
-Same function as :mod:`vlmzoo.kernels.reference` (SPEC §5.2 steps 3–9), arranged for speed and
+Same function as :mod:`vlmzoo.kernels.reference` (FLatten's attention core), arranged for speed and
 memory on any device, without a compiler:
 
 * **Saves only its inputs** (q, k, v, the temperature) and small state: per head
@@ -8,15 +8,17 @@ memory on any device, without a compiler:
   three numbers of the focusing (below); backward recomputes the features from them.
 * **Works in token chunks.** Everything but the matmuls with ``A`` is per token, so the tokens
   are processed a chunk at a time: temporaries are chunk-sized (they stay in cache and the
-  allocator recycles them instead of page-faulting fresh memory on every call, DESIGN
-  "Performance facts"); the only full-size tensors are the output in forward and the input
+  allocator recycles them instead of page-faulting fresh memory on every call: with glibc's
+  default allocator large temporaries are first-touch page faults on every call, measured in
+  docs/benchmarks.md); the only full-size tensors are the output in forward and the input
   gradients in backward — the 4·S floor, plus a chunk.
 * **One matmul gives numerator and normaliser**: the column ``Σk/N`` of ``A`` makes ``q A``
   hold ``q kᵀv/N`` and ``q·Σk/N`` side by side (steps 7–8).
 * **Max-normalised focusing.** φ(x) = xᵖ ‖x‖ / ‖xᵖ‖ is homogeneous of degree 1, so
   φ(x) = r · φ(x / r) for any r > 0. With u = x / r, r set from the token's max, the power can
   neither overflow nor (for the usual spread of values) underflow into denormals, whatever the
-  input magnitude (DESIGN item 14), and gradients are written in u as well.
+  input magnitude (FLatten's own fp16 NaNs were fixed upstream by scaling k and v by N^-½ before
+  kᵀv, its commit e205a01 "fix numerical instability"), and gradients are written in u as well.
 * **Per-token factors are folded away.** φ = f · y with y = uᵖ and f = r ‖u‖ / ‖y‖ per
   token; for queries f cancels between numerator and normaliser except in the eps term,
   ``out = y kᵀv / (y · Σk + eps N / f)`` — exactly the same value, one pass fewer.

@@ -1,4 +1,4 @@
-"""Focused linear attention as fused Triton kernels: SPEC §5.2 steps 3–9, forward and backward.
+"""Focused linear attention as fused Triton kernels: FLatten's attention core, forward and backward.
 
 The math is that of :mod:`vlmzoo.kernels.torch_backend` (see its docstring for the gradient
 formulas); here each step is a kernel that reads its inputs once and keeps the rest on chip.

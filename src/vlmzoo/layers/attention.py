@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 # ``True``/``False``: one bias over the fused q, k, v rows, or none. ``"qv"``: learned q and v biases
-# with the k bias fixed at zero (BEiT / EVA, SPEC §6.1) — a k bias only adds a per-query constant to
+# with the k bias fixed at zero (BEiT / EVA: LAVIS's eva_vit.py Attention builds its qkv bias as
+# cat(q_bias, zeros, v_bias)) — a k bias only adds a per-query constant to
 # the attention logits, which softmax ignores, so those models do not learn one.
 QKVBias = bool | Literal["qv"]
 
@@ -61,7 +62,8 @@ class CrossAttention(nn.Module):
 
     ``q`` projects the queries, ``kv`` the context (fused, rows ordered k, v; heads contiguous inside
     each, as in :class:`Attention`), ``proj`` mixes the heads. The context may be wider or narrower
-    than the queries (BLIP-2's Q-Former attends from 768-d queries to 1408-d EVA tokens, SPEC §6.2).
+    than the queries (BLIP-2's Q-Former attends from 768-d queries to 1408-d EVA tokens: LAVIS's
+    ``Qformer.py`` builds its cross-attention key/value from ``encoder_width``).
     """
 
     def __init__(

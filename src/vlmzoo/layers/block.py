@@ -2,7 +2,8 @@
 
 The token mixer is global softmax :class:`Attention` unless another module is passed as ``attn``:
 a :class:`SpatialAttention` (ViTDet windows, Swin shifted windows, PVT spatial reduction, CSWin
-stripes, FLatten focused linear attention; SPEC §5.4) is called with the token grid instead of a
+stripes, FLatten focused linear attention: :mod:`vlmzoo.layers.block_attention`) is called with
+the token grid instead of a
 mask, which is how one encoder mixes attention types block by block (``ViTConfig.block_attention``)
 and how Swin and PVT stages are built from the same block.
 """

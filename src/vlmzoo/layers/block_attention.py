@@ -1,17 +1,18 @@
 """The attention types a ViT block can use, by name, and the one function that builds them.
 
-``ViTConfig.block_attention`` names one type per block (SPEC §5.4 explains why the FLatten paper
-mixes them: linear attention where the token count is large, softmax where it is small):
+``ViTConfig.block_attention`` names one type per block (the FLatten paper mixes them, its
+``ATTN_TYPE: LLSS``: linear attention in the early stages where the token count is large,
+softmax in the late ones where it is small):
 
 ==================  ==========================================================================
 ``global``          softmax over all tokens (:class:`~vlmzoo.layers.attention.Attention`)
-``window``          ViTDet non-overlapping windows, zero padding (window_attention.py, SPEC §2.2)
+``window``          ViTDet non-overlapping windows, zero padding (window_attention.py)
 ``shifted_window``  Swin windows with a relative position bias table; every second block of a
                     run of consecutive ``shifted_window`` blocks is shifted by window // 2
                     (W-MSA, SW-MSA, W-MSA, ...; swin_attention.py)
 ``spatial_reduction``  PVT: keys/values from a strided conv + LayerNorm (spatial_reduction_attention.py)
 ``cross_shaped``    CSWin stripes with LePE (cswin_attention.py)
-``focused_linear``  FLatten focused linear attention over the whole grid (SPEC §5.1–5.2)
+``focused_linear``  FLatten focused linear attention over the whole grid (focused_linear_attention.py)
 ==================  ==========================================================================
 
 Every non-global type keeps the block's fused ``qkv``/``proj`` (``spatial_reduction`` uses PVT's
@@ -48,7 +49,7 @@ class AttentionOptions:
     ``sr_ratio`` and ``sr_norm_eps``: ``spatial_reduction`` (PVT v1 stage 1–3: 8, 4, 2; its
     reduction norm has ``nn.LayerNorm``'s default eps 1e-5). ``stripe_width``: ``cross_shaped``
     (CSWin-T: 1, 2, 7, 7 by stage). ``focusing_factor`` and ``dwc_kernel_size``:
-    ``focused_linear`` (FLatten: 3 and 5, SPEC §5.1).
+    ``focused_linear`` (FLatten: 3 and 5, ``MODEL.LA.FOCUSING_FACTOR`` / ``KERNEL_SIZE`` in its config.py).
     """
 
     window_size: int = 14

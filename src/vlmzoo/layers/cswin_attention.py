@@ -8,8 +8,9 @@ computed inside each stripe (zero-padded at the stripe's border), to the attenti
 Parameter names follow CSWin where they can: fused ``qkv`` (rows q, k, v), ``proj``, and the two
 LePE convolutions as ``get_v.0`` / ``get_v.1`` (CSWin's ``attns.{i}.get_v``).
 
-A stripe wider than the grid is clamped to it (SPEC §5.4: FLatten-CSWin's L stages set the
-stripe to the feature size, i.e. full-map attention). When the grid is not a multiple of the
+A stripe wider than the grid is clamped to it (FLatten-CSWin's L stages set the stripe to the
+feature size, ``CSWIN_LA_SPLIT_SIZE '56-28-14-7'`` in FLatten-Transformer's config.py, i.e.
+full-map attention). When the grid is not a multiple of the
 stripe width it is zero-padded bottom/right, with padded tokens unmasked like ViTDet windows
 (:mod:`vlmzoo.layers.window_attention`); the original CSWin requires divisible sizes.
 

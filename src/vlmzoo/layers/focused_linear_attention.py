@@ -1,4 +1,6 @@
-"""FLatten's focused linear attention module (SPEC §5.1–5.2, Swin/CSWin form)."""
+"""FLatten's focused linear attention module (Han et al. 2023, "FLatten Transformer", ICCV,
+section 4; the Swin/CSWin form of LeapLabTHU/FLatten-Transformer's ``FocusedLinearAttention`` in
+``models/flatten_swin.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from vlmzoo.kernels import focused_linear_attention
 class FocusedLinearAttention(nn.Module):
     """Focused linear attention over a fixed token grid: [B, N, C] -> [B, N, C], N = H·W.
 
-    Parameters (names as in the FLatten checkpoints, SPEC §5.5): ``qkv`` Linear(C, 3C),
+    Parameters (names as in the FLatten checkpoints): ``qkv`` Linear(C, 3C),
     ``proj`` Linear(C, C), ``dwc`` a depthwise k×k conv over head_dim channels **shared by all
     heads** (rank restoration), ``scale`` (1, 1, C) the temperature before softplus,
     ``positional_encoding`` (1, N, C) added to the keys. Both are zero-initialised, as in FLatten.
@@ -72,7 +74,8 @@ class FocusedLinearAttention(nn.Module):
         """x [B, N, C] -> [B, N, C].
 
         ``mask`` (a shifted-window attention mask) is accepted for drop-in use in Swin blocks and
-        ignored, as in FLatten (SPEC §5.1): linear attention has no attention matrix to mask.
+        ignored, as in FLatten's ``forward`` (which never reads it): linear attention has no
+        attention matrix to mask.
         """
         del mask
         if x.ndim != 3 or x.shape[-1] != self.dim:

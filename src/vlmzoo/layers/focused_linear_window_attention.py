@@ -1,18 +1,20 @@
 """FLatten's focused linear attention on the token grid: global, or inside (shifted) windows.
 
-How FLatten uses it (SPEC §5.4): FLatten-Swin's "L" stages run it inside Swin windows whose size
+How FLatten uses it (LeapLabTHU/FLatten-Transformer's ``models/flatten_swin.py``, ``flatten_pvt.py``
+and the ``cfgs/*.yaml``): FLatten-Swin's "L" stages run it inside Swin windows whose size
 (56) is clamped to the feature map, i.e. over the whole map; FLatten-PVT runs it over the whole
 map with no spatial reduction; a ViT block of type ``focused_linear`` runs it over all tokens.
 This module covers the three: ``window_size=None`` is global attention over the grid at any
 resolution, an integer is Swin-style windows (clamped with the original's shorter-side rule,
 padded with unmasked zeros, cyclically shifted by ``shift_size`` — and, as in FLatten, *without*
-the shift mask, which the linear attention accepts and ignores, SPEC §5.1).
+the shift mask, which FLatten's ``FocusedLinearAttention.forward`` accepts and never reads).
 
 It is :class:`vlmzoo.layers.focused_linear_attention.FocusedLinearAttention` (parameters, init,
 kernel and backend) called with the token grid. Per window (or the whole grid) of h x w tokens,
-SPEC §5.2: q, k, v = qkv(x); k += positional encoding; focused linear attention
-(:func:`vlmzoo.kernels.focused_linear_attention`, steps 3–9); plus the rank-restoring depthwise
-conv of v, shared across heads, on the h x w map (step 10); then ``proj``. The positional encoding is a (1, n, C) table for the n tokens of the window the
+as in that ``forward``: q, k, v = qkv(x); k += positional encoding; focused linear attention
+(:func:`vlmzoo.kernels.focused_linear_attention`: kernel, temperature, focusing, normalised
+linear attention); plus the rank-restoring depthwise conv of v, shared across heads, on the
+h x w map (Han et al. 2023, section 4); then ``proj``. The positional encoding is a (1, n, C) table for the n tokens of the window the
 module was built for (the native grid when global); on another window/grid it is resized
 bilinearly as a map (FLatten itself only runs its native size).
 
@@ -37,7 +39,7 @@ from vlmzoo.layers.spatial_attention import SpatialAttention
 class FocusedLinearWindowAttention(FocusedLinearAttention, SpatialAttention):
     """Focused linear attention, global or windowed: [B, P + H·W, C] -> [B, P + H·W, C].
 
-    A :class:`FocusedLinearAttention` (same parameters, names and init, SPEC §5.1/§5.5: ``qkv``,
+    A :class:`FocusedLinearAttention` (same parameters, names and init as FLatten's: ``qkv``,
     ``proj``, ``dwc`` shared across heads, ``scale``, ``positional_encoding``) called with the
     token grid. Its positional encoding is built for the module's window, or for ``native_grid``
     when global (``window_size=None``); it runs any grid (resizing the encoding) and prefix tokens,
@@ -88,7 +90,8 @@ class FocusedLinearWindowAttention(FocusedLinearAttention, SpatialAttention):
         return rearrange(pe, "1 c h w -> 1 (h w) c").to(self.positional_encoding.dtype)
 
     def attend(self, x: torch.Tensor, grid: tuple[int, int], num_prefix: int = 0) -> torch.Tensor:
-        """SPEC §5.2 steps 1–10 on [G, P + h·w, C] windows (or whole grids) of one h x w shape, before
+        """FLatten's ``FocusedLinearAttention.forward`` up to ``proj``, on [G, P + h·w, C] windows
+        (or whole grids) of one h x w shape, before
         ``proj`` — :meth:`FocusedLinearAttention.forward` with a run-time grid and prefix tokens."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         pe = self.key_position(grid)
@@ -134,7 +137,7 @@ class FocusedLinearWindowAttention(FocusedLinearAttention, SpatialAttention):
         window, shift = self.window_and_shift(grid)
         pad_h, pad_w = -h % window, -w % window
         tokens = F.pad(x.unflatten(1, grid), (0, 0, 0, pad_w, 0, pad_h))  # unmasked zeros, as in Swin
-        if shift:  # no mask: FLatten's linear attention ignores Swin's shift mask (SPEC §5.1)
+        if shift:  # no mask: FLatten's linear attention ignores Swin's shift mask
             tokens = torch.roll(tokens, shifts=(-shift, -shift), dims=(1, 2))
         windows = rearrange(tokens, "b (nh wh) (nw ww) c -> (b nh nw) (wh ww) c", wh=window, ww=window)
         out = self.attend(windows, (window, window))

@@ -12,7 +12,8 @@ Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu", "relu"]
 
 
 class QuickGELU(nn.Module):
-    """x · sigmoid(1.702 · x): the GELU approximation OpenAI CLIP was trained with (SPEC §1.2).
+    """x · sigmoid(1.702 · x): the GELU approximation OpenAI CLIP was trained with (openai/CLIP's
+    ``clip/model.py`` ``QuickGELU``; the 1.702 is Hendrycks & Gimpel 2016, section 2).
 
     Loading OpenAI weights into an exact-GELU model gives subtly wrong features without any
     error, which is why every vlmzoo config names its activation explicitly.

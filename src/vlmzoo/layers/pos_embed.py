@@ -6,12 +6,12 @@ is a config choice rather than one "best" resize:
 - ``"bicubic"``: transformers' ``interpolate_pos_encoding`` (CLIP, SigLIP, Dinov2Model): bicubic to
   the target size, no antialias.
 - ``"bicubic_antialias"``: timm's ``resample_abs_pos_embed`` and DINOv2-with-registers (the
-  original release and transformers' ``Dinov2WithRegistersModel``, SPEC §4.4): bicubic to the
+  original release and transformers' ``Dinov2WithRegistersModel``): bicubic to the
   target size with ``antialias=True``.
 - ``"bicubic_offset"``: the original DINOv2 without registers: bicubic driven by
   ``scale_factor = (target + 0.1) / source`` — a DINO v1 kludge against float rounding in the
   output size, kept for parity: PyTorch then maps coordinates with that scale, so values differ
-  from a size-based resize (SPEC §4.4).
+  from a size-based resize (dinov2's ``models/vision_transformer.py`` ``interpolate_pos_encoding``).
 """
 
 from __future__ import annotations

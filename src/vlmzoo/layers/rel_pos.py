@@ -1,10 +1,13 @@
-"""Decomposed relative position embeddings (MViTv2, used by ViTDet and SAM; SPEC §2.3).
+"""Decomposed relative position embeddings (MViTv2, Li et al. 2022, section 4.1; used by ViTDet
+and SAM: segment-anything's ``modeling/image_encoder.py`` ``get_rel_pos`` and
+``add_decomposed_rel_pos``).
 
 Each attention layer owns two tables, ``rel_pos_h`` and ``rel_pos_w``, of shape (2·S − 1, d):
 one row per relative offset along an axis, for a layer built for an S x S token grid (the
 window for windowed layers, the whole grid for global ones). The attention logits of query
 (y, x) and key (ky, kx) get ``q·Rh[y, ky] + q·Rw[x, kx]`` added before the softmax, where
-``q`` is the **unscaled** query (the ``d^-0.5`` factor only multiplies q·kᵀ — SPEC §2.3).
+``q`` is the **unscaled** query (the ``d^-0.5`` factor only multiplies q·kᵀ: SAM's ``Attention``
+scales ``q * self.scale`` inside ``q @ k.T`` and passes the raw ``q`` to ``add_decomposed_rel_pos``).
 
 For another grid size the tables are resized by 1-D linear interpolation along their length,
 exactly like the original ``get_rel_pos`` (``F.interpolate(mode="linear")``, no antialias,
@@ -29,7 +32,7 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     """The relative-position rows for every (query, key) pair along one axis: [q_size, k_size, d].
 
     ``rel_pos`` is a (L, d) table. It is resized to ``2·max(q_size, k_size) − 1`` rows by linear
-    interpolation when L differs (SPEC §2.3). The row of pair (i, j) is
+    interpolation when L differs (SAM's ``get_rel_pos``). The row of pair (i, j) is
     ``i·max(k/q, 1) − j·max(q/k, 1) + (k − 1)·max(q/k, 1)`` (truncated to an integer), i.e.
     ``i − j + S − 1`` for equal sizes.
     """
@@ -108,7 +111,8 @@ class RelPosAttention(Attention):
         q, k, v = rearrange(self.qkv(x), "b y x (three n d) -> three b n (y x) d", three=3, n=self.num_heads)
         bias = None
         if self.rel_pos_h is not None:
-            # Built from the unscaled q; SDPA scales only q·kᵀ and then adds the mask (SPEC §2.3).
+            # Built from the unscaled q, as SAM's add_decomposed_rel_pos; SDPA scales only q·kᵀ
+            # and then adds the mask.
             bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(rearrange(out, "b n (y x) d -> b y x (n d)", y=h, x=w))

@@ -1,6 +1,6 @@
 """Self-attention that needs the token grid, and how it treats prefix tokens (CLS, registers).
 
-The efficient-attention family of SPEC §5.4 — ViTDet windows, Swin shifted windows, PVT spatial
+The efficient-attention family a block can use (:mod:`vlmzoo.layers.block_attention`) — ViTDet windows, Swin shifted windows, PVT spatial
 reduction, CSWin stripes, FLatten's focused linear attention — mixes tokens according to where
 they sit on the H x W patch grid. Every such module derives from :class:`SpatialAttention` and is
 called as ``attn(x, grid)`` with x = [B, P + H·W, C]: P prefix tokens first, then the grid in

@@ -1,4 +1,5 @@
-"""Spatial-reduction attention, PVT v1's SRA (Wang et al. 2021, §3.3; SPEC §5.4).
+"""Spatial-reduction attention, PVT v1's SRA (Wang et al. 2021, "Pyramid Vision Transformer",
+section 3.3; whai362/PVT's ``Attention`` with ``sr_ratio``).
 
 Queries are all tokens; keys and values come from the grid shrunk by ``sr_ratio``: a strided
 ``sr x sr`` convolution (kernel = stride = sr) followed by a LayerNorm, so attention costs

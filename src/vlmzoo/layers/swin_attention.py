@@ -4,7 +4,8 @@ W-MSA / SW-MSA: attention inside ``w x w`` windows (:class:`WindowAttention`) pl
 
 - a learned bias per head for every relative offset (dy, dx) in [-(w-1), w-1]²:
   ``relative_position_bias_table`` of shape ((2w-1)², heads), indexed by
-  ``(dy + w - 1)·(2w - 1) + (dx + w - 1)`` (SPEC §5.5 key names; the index is a non-persistent
+  ``(dy + w - 1)·(2w - 1) + (dx + w - 1)`` (the original ``WindowAttention``'s names and index; here
+  the index is a non-persistent
   buffer, as in timm and transformers — it is fully determined by ``w``);
 - on shifted blocks (``shift_size = w // 2`` on every second block), the padded grid is rolled by
   ``-shift`` before partitioning and back afterwards, and tokens that were not neighbours before

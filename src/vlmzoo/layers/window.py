@@ -1,9 +1,10 @@
-"""Non-overlapping window partitioning of a channels-last token grid (ViTDet / SAM, SPEC §2.2).
+"""Non-overlapping window partitioning of a channels-last token grid (ViTDet / SAM:
+segment-anything's ``modeling/image_encoder.py`` ``window_partition`` / ``window_unpartition``).
 
 A [B, H, W, C] grid is padded bottom/right with zeros to multiples of the window side, cut into
 ``w x w`` windows that are folded into the batch, and put back (crop included) afterwards. The
 padded tokens are ordinary zero vectors: SAM does not mask them, so they take part in the
-attention of the windows on the bottom/right border (SPEC §2.2), and the output of those windows
+attention of the windows on the bottom/right border, and the output of those windows
 depends on the padding — this is what the released weights were trained with. No shifting.
 """
 
@@ -26,7 +27,7 @@ def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, t
     _, h, w, _ = x.shape
     pad_h, pad_w = -h % window_size, -w % window_size
     if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # zeros, bottom/right; not masked later (SPEC §2.2)
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # zeros, bottom/right; never masked (as SAM)
     windows = rearrange(x, "b (nh wh) (nw ww) c -> (b nh nw) wh ww c", wh=window_size, ww=window_size)
     return windows, (h + pad_h, w + pad_w)
 

@@ -1,13 +1,16 @@
-"""Non-overlapping window attention on the token grid (ViTDet, Li et al. 2022; SPEC §2.2).
+"""Non-overlapping window attention on the token grid (ViTDet, Li et al. 2022, section 3; as SAM's
+``modeling/image_encoder.py`` ``Block`` runs it).
 
 The grid is zero-padded bottom/right to a multiple of the window side, cut into ``w x w`` windows,
 and each window attends within itself. As in ViTDet/SAM (and transformers' Swin), the padded
 tokens are ordinary zero vectors after ``norm1`` — their keys are the qkv bias — and are **not**
 masked: they take part in the border windows' attention, which is what released weights were
-trained with (SPEC §2.2, :mod:`vlmzoo.layers.window`).
+trained with (SAM's ``window_partition`` pads with zeros, its ``Attention`` takes no mask;
+:mod:`vlmzoo.layers.window`).
 
-A window that reaches a side of the grid is clamped to it and not shifted along it (SPEC §5.4:
-"a block whose window >= feature size clamps window to the feature size and sets shift 0"), so a
+A window that reaches a side of the grid is clamped to it and not shifted along it (the Swin and
+FLatten-Swin ``SwinTransformerBlock``: when the feature map is no larger than the window, the
+window becomes the map and the shift 0), so a
 window covering the grid is exactly global attention, not attention over padding. Two rules exist
 and both are offered (``clamp``): ``"per_axis"`` (timm's Swin; windows may become rectangular, the
 default here) and ``"shorter_side"`` (the original Swin and transformers' ``SwinLayer``: if the

@@ -1,7 +1,8 @@
 """CLIP (Radford et al. 2021): a vision tower and a text tower in one embedding space.
 
 ``CLIPModel`` holds the two towers and ``logit_scale``; the symmetric image-text contrastive
-(ITC) loss and the zero-shot classifier (class names x prompt templates, SPEC §1.4) live here
+(ITC) loss and the zero-shot classifier (class names x prompt templates; Radford et al. 2021,
+sections 2.3 and 3.1.4) live here
 because they are defined by CLIP's embedding space, not by either tower.
 """
 
@@ -119,7 +120,8 @@ class CLIPModel(BlockStack, HubMixin, nn.Module):
 
 
 # --- zero-shot classification ---------------------------------------------------------------
-# The 7 templates OpenAI found by forward selection over the 80 ImageNet prompts (SPEC §1.4).
+# The 7 templates OpenAI found by forward selection over the 80 ImageNet prompts (openai/CLIP's
+# notebooks/Prompt_Engineering_for_ImageNet.ipynb).
 SELECTED_TEMPLATES: tuple[str, ...] = (
     "itap of a {}.",
     "a bad photo of the {}.",
@@ -135,7 +137,8 @@ class ZeroShotClassifier(nn.Module):
     """Classify images by cosine similarity to averaged prompt embeddings of each class.
 
     ``weights`` [embed_dim, K]: for each class every template is encoded and L2-normalised, the
-    results averaged and normalised again (SPEC §1.4). ``forward`` gives [B, K] logits, scaled by
+    results averaged and normalised again (the prompt-ensembling of openai/CLIP's
+    ``notebooks/Prompt_Engineering_for_ImageNet.ipynb``). ``forward`` gives [B, K] logits, scaled by
     the model's ``exp(logit_scale)`` (≈100 for the released weights).
     """
 

@@ -1,5 +1,6 @@
-"""Named VLMs with their published sizes (SPEC §8 LLaVA-1.5, §6 BLIP-2, §7 OpenFlamingo, §3 Vary),
-plus tiny variants.
+"""Named VLMs with their published sizes (LLaVA-1.5: haotian-liu/LLaVA's ``scripts/v1_5``; BLIP-2:
+LAVIS's ``configs/models/blip2``; OpenFlamingo: open_flamingo's README table; Vary: Vary's and
+Vary-toy's model files), plus tiny variants.
 
 Each preset is a :class:`VLMConfig` composed from the component presets, so ``vlmzoo info
 llava-1.5-7b`` can build it on the meta device and count its parameters exactly.
@@ -19,7 +20,8 @@ from vlmzoo.registry import register
 
 
 def llava_features(config: ViTConfig) -> ViTConfig:
-    """LLaVA's visual features: penultimate block, CLS dropped, no post-norm, no pooling (SPEC §8)."""
+    """LLaVA's visual features: penultimate block, CLS dropped, no post-norm, no pooling
+    (``mm_vision_select_layer=-2``, ``mm_vision_select_feature="patch"``; LLaVA's ``clip_encoder.py``)."""
     return config.replace(
         feature_layer=-2, feature_tokens="patch", feature_norm=False, pool="none", embed_dim=None
     )
@@ -42,7 +44,7 @@ VLM_PRESETS: dict[str, VLMConfig] = {
         decoder=DECODER_PRESETS["tiny-llama"],
     ),
     # BLIP-2: EVA ViT-g/14 (257 tokens, ln_vision) -> Q-Former (32 queries) -> OPT-2.7B; the 32
-    # projected queries go in front of the text, i.e. at one placeholder (SPEC §6.2).
+    # projected queries go in front of the text, i.e. at one placeholder (LAVIS's blip2_opt.py).
     "blip2-opt-2.7b": VLMConfig(
         encoder=EVA_PRESETS["eva-vit-g14"],
         adapter=QFormerConfig(in_dim=1408, out_dim=2560),
@@ -54,7 +56,8 @@ VLM_PRESETS: dict[str, VLMConfig] = {
         decoder=DECODER_PRESETS["tiny-opt"],
     ),
     # OpenFlamingo-3B: CLIP ViT-L/14 final-block patch tokens without ln_post (the open_clip
-    # behaviour it was trained with, SPEC §7.4) -> perceiver + gated xattn every layer -> MPT-1B.
+    # behaviour it was trained with: open_clip <= 2.23 normed only the pooled token) -> perceiver +
+    # gated xattn every layer -> MPT-1B.
     # `<image>` is a real token here; 50277 is the first id after the GPT-NeoX tokenizer's 50277
     # tokens, where OpenFlamingo's added `<image>` lands — set it to your tokenizer's id.
     "openflamingo-3b": VLMConfig(
@@ -72,7 +75,7 @@ VLM_PRESETS: dict[str, VLMConfig] = {
         image_token_id=3,
     ),
     # Vary: the fused encoder already projects each tower to half the LLM width and joins them
-    # along channels (SPEC §3.2-3.3), so the adapter is the identity. Vary writes `<img>`, 256
+    # along channels (Vary's vary_qwen_vary.py), so the adapter is the identity. Vary writes `<img>`, 256
     # `<imgpad>`, `</img>`; here one placeholder per image is expanded to the 256 tokens.
     "vary-base": VLMConfig(
         encoder=VARY_FUSED_PRESETS["vary-base-encoder"],

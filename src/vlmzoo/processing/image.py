@@ -14,7 +14,8 @@ Center-crop offsets: torchvision (and so the OpenAI CLIP recipe) uses
 backends alike) use ``(h - crop) // 2``. They differ by one pixel when ``h - crop`` is
 3 mod 4; ``ImageProcessorConfig.crop_rounding`` selects the rule (``"floor"`` for HF parity).
 
-SAM's recipe (SPEC §2.4, ``ImageProcessorConfig.sam``) instead resizes the *longest* side to
+SAM's recipe (``ImageProcessorConfig.sam``; segment-anything's ``utils/transforms.py``
+``ResizeLongestSide`` and ``modeling/sam.py`` ``Sam.preprocess``) instead resizes the *longest* side to
 1024 (the other side ``int(old · 1024 / max(h, w) + 0.5)``), bilinearly, normalises in 0-255
 space (``rescale_factor=1``, mean/std in pixel units) and pads bottom/right with zeros — after
 normalisation, as the original and Hugging Face's ``SamImageProcessorPil`` do — to a square.
@@ -38,7 +39,8 @@ CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-# SAM normalises 0-255 pixels: ImageNet mean/std times 255 (SPEC §2.4).
+# SAM normalises 0-255 pixels: ImageNet mean/std times 255 (pixel_mean / pixel_std of
+# segment-anything's modeling/sam.py).
 SAM_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 SAM_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
@@ -90,7 +92,7 @@ class ImageProcessorConfig(Config):
 
     @classmethod
     def sam(cls, long_side: int = 1024) -> ImageProcessorConfig:
-        """The SAM recipe (SPEC §2.4): bilinear longest-side resize to ``long_side``, 0-255
+        """The SAM recipe (segment-anything's ``ResizeLongestSide`` + ``Sam.preprocess``): bilinear longest-side resize to ``long_side``, 0-255
         normalisation with SAM mean/std, zero padding bottom/right to ``long_side`` squared."""
         return cls(
             size=long_side,
@@ -164,7 +166,7 @@ class ImageProcessor:
     def _resized_hw(self, h: int, w: int) -> tuple[int, int]:
         """Target (height, width) of the resize; the long side is truncated like torchvision/HF."""
         size = self.config.size
-        if self.config.longest_edge:  # SAM: scale the longest side to `size`, round half up (§2.4)
+        if self.config.longest_edge:  # SAM: scale the longest side to `size`, round half up (get_preprocess_shape)
             scale = size / max(h, w)
             # At least 1 px: SAM and HF would crash on a 0-px side of an extremely thin image.
             return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
@@ -185,7 +187,7 @@ class ImageProcessor:
                 top, left = (h - c) // 2, (w - c) // 2
             x = x[:, top : top + c, left : left + c]
         x = (x - self._mean) / self._std
-        if self.config.longest_edge:  # zeros *after* normalisation, bottom/right (SPEC §2.4)
+        if self.config.longest_edge:  # zeros *after* normalisation, bottom/right (Sam.preprocess)
             size = self.config.size
             x = F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
         return x.contiguous()

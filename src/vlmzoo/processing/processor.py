@@ -107,6 +107,7 @@ class Processor:
     def __init__(self, config: ProcessorConfig, tokenizer: Any = None) -> None:
         self.config = config
         self._tokenizer = tokenizer
+        self._own_image_id: int | bool | None = False  # False: not looked up yet
         self._recipes = [
             ImageProcessor(stream.recipe) for stream in (config.image, config.second_image) if stream
         ]
@@ -141,9 +142,11 @@ class Processor:
         return self.config.template
 
     def _tokenizer_image_id(self) -> int | None:
-        """The tokenizer's id of ``image_token`` when it is one of its tokens, else None."""
-        tok = self.tokenizer
-        return tok.get_vocab().get(self.config.image_token)
+        """The tokenizer's id of ``image_token`` when it is one of its tokens, else None (looked up
+        once: building the vocabulary dict of a 150k-token tokenizer is not free)."""
+        if self._own_image_id is False:
+            self._own_image_id = self.tokenizer.get_vocab().get(self.config.image_token)
+        return self._own_image_id
 
     @property
     def image_token_id(self) -> int:
@@ -328,13 +331,12 @@ class Processor:
         :class:`~vlmzoo.models.vlm.VisionLanguageModel`): one placeholder per image when the
         model expands them, M when it expects them written out (converted transformers models)."""
         vlm = model.config
-        prefix = getattr(model, "injection", "prefix") == "prefix"
-        m = int(model.tokens_per_image)
-        expand = bool(getattr(vlm, "expand_image_tokens", True)) or not prefix
+        m = int(model.tokens_per_image)  # positions one image takes (1 for Flamingo's <image> token)
+        expand = bool(getattr(vlm, "expand_image_tokens", True))
         config = self.config.replace(
             image_token_id=vlm.image_token_id,
             tokens_per_image=1 if expand else m,
-            image_positions=m if prefix else 1,
+            image_positions=m,
             context=vlm.max_length or decoder_context(model.decoder.lm.config),
         )
         return Processor(config, self._tokenizer)

@@ -69,6 +69,7 @@ def _square(
 
 
 def llava(image_size: int = 336) -> ProcessorConfig:
+    """LLaVA-1.5: expand2square (mean colour) + CLIP recipe at ``image_size``, ``vicuna_v1``, -200 per image."""
     stream = _clip(image_size, "floor").replace(pad_to_square=True)
     return ProcessorConfig(
         family="llava-1.5",
@@ -80,6 +81,7 @@ def llava(image_size: int = 336) -> ProcessorConfig:
 
 
 def blip2(image_size: int = 224) -> ProcessorConfig:
+    """BLIP-2 OPT: bicubic ``image_size`` square, ``Question: {} Answer:``, query tokens before BOS."""
     return ProcessorConfig(
         family="blip2",
         image=_square(image_size, CLIP_MEAN, CLIP_STD),
@@ -90,6 +92,7 @@ def blip2(image_size: int = 224) -> ProcessorConfig:
 
 
 def openflamingo(image_size: int = 224) -> ProcessorConfig:
+    """OpenFlamingo: open_clip's CLIP recipe, ``<image>``/``<|endofchunk|>`` few-shot VQA prompts, no BOS."""
     return ProcessorConfig(
         family="openflamingo",
         image=_clip(image_size),
@@ -101,6 +104,7 @@ def openflamingo(image_size: int = 224) -> ProcessorConfig:
 
 
 def vary_toy(clip_size: int = 224, vocab_size: int = 1024) -> ProcessorConfig:
+    """Vary-toy: CLIP ``clip_size`` + bicubic ``vocab_size`` square (CLIP mean/std), Qwen chat."""
     return ProcessorConfig(
         family="vary-toy",
         image=_clip(clip_size, "floor"),
@@ -112,6 +116,7 @@ def vary_toy(clip_size: int = 224, vocab_size: int = 1024) -> ProcessorConfig:
 
 
 def vary_base(clip_size: int = 224, vocab_size: int = 1024) -> ProcessorConfig:
+    """Vary: CLIP ``clip_size`` + bilinear ``vocab_size`` square (ImageNet mean/std), Qwen chat."""
     return ProcessorConfig(
         family="vary",
         image=_clip(clip_size, "floor"),
@@ -123,10 +128,12 @@ def vary_base(clip_size: int = 224, vocab_size: int = 1024) -> ProcessorConfig:
 
 
 def clip_encoder(image_size: int = 224) -> ProcessorConfig:
+    """OpenAI CLIP's transform (torchvision: bicubic resize, round-offset centre crop)."""
     return ProcessorConfig(family="clip", image=_clip(image_size))
 
 
 def dinov2_encoder(image_size: int = 224) -> ProcessorConfig:
+    """DINOv2's evaluation transform: resize 256/224 of the crop, centre crop, ImageNet mean/std."""
     # The hub models store 518 px position embeddings but were evaluated at 224 (resize 256).
     crop = min(image_size, 224)
     recipe = ImageProcessorConfig(
@@ -136,6 +143,7 @@ def dinov2_encoder(image_size: int = 224) -> ProcessorConfig:
 
 
 def sam_encoder(image_size: int = 1024) -> ProcessorConfig:
+    """SAM: longest side ``image_size`` (bilinear), 0-255 normalisation, zero padding to a square."""
     return ProcessorConfig(family="sam", image=ImageStreamConfig(ImageProcessorConfig.sam(image_size)))
 
 
@@ -162,16 +170,44 @@ _FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
 ]
 
 
-def processor_for(name: str) -> ProcessorConfig:
-    """The :class:`ProcessorConfig` of the registered model or encoder ``name`` (its family's
-    recipe at the preset's image size, with the preset's image token id)."""
+def processor_for(name_or_config: str | Config | Any) -> ProcessorConfig:
+    """The :class:`ProcessorConfig` of a registered model or encoder: by ``name``, or by its config
+    (or a module built from one: its ``.config``). The family's recipe is applied at the config's
+    own image size, with its image token id. A config matches a preset it equals; a VLM config
+    also matches a preset with the same encoder and kind of adapter (e.g. ``max_length`` changed).
+    """
+    if isinstance(name_or_config, str):
+        return _by_name(name_or_config)
+    config = getattr(name_or_config, "config", name_or_config)
+    for pattern, kind, make in _FAMILIES:
+        for name in list_models(pattern, kind=kind):
+            if _same_family(get_entry(name, kind).config, config, kind):
+                return _with_token(make(config), config, kind)
+    raise UnknownModelError(
+        f"no registered preset has a config like this {type(config).__name__}; pass the name of the "
+        "family's preset (e.g. vlmzoo.create_processor('llava-1.5-7b')) or build a ProcessorConfig"
+    )
+
+
+def _same_family(preset: Config, config: Config, kind: str) -> bool:
+    if preset == config:
+        return True
+    if kind != "model" or type(preset) is not type(config):
+        return False
+    return preset.encoder == config.encoder and type(preset.adapter) is type(config.adapter)
+
+
+def _with_token(processor: ProcessorConfig, preset: Config, kind: str) -> ProcessorConfig:
+    if kind == "model" and processor.template is not None:
+        return processor.replace(image_token_id=preset.image_token_id)
+    return processor
+
+
+def _by_name(name: str) -> ProcessorConfig:
     for pattern, kind, make in _FAMILIES:
         if fnmatch.fnmatchcase(name, pattern) and name in list_models(kind=kind):
             preset = get_entry(name, kind).config
-            config = make(preset)
-            if kind == "model" and config.template is not None:
-                config = config.replace(image_token_id=preset.image_token_id)
-            return config
+            return _with_token(make(preset), preset, kind)
     known = [n for pattern, kind, _ in _FAMILIES for n in list_models(pattern, kind=kind)]
     raise UnknownModelError(
         f"no processor is known for {name!r}; known names: {', '.join(sorted(set(known)))}. For "

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from vlmzoo.config import Config
 from vlmzoo.data import SyntheticDataset
+from vlmzoo.errors import ConfigError
 from vlmzoo.eval import exact_match, generate_answers
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
@@ -30,6 +31,23 @@ from vlmzoo.train.world import World
 
 QUESTION_TEMPLATE = "<image> {}"
 IMAGE_SIZE = 48  # pixels: the scenes' side, and the encoder's input size
+VOCAB_SIZE = 128  # the sentencepiece vocabulary trained on the task's text
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The token ids a VLM config takes from its tokenizer (a trained tokenizer has these attributes)."""
+
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    image_id: int
+
+
+# What build_task's tokenizer holds: enough to check that parts fit together before it is trained
+# (the widths depend on the vocabulary size only).
+SIZING_VOCABULARY = Vocabulary(vocab_size=VOCAB_SIZE, bos_id=2, eos_id=3, pad_id=0, image_id=4)
 
 
 @dataclass
@@ -58,7 +76,7 @@ def build_task(
     train_samples = [train[i] for i in range(len(train))]
     val_samples = [val[i] for i in range(len(val))]
     texts = [q + " " + a for s in train_samples for q, a in s.qa] + [s.caption for s in train_samples]
-    tokenizer = train_sentencepiece(texts, vocab_size=128, cache_dir=cache_dir)
+    tokenizer = train_sentencepiece(texts, vocab_size=VOCAB_SIZE, cache_dir=cache_dir)
     return TaskData(
         tokenizer=tokenizer,
         train_pixels=processor([s.image for s in train_samples]),
@@ -70,23 +88,36 @@ def build_task(
 
 
 def check_parts(encoder: str, adapter: str, decoder: str, image_size: int = IMAGE_SIZE) -> None:
-    """Raise :class:`~vlmzoo.errors.UnknownModelError` (with the closest names) for an unregistered
-    part, and :class:`~vlmzoo.errors.ConfigError` for an encoder that cannot take ``image_size``.
+    """Refuse parts that cannot make the task's VLM, before any data is built or anything trains.
 
-    Cheap (registry look-ups and one config): jobs call it before they build data or train anything.
+    :class:`~vlmzoo.errors.UnknownModelError` (with the closest names) for an unregistered name,
+    :class:`~vlmzoo.errors.ConfigError` for parts that do not fit: an encoder that cannot take
+    ``image_size``, an adapter of fixed widths that are not the encoder's and the decoder's. The VLM
+    is built on the meta device (no memory, no weights) with the task's vocabulary size.
     """
-    for name, kind in ((adapter, "adapter"), (decoder, "decoder")):
-        get_entry(name, kind)
-    encoder_config(encoder, image_size)
+    try:
+        config = build_config(SIZING_VOCABULARY, encoder, adapter, decoder, image_size)
+        with torch.device("meta"):
+            VisionLanguageModel(config)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{encoder} + {adapter} + {decoder} do not fit together: {e}; adapters without fixed widths "
+            "(mlp2x_gelu, linear, qformer, tiny-flamingo) fit any encoder and decoder"
+        ) from e
 
 
 def encoder_config(encoder: str, image_size: int = IMAGE_SIZE) -> Config:
     """The registered encoder's config for the task: ``image_size`` input, every token to the adapter.
 
     Raises :class:`~vlmzoo.errors.ConfigError` when the encoder cannot take ``image_size`` (a patch
-    size or total stride that does not divide it); cheap, so jobs call it before anything runs.
+    size or total stride that does not divide it, or no image size of its own to set).
     """
     enc = get_entry(encoder, "encoder").config
+    if "image_size" not in {f.name for f in fields(enc)}:
+        raise ConfigError(
+            f"encoder {encoder!r} ({type(enc).__name__}) has no image size of its own to set to the task's "
+            f"{image_size} px images; choose an encoder that has one (e.g. demo-vit or clip-vit-tiny)"
+        )
     # Trained from scratch, the encoder's residual stream is dominated by a component shared by all
     # images; the final LayerNorm on the selected tokens (as DINOv2 does) keeps the differences
     # visible to the LM. Without it the demo plateaus near 55% (measured).
@@ -99,7 +130,7 @@ def encoder_config(encoder: str, image_size: int = IMAGE_SIZE) -> Config:
 
 
 def build_config(
-    tokenizer: SentencePieceTokenizer,
+    tokenizer: Vocabulary | SentencePieceTokenizer,
     encoder: str = "demo-vit",
     adapter: str = "mlp2x_gelu",
     decoder: str = "demo-llama",

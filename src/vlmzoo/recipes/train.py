@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from vlmzoo.errors import CheckpointError, ConfigError, RunFolderError
-from vlmzoo.models.vlm import VisionLanguageModel
+from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
 from vlmzoo.recipes.shapes import (
     TaskData,
     build_config,
@@ -124,6 +124,30 @@ def prepare_run_folder(run_dir: Path, resume: bool, overwrite: bool, world: Worl
     world.barrier()
 
 
+def check_same_parts(path: str, document: dict, config: VLMConfig) -> None:
+    """Refuse to start from a checkpoint whose encoder, adapter or decoder differ from ``config``'s
+    (a built model's config: the adapter's widths are filled in).
+
+    Weights of another model can have the same shapes (two tiny ViTs) and would load silently; only
+    which parts train may differ (the second stage of LLaVA's recipe unfreezes the decoder).
+    """
+    architecture = document.get("architecture")
+    if architecture != "VisionLanguageModel":
+        raise CheckpointError(
+            f"--init-from {path} holds a {architecture}, not a VisionLanguageModel; start from the run "
+            "folder (or checkpoint) of a `vlmzoo train` or `vlmzoo demo` run"
+        )
+    stored = document.get("config") if isinstance(document.get("config"), dict) else {}
+    ours = config.to_dict()
+    differ = [part for part in ("encoder", "adapter", "decoder") if stored.get(part) != ours[part]]
+    if differ:
+        raise CheckpointError(
+            f"--init-from {path}: its {' and '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from the model being trained; start "
+            "from weights of the same --encoder, --adapter and --decoder (only --train-encoder and "
+            "--train-decoder may change)"
+        )
+
+
 def train(job: TrainJob) -> TrainOutcome:
     """Run ``job`` in the process group it asks for (alone, or the one torchrun prepared)."""
     world = init_world(job.strategy, device=job.device, backend=job.backend)
@@ -142,8 +166,8 @@ def train_in_world(job: TrainJob, world: World) -> TrainOutcome:
             f"TrainJob.batch_size={job.batch_size}: the global batch does not split evenly over "
             f"{world.world_size} processes; use a multiple of {world.world_size}"
         )
-    if job.init_from is not None:
-        read_config(job.init_from)  # a missing or foreign checkpoint fails now, not after the data
+    # A missing or foreign checkpoint to start from fails now, not after the data is built.
+    start = read_config(job.init_from) if job.init_from is not None else None
     if job.threads is not None:
         torch.set_num_threads(job.threads)
     run_dir = Path(job.run_dir)
@@ -162,7 +186,8 @@ def train_in_world(job: TrainJob, world: World) -> TrainOutcome:
     )
     torch.manual_seed(job.seed)  # the same initial weights on every rank
     model = VisionLanguageModel(config).to(world.device)
-    if job.init_from is not None:
+    if start is not None:
+        check_same_parts(job.init_from, start, model.config)
         load_weights(model, job.init_from)
     if job.grad_checkpointing:
         model.set_grad_checkpointing(True)

@@ -142,9 +142,12 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     names = sorted(tensors)
     data = {name: _bytes_of(tensors[name]) for name in names}
     chunks = [data[n][i : i + _HASH_CHUNK] for n in names for i in range(0, len(data[n]), _HASH_CHUNK)]
-    threads = min(8, os.cpu_count() or 1) if sum(len(c) for c in chunks) > _HASH_CHUNK else 1
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        digests = iter(pool.map(lambda chunk: hashlib.sha256(chunk).digest(), chunks))
+    threads = min(8, os.cpu_count() or 1, len(chunks))
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            digests = iter(list(pool.map(_chunk_digest, chunks)))
+    else:
+        digests = map(_chunk_digest, chunks)
     outer = hashlib.sha256()
     for name in names:
         tensor = tensors[name]
@@ -158,6 +161,10 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 _HASH_CHUNK = 2**26
+
+
+def _chunk_digest(chunk: Any) -> bytes:
+    return hashlib.sha256(chunk).digest()
 
 
 def _bytes_of(tensor: torch.Tensor) -> Any:
@@ -395,7 +402,7 @@ def _weight_files(directory: Path, document: dict) -> list[Path]:
     index = _read_index(path)
     names = sorted(set(index["weight_map"].values()))
     for name in names:
-        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+        if Path(name).name != name or name.startswith("."):
             raise CheckpointError(f"{path} names the shard {name!r}; shards must be plain file names")
         if not (directory / name).is_file():
             raise CheckpointError(f"{path} lists the shard {name}, which is missing from {directory}")
@@ -408,8 +415,9 @@ def _read_index(path: Path) -> dict:
         not isinstance(index, dict)
         or not isinstance(index.get("weight_map"), dict)
         or not index["weight_map"]
+        or not all(isinstance(shard, str) for shard in index["weight_map"].values())
     ):
-        raise CheckpointError(f'{path} has no "weight_map" (tensor name -> shard file)')
+        raise CheckpointError(f'{path} has no "weight_map" (tensor name -> shard file name)')
     return index
 
 
