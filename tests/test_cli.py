@@ -66,10 +66,20 @@ def test_list_prints_names_by_kind(capsys):
     assert "clip-vit-l14-336" in capsys.readouterr().out
 
 
-def test_zoo_writes_the_table_to_a_file(tmp_path, capsys):
-    assert main(["zoo", "--out", str(tmp_path / "zoo.md")]) == 0
+def test_zoo_writes_the_table_to_a_file_and_names_what_it_cannot_size(tmp_path, capsys, monkeypatch):
+    few = {"encoder": ["clip-vit-b16"], "adapter": ["mlp2x_gelu"]}  # every name takes ~40 s here
+    monkeypatch.setattr("vlmzoo.recipes.zoo.list_models", lambda kind: few.get(kind, []))
+    assert main(["zoo", "--out", str(tmp_path / "zoo.md"), "--verbose"]) == 0
     text = (tmp_path / "zoo.md").read_text()
     assert text.startswith("# Model zoo") and "| `clip-vit-b16` | VisionTransformer | 86.19M | 196 |" in text
+    assert "| `mlp2x_gelu` | MLPProjector | - | - | - |" in text
+    assert "mlp2x_gelu: MLPProjector needs in_dim and out_dim" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_zoo_sizes_every_registered_name(capsys):
+    assert main(["zoo"]) == 0
+    assert "| `clip-vit-l14-336` |" in capsys.readouterr().out
 
 
 # --- usage: exit 2, before anything runs ----------------------------------------------------------

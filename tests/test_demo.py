@@ -93,3 +93,13 @@ def test_the_demo_is_the_train_job_with_its_defaults(tmp_path):
     trained = load_file(tmp_path / "train" / "model.safetensors")
     assert demo.keys() == trained.keys()
     assert all(torch.equal(demo[k], trained[k]) for k in demo)
+
+
+def test_train_resumed_to_more_steps_keeps_the_warmup_of_the_run(tmp_path):
+    """The warmup is a tenth of the steps a run starts with; resuming to 3x the steps keeps it."""
+    argv = ["train", "--train-size", "8", "--batch-size", "4", "--no-progress", "--device", "cpu"]
+    out = str(tmp_path / "run")
+    assert main([*argv, "--steps", "10", "--run-dir", out]) == 0
+    assert main([*argv, "--steps", "30", "--run-dir", out, "--resume"]) == 0
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert history["step"][-1] == 30

@@ -357,7 +357,7 @@ CASES = [
     Case("attention-mask-all-zero-row", lambda _: vlm()(PIX, IDS2, torch.tensor([[1, 1, 1], [0, 0, 0]])),
          InputError, r"attention_mask rows \[1\] are all 0: those samples have no token to attend to"),
     Case("attention-mask-additive-without-padding", lambda _: vlm()(PIX, IDS, torch.zeros(1, 3)),
-         InputError, r"rows \[0\] are all 0 .*\(an additive mask without padding is all 0 too"),
+         InputError, r"rows \[0\] are all 0: .*\(an additive mask without padding is all 0 too"),
     Case("generate-attention-mask-bool",
          lambda _: vlm().generate(PIX, IDS, torch.ones(1, 3, dtype=torch.bool), max_new_tokens=2),
          InputError, r"attention_mask is a bool tensor"),

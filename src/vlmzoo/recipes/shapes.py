@@ -26,6 +26,8 @@ from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
 from vlmzoo.processing.prompts import collate
 from vlmzoo.processing.tokenizer import SentencePieceTokenizer, train_sentencepiece
 from vlmzoo.registry import get_entry
+from vlmzoo.train.run_checkpoint import read_run_state
+from vlmzoo.train.run_dir import CHECKPOINT_DIR
 from vlmzoo.train.trainer import TrainConfig, Trainer
 from vlmzoo.train.world import World
 
@@ -213,6 +215,11 @@ def train_and_evaluate(
     ``batch_size`` is then the global batch, split over the processes."""
     tok = task.tokenizer
     config = task_train_config(steps, seed, lr=lr, eval_every=eval_every, bf16=bf16)
+    if resume:
+        # The warmup is the continued run's (a tenth of the steps it started with): ``steps`` may
+        # grow on resume, but the trainer refuses a changed schedule, and rightly so.
+        saved = read_run_state(Path(run_dir) / CHECKPOINT_DIR)["train_config"]
+        config = config.replace(warmup_steps=saved.get("warmup_steps", config.warmup_steps))
 
     def batch_fn(step: int, micro: int):
         rng = random.Random(f"{seed}-{step}-{micro}")  # the batch of a step is fixed: exact resume

@@ -120,13 +120,7 @@ class RunDir:
         new = (files - manifest.files) | (directories - manifest.directories)
         if not new:
             return
-        for name in sorted(new):
-            path = self.path / name
-            if (path.exists() or path.is_symlink()) and name not in manifest.names():
-                raise CheckpointError(
-                    f"{path} exists but vlmzoo did not write it (it is not listed in {self.manifest_path}); "
-                    "vlmzoo never overwrites files it did not write: move it away or choose another run folder"
-                )
+        self._check_free(new, manifest)
         self.path.mkdir(parents=True, exist_ok=True)
         document = {
             "format": MANIFEST_FORMAT,
@@ -135,6 +129,20 @@ class RunDir:
             "directories": sorted(directories),
         }
         atomic_write_json(self.manifest_path, document)
+
+    def check_free(self, *names: str) -> None:
+        """:class:`CheckpointError` if one of ``names`` exists without being listed (vlmzoo would
+        overwrite a file it did not write); call it before a long job that writes them."""
+        self._check_free({"/".join(_relative_parts(n)) for n in names}, self.manifest())
+
+    def _check_free(self, names: set[str], manifest: Manifest) -> None:
+        for name in sorted(names - manifest.names()):
+            path = self.path / name
+            if path.exists() or path.is_symlink():
+                raise CheckpointError(
+                    f"{path} exists but vlmzoo did not write it (it is not listed in {self.manifest_path}); "
+                    "vlmzoo never overwrites files it did not write: move it away or choose another run folder"
+                )
 
     def path_for(self, name: str) -> Path:
         """``name`` inside the folder, listed first: for writers that take a path (plots, CSV)."""

@@ -38,6 +38,7 @@ from vlmzoo.train.run_checkpoint import STATE_NAME, RunState, load_run_checkpoin
 from vlmzoo.train.run_dir import CHECKPOINT_DIR, HISTORY_NAME, RunDir, check_location
 from vlmzoo.train.strategies import apply_strategy
 from vlmzoo.train.world import World
+from vlmzoo.weights.format import DEFAULT_MAX_SHARD_SIZE
 
 # Fields a resumed run may change: they decide what is logged, evaluated and saved, never what is
 # computed (evaluation runs with the random generators set aside). ``steps`` may change too (see
@@ -120,7 +121,8 @@ class Trainer:
     returns metrics of the in-memory model. ``run_dir`` receives ``checkpoint/`` (the run
     checkpoint, :mod:`vlmzoo.train.run_checkpoint`), ``metrics.json`` (the history) and the
     manifest listing both (:mod:`vlmzoo.train.run_dir`); it may not be the working directory, a
-    folder holding it, or the home directory.
+    folder holding it, or the home directory. ``max_shard_size`` splits the model's weights in a
+    single-process checkpoint into safetensors shards above that size (as :func:`vlmzoo.save`).
 
     With a distributed ``world`` (:func:`vlmzoo.train.world.init_world` under ``torchrun``) the
     trainer wraps the model by ``world.strategy`` (DDP or FSDP2), and every rank builds the same
@@ -145,6 +147,7 @@ class Trainer:
         shard_fn: Callable[[Any, int, int], Any] = shard_batch,
         loss_items: Callable[[Any], int] | None = None,
         find_unused_parameters: bool = False,
+        max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     ):
         self.world = world or World()
         self.config = config
@@ -152,6 +155,8 @@ class Trainer:
         self.shard_fn, self.loss_items = shard_fn, loss_items or count_label_tokens
         self.run_dir = check_location(run_dir)
         self.run = RunDir(self.run_dir, writer=self.world.is_main)
+        self.run.check_free(f"{CHECKPOINT_DIR}/", HISTORY_NAME)  # refused now, not after training
+        self.max_shard_size = max_shard_size
         self.progress = progress and self.world.is_main
         # Read before wrapping: fully_shard swaps the model's class for an FSDP subclass.
         self.architecture = type(model).__name__
@@ -188,6 +193,7 @@ class Trainer:
             architecture=self.architecture,
             device=self.device,
             staged=self._list_checkpoint,
+            max_shard_size=self.max_shard_size,
         )
         self._write_history()
 
