@@ -259,3 +259,42 @@ def test_per_tower_inputs_with_different_image_counts_are_rejected():
     model = vlmzoo.create_model("tiny-vary")
     with pytest.raises(InputError, match="different numbers of images"):
         model((torch.randn(1, 3, 32, 32), torch.randn(2, 3, 64, 64)), torch.tensor([[IMG, 5]]))
+
+
+def test_a_float_mask_of_0_and_1_gives_the_integer_masks_logits():
+    model = tiny_vlm()
+    ids = torch.tensor([[5, IMG, 6, 7], [8, IMG, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    x = images(2)
+    with torch.no_grad():
+        assert torch.equal(model(x, ids, mask.float()).logits, model(x, ids, mask).logits)
+
+
+def test_labels_at_image_placeholders_are_never_scored_so_any_value_goes_there():
+    model = tiny_vlm()
+    ids = torch.tensor([[5, IMG, 6, 7]])  # LLaVA-style labels copy input_ids, sentinel included
+    x = images(1)
+    with torch.no_grad():
+        copied = model(x, ids, labels=ids)
+        clamped = model(x, ids, labels=ids.clamp(min=0))
+    assert torch.equal(copied.loss, clamped.loss)
+    assert copied.labels[0, 1 : 1 + model.tokens_per_image].eq(IGNORE_INDEX).all()
+
+
+def test_a_rotary_decoder_runs_past_max_position_embeddings():
+    # Only learned position tables are a hard limit; RoPE has no table to index past.
+    model = tiny_vlm("tiny-llama")
+    limit = model.decoder.lm.config.max_position_embeddings
+    assert model.decoder.max_positions is None
+    new = model.generate(None, torch.ones(1, limit - 2, dtype=torch.long), max_new_tokens=4)
+    assert new.shape == (1, 4)
+
+
+def test_a_learned_position_table_bounds_a_cache_continuation():
+    model = tiny_vlm("tiny-opt")
+    limit = model.decoder.max_positions
+    with torch.no_grad():
+        cache = model(None, torch.ones(1, limit - 1, dtype=torch.long), use_cache=True).cache
+        model(None, torch.ones(1, 1, dtype=torch.long), cache=cache)  # exactly the table
+        with pytest.raises(InputError, match=rf"2 tokens \+ {limit - 1} in the KV cache exceeds the {limit}"):
+            model(None, torch.ones(1, 2, dtype=torch.long), cache=cache)

@@ -114,10 +114,7 @@ class CrossShapedWindowAttention(Attention, SpatialAttention):
         out = torch.cat([vertical, horizontal], dim=-1).flatten(1, 2)  # [B, H·W, C]
         if p:
             gk, gv = (rearrange(t[:, :h, :w], "b y x (h d) -> b h (y x) d", h=self.num_heads) for t in (k, v))
-            prefix_out = F.scaled_dot_product_attention(
-                prefix_q, torch.cat([prefix_k, gk], dim=-2), torch.cat([prefix_v, gv], dim=-2)
-            )
-            out = torch.cat([rearrange(prefix_out, "b h p d -> b p (h d)"), out], dim=1)
+            out = self.with_global_prefix(out, (prefix_q, prefix_k, prefix_v), (gk, gv))
         return self.proj(out)
 
     def extra_repr(self) -> str:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
 
 from vlmzoo.errors import InputError
 
@@ -56,3 +58,21 @@ class SpatialAttention(nn.Module):
     def merge_prefix(prefix: torch.Tensor, grid_tokens: torch.Tensor) -> torch.Tensor:
         """(prefix [B, P, C], grid [B, H, W, C]) -> [B, P + H·W, C]."""
         return torch.cat([prefix, grid_tokens.flatten(1, 2)], dim=1)
+
+    @staticmethod
+    def with_global_prefix(
+        grid_out: torch.Tensor,
+        prefix_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        grid_kv: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """The prefix tokens' global attention in front of the grid's output: [B, P + H·W, C].
+
+        ``prefix_qkv``: the prefix queries, keys, values [B, heads, P, d]; ``grid_kv``: every real
+        grid token's keys and values [B, heads, H·W, d] (unshifted, uncropped: the module
+        docstring's rule); ``grid_out``: the grid tokens' own output [B, H·W, C].
+        """
+        (pq, pk, pv), (gk, gv) = prefix_qkv, grid_kv
+        prefix_out = F.scaled_dot_product_attention(
+            pq, torch.cat([pk, gk], dim=-2), torch.cat([pv, gv], dim=-2)
+        )
+        return torch.cat([rearrange(prefix_out, "b h p d -> b p (h d)"), grid_out], dim=1)

@@ -127,10 +127,7 @@ class WindowAttention(Attention, SpatialAttention):
             _, gk, gv = rearrange(
                 qkv[:, :h, :w], "b y x (three h d) -> three b h (y x) d", three=3, h=self.num_heads
             )
-            prefix_out = F.scaled_dot_product_attention(
-                pq, torch.cat([pk, gk], dim=-2), torch.cat([pv, gv], dim=-2)
-            )
-            out = torch.cat([rearrange(prefix_out, "b h p d -> b p (h d)"), out], dim=1)
+            out = self.with_global_prefix(out, (pq, pk, pv), (gk, gv))
         return self.proj(out)
 
     def extra_repr(self) -> str:

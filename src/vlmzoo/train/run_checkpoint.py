@@ -431,7 +431,10 @@ def load_run_checkpoint(
         except BaseException:
             optimizer.state.clear()  # not half-restored: as fresh as before this call
             raise
-    set_optimizer_state_dict(model, optimizer, {"state": live, "param_groups": groups})
+    # Not strict: a trainable parameter that never had a gradient had no state when saved, and gets
+    # none back (the keys were checked above, against exactly what was saved).
+    options = StateDictOptions(strict=False)
+    set_optimizer_state_dict(model, optimizer, {"state": live, "param_groups": groups}, options=options)
     if sharded:
         set_model_state_dict(model, model_state)
     scheduler.load_state_dict(scheduler_state)

@@ -180,7 +180,7 @@ class RunDir:
         if plan.foreign:
             more = f" (and {len(plan.foreign) - 1} more)" if len(plan.foreign) > 1 else ""
             raise CheckpointError(
-                f"--overwrite refused: {self.path / plan.foreign[0]}{more} was not written by vlmzoo (it is "
+                f"--overwrite refused: {self.path}{os.sep}{plan.foreign[0]}{more} was not written by vlmzoo (it is "
                 f"not listed in {self.manifest_path}), and vlmzoo deletes only what it wrote; move it out "
                 "of the run folder, or choose another run folder"
             )
