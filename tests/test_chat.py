@@ -312,3 +312,23 @@ def test_chat_llava_example_runs(tmp_path, monkeypatch):
     spec.loader.exec_module(module)
     result = module.main(max_new_tokens=4)
     assert result["answer"] == result["streamed"] == result["reloaded"]
+
+
+def test_vlmzoo_chat_command_prints_the_answer_of_a_saved_model(checkpoint, capsys):
+    from vlmzoo.cli import main
+
+    directory, image = checkpoint
+    code = main(
+        ["chat", str(directory), "--image", str(image), "--question", "What?", "--max-new-tokens", "3"]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.strip() != ""
+
+
+@pytest.mark.parametrize("flag", [["--temperature", "-1"], ["--max-new-tokens", "0"], ["--device", "banana"]])
+def test_vlmzoo_chat_command_refuses_bad_flags_in_one_line(flag, capsys):
+    from vlmzoo.cli import main
+
+    assert main(["chat", "tiny-llava", *flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vlmzoo: error:")

@@ -31,7 +31,7 @@ import pytest
 import torch
 
 import vlmzoo
-import vlmzoo.processing.prompts  # noqa: F401  (the cases reach it as an attribute)
+import vlmzoo.processing.prompts  # the cases reach it as an attribute
 from vlmzoo.config import Config
 from vlmzoo.errors import (
     CheckpointError,

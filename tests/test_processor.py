@@ -379,7 +379,7 @@ def test_prompt_longer_than_the_context_is_refused_with_the_lengths():
 def test_processor_for_uses_the_presets_image_size_and_token():
     assert processor_for("llava-1.5-7b").image.recipe.crop_size == 336
     assert processor_for("tiny-llava").image.recipe.crop_size == 32
-    assert processor_for("openflamingo-3b").image_token_id == 50277
+    assert processor_for("openflamingo-3b").image_token_id == 50278
     assert processor_for("tiny-vary").second_image.recipe.size == 64
     with pytest.raises(UnknownModelError, match="no processor is known"):
         processor_for("swin-t")

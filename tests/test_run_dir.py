@@ -102,9 +102,10 @@ def test_vlmzoo_never_overwrites_a_file_it_did_not_write(tmp_path):
     run.mkdir()
     (run / "metrics.json").write_text('{"my": "results"}')
     with pytest.raises(CheckpointError, match=r"metrics\.json exists but vlmzoo did not write it"):
+        # Refused before the first step (the batch function would fail if it were called).
         Trainer(
             torch.nn.Linear(2, 2), TrainConfig(), lambda s, m: None, lambda m, b: None, run, progress=False
-        )
+        ).fit()
     with pytest.raises(CheckpointError, match=r"summary\.json exists but vlmzoo did not write it"):
         (run / "summary.json").write_text("{}")
         RunDir(run).write_json("summary.json", {})

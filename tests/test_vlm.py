@@ -7,8 +7,8 @@ import torch
 from conftest import max_abs_diff
 
 import vlmzoo
-from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.decoders.hf import IGNORE_INDEX, kv_cache
+from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
 from vlmzoo.registry import get_entry
 
@@ -290,11 +290,23 @@ def test_a_rotary_decoder_runs_past_max_position_embeddings():
     assert new.shape == (1, 4)
 
 
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_text_continuing_a_kv_cache_through_the_model_equals_the_full_forward(decoder):
+    model = tiny_vlm(decoder)
+    ids = torch.tensor([[5, IMG, 6, 7, 8, 9]])
+    x = images(1)
+    with torch.no_grad():
+        full = model(x, ids).logits
+        head = model(x, ids[:, :4], use_cache=True)
+        tail = model(None, ids[:, 4:], cache=head.cache).logits
+    assert max_abs_diff(torch.cat([head.logits, tail], dim=1), full) <= 1e-5
+
+
 def test_a_learned_position_table_bounds_a_cache_continuation():
     model = tiny_vlm("tiny-opt")
     limit = model.decoder.max_positions
     with torch.no_grad():
         cache = model(None, torch.ones(1, limit - 1, dtype=torch.long), use_cache=True).cache
-        model(None, torch.ones(1, 1, dtype=torch.long), cache=cache)  # exactly the table
-        with pytest.raises(InputError, match=rf"2 tokens \+ {limit - 1} in the KV cache exceeds the {limit}"):
-            model(None, torch.ones(1, 2, dtype=torch.long), cache=cache)
+        model(None, torch.ones(1, 1, dtype=torch.long), cache=cache)  # fills the table exactly
+        with pytest.raises(InputError, match=rf"1 tokens \+ {limit} in the KV cache exceeds the {limit}"):
+            model(None, torch.ones(1, 1, dtype=torch.long), cache=cache)

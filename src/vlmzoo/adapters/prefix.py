@@ -83,17 +83,20 @@ class PrefixAdapter(Adapter):
         ``features`` [n_img, M, hidden] in placeholder order; ``decoder`` embeds the text (its
         ``embed``). With ``expand_image_tokens``, each placeholder becomes M positions; padding
         stays on the side it was on (left padding is kept for generation). Image positions get
-        label ``IGNORE_INDEX``.
+        label ``IGNORE_INDEX``. Without images the text embeddings come back with the mask as given.
         """
         layout = self.bound_layout()
         b, length = input_ids.shape
         is_image = input_ids == layout.image_token_id
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         # Placeholders may be a negative sentinel (LLaVA's -200): they are never embedded.
         text_embeds = decoder.embed(input_ids.masked_fill(is_image, 0))
         if features is None:
+            # Text alone: the mask stays what the caller gave, None included, so that a call
+            # continuing a KV cache lets the decoder cover the cached positions itself (a mask
+            # of the new tokens alone would hide them).
             return text_embeds, attention_mask, labels
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         features = features.to(text_embeds.dtype)
         m = features.shape[1]
         if not layout.expand_image_tokens:

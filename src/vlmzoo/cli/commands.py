@@ -14,6 +14,7 @@ import sys
 
 from vlmzoo.models.summary import summarize
 from vlmzoo.recipes.ablation import run_ablation
+from vlmzoo.recipes.chat import run_chat
 from vlmzoo.recipes.demo import run_demo
 from vlmzoo.recipes.train import TrainJob, train
 from vlmzoo.recipes.zoo import summary_text, zoo_markdown
@@ -92,4 +93,18 @@ def zoo(args: argparse.Namespace) -> int:
         atomic_write_text(args.out, text)
     else:
         print(text)
+    return 0
+
+
+def chat(args: argparse.Namespace) -> int:
+    run_chat(
+        args.model,
+        args.image,
+        args.question,
+        tokenizer=args.tokenizer,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        device=args.device,
+        dtype=args.dtype,
+    )
     return 0

@@ -126,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=commands.ablate)
 
+    p = sub.add_parser(
+        "chat",
+        help="ask a model about images: one question, or an interactive prompt when none is given",
+    )
+    p.add_argument("model", help="a registered model name or a checkpoint folder")
+    p.add_argument("--image", action="append", default=[], help="an image file (repeat for several)")
+    p.add_argument("--question", default=None, help="the question (default: an interactive prompt)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the preset's)")
+    p.add_argument("--max-new-tokens", type=value.positive_int, default=256)
+    p.add_argument("--temperature", type=value.non_negative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--device", type=value.device, default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.set_defaults(func=commands.chat)
+
     p = sub.add_parser("zoo", help="the model-zoo table (markdown) of every registered name")
     p.add_argument("--out", type=value.output_file, default=None, help="write to this file instead of stdout")
     p.add_argument("--verbose", action="store_true")

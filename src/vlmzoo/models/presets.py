@@ -58,15 +58,16 @@ VLM_PRESETS: dict[str, VLMConfig] = {
     # OpenFlamingo-3B: CLIP ViT-L/14 final-block patch tokens without ln_post (the open_clip
     # behaviour it was trained with: open_clip <= 2.23 normed only the pooled token) -> perceiver +
     # gated xattn every layer -> MPT-1B.
-    # `<image>` is a real token here; 50277 is the first id after the GPT-NeoX tokenizer's 50277
-    # tokens, where OpenFlamingo's added `<image>` lands — set it to your tokenizer's id.
+    # `<image>` is a real token here. OpenFlamingo's open_flamingo/src/factory.py adds
+    # ["<|endofchunk|>", "<image>"] in that order after the GPT-NeoX tokenizer's 50277 tokens, so
+    # `<|endofchunk|>` is 50277 and `<image>` 50278 — set it to your tokenizer's id if it differs.
     "openflamingo-3b": VLMConfig(
         encoder=CLIP_VISION_PRESETS["clip-vit-l14"].replace(
             feature_layer=-1, feature_tokens="patch", feature_norm=False, pool="none", embed_dim=None
         ),
         adapter=FLAMINGO_PRESETS["openflamingo-3b-xattn"],
         decoder=DECODER_PRESETS["mpt-1b"],
-        image_token_id=50277,
+        image_token_id=50278,
     ),
     "tiny-openflamingo": VLMConfig(
         encoder=llava_features(CLIP_VISION_PRESETS["clip-vit-tiny"]).replace(feature_layer=-1),

@@ -155,7 +155,6 @@ class Trainer:
         self.shard_fn, self.loss_items = shard_fn, loss_items or count_label_tokens
         self.run_dir = check_location(run_dir)
         self.run = RunDir(self.run_dir, writer=self.world.is_main)
-        self.run.check_free(f"{CHECKPOINT_DIR}/", HISTORY_NAME)  # refused now, not after training
         self.max_shard_size = max_shard_size
         self.progress = progress and self.world.is_main
         # Read before wrapping: fully_shard swaps the model's class for an FSDP subclass.
@@ -334,6 +333,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         c, w = self.config, self.world
+        if self.step == 0:  # a fresh run: refused now, not after the first step, if it would overwrite
+            self.run.check_free(f"{CHECKPOINT_DIR}/", HISTORY_NAME)
         bar = tqdm(total=c.steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
         start = time.perf_counter()
         try:
