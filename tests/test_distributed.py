@@ -221,6 +221,30 @@ def test_a_resumed_sharded_checkpoint_continues_like_the_uninterrupted_run(runs,
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_sharded_checkpoint_is_one_safetensors_file_per_rank_holding_its_own_shards(runs, strategy):
+    """No pickle (no dcp/.metadata): JSON and a safetensors file per rank. FSDP's ranks each hold
+    their half of every parameter; DDP's replicas are stored once, by rank 0."""
+    from safetensors import safe_open
+
+    checkpoint = runs / f"{strategy}-full" / "checkpoint"
+    names = sorted(p.name for p in checkpoint.iterdir())
+    assert names == [
+        "config.json",
+        "rank-00000-of-00002.safetensors",
+        "rank-00001-of-00002.safetensors",
+        "trainer_state.json",
+    ]
+    held = []
+    for rank in range(2):
+        with safe_open(checkpoint / f"rank-0000{rank}-of-00002.safetensors", framework="pt") as f:
+            held.append(sum(f.get_slice(k).get_shape()[0] for k in f.keys() if k.startswith("model/")))  # noqa: SIM118
+    if strategy == "fsdp":
+        assert held[0] > 0 and held[1] > 0
+    else:
+        assert held[0] > 0 and held[1] == 0
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_converted_sharded_checkpoint_loads_with_the_in_memory_weights(runs, tmp_path, strategy):
     import vlmzoo
     from vlmzoo.train.run_checkpoint import convert_checkpoint

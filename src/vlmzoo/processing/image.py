@@ -166,7 +166,8 @@ class ImageProcessor:
     def _resized_hw(self, h: int, w: int) -> tuple[int, int]:
         """Target (height, width) of the resize; the long side is truncated like torchvision/HF."""
         size = self.config.size
-        if self.config.longest_edge:  # SAM: scale the longest side to `size`, round half up (get_preprocess_shape)
+        # SAM: scale the longest side to `size`, round half up (ResizeLongestSide.get_preprocess_shape)
+        if self.config.longest_edge:
             scale = size / max(h, w)
             # At least 1 px: SAM and HF would crash on a 0-px side of an extremely thin image.
             return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))

@@ -280,14 +280,17 @@ def read_run_state(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         if (directory / LEGACY_STATE_NAME).is_file() or (directory / LEGACY_SHARDS_DIR).is_dir():
             raise CheckpointError(_legacy_message(directory))
-        hint = (
-            "the checkpoint is incomplete (a file was removed after the save)"
-            if (directory / CONFIG_NAME).is_file()
-            else f"it is written by vlmzoo's Trainer into RUN_DIR/{CHECKPOINT_DIR}"
-        )
+        if any(RANK_FILE.fullmatch(p.name) for p in directory.glob("rank-*")):
+            hint = (
+                "the checkpoint is incomplete (a file was removed after the save); resume from an intact copy"
+            )
+        elif (directory / CONFIG_NAME).is_file():
+            hint = "it holds a saved model, which vlmzoo.load opens as it is"
+        else:
+            hint = f"vlmzoo's Trainer writes run checkpoints into RUN_DIR/{CHECKPOINT_DIR}"
         raise CheckpointError(
-            f"{directory} is not a sharded vlmzoo checkpoint ({STATE_NAME} not found): {hint}; resume from an "
-            "intact copy, or start the run again with --overwrite"
+            f"{directory} is not a sharded vlmzoo checkpoint ({STATE_NAME} not found): {hint}; to start the "
+            "run again, pass --overwrite"
         )
     state = read_json(path, "trainer state")
     if isinstance(state, dict) and state.get("format") == LEGACY_SHARDED_FORMAT:
