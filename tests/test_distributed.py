@@ -103,7 +103,7 @@ def _worker(out: Path, cache: Path) -> None:
     from safetensors.torch import save_file
 
     from vlmzoo import cli
-    from vlmzoo.train.run_checkpoint import full_state_dict
+    from vlmzoo.train.run_checkpoint import full_state_dict, write_rank_file
     from vlmzoo.train.world import init_world, teardown
 
     ddp = init_world("ddp", device="cpu")
@@ -127,6 +127,29 @@ def _worker(out: Path, cache: Path) -> None:
     ddp.barrier()
     dump(train(tok, out / "fsdp-resume", fsdp, resume=True), "fsdp-resume")
     dump(train(tok, out / "ddp-resume", ddp, resume=True), "ddp-resume")
+    # A save that fails on rank 1 (a full disk) raises on both ranks and keeps the old checkpoint.
+    from vlmzoo.train import run_checkpoint
+
+    if ddp.is_main:
+        shutil.copytree(out / "fsdp-full", out / "fsdp-fail")
+    ddp.barrier()
+    failing = train(tok, out / "fsdp-fail", fsdp, resume=True)  # at its last step already
+    before = {p.name: p.read_bytes() for p in (out / "fsdp-fail" / "checkpoint").iterdir()}
+    if ddp.rank == 1:
+
+        def disk_full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        run_checkpoint.write_rank_file = disk_full
+    try:
+        failing.save_checkpoint()
+        outcome = "saved"
+    except Exception as e:  # what each rank saw is the result
+        outcome = f"{type(e).__name__}: {e}"
+    run_checkpoint.write_rank_file = write_rank_file
+    after = {p.name: p.read_bytes() for p in (out / "fsdp-fail" / "checkpoint").iterdir()}
+    (out / f"fail-{ddp.rank}.txt").write_text(f"{outcome}\nunchanged: {before == after}")
+    ddp.barrier()
     # The command itself, bf16 mixed precision, with evaluation (generation) on the sharded model.
     argv = ["train", "--strategy", "fsdp", "--precision", "bf16", "--device", "cpu", "--steps", "2"]
     argv += ["--train-size", "32", "--batch-size", "8", "--eval-every", "2", "--no-progress"]
@@ -252,6 +275,16 @@ def test_a_converted_sharded_checkpoint_loads_with_the_in_memory_weights(runs, t
     convert_checkpoint(runs / f"{strategy}-full" / "checkpoint", tmp_path / "merged")
     model = vlmzoo.load(tmp_path / "merged")
     assert max_param_diff(model, load(runs / f"{strategy}-full.safetensors")) == 0.0
+
+
+def test_a_save_failing_on_one_rank_raises_on_every_rank_and_keeps_the_old_checkpoint(runs):
+    failed = (runs / "fail-1.txt").read_text()
+    assert failed.startswith("OSError: [Errno 28] No space left on device") and "unchanged: True" in failed
+    other = (runs / "fail-0.txt").read_text()
+    assert (
+        other.startswith("CheckpointError: another rank failed to write its part")
+        and "unchanged: True" in other
+    )
 
 
 def test_the_train_command_under_torchrun_writes_a_loadable_model(runs):

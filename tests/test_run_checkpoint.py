@@ -171,7 +171,7 @@ def test_a_missing_trainer_state_is_refused_naming_the_file_and_the_fix(tmp_path
         (b"\x00\xff garbage", r"trainer_state\.json is not valid JSON"),
         (
             b'{"format": "vlmzoo-run-checkpoint", "format_version": 1}',
-            r"trainer_state\.json.*\"step\" missing",
+            r"trainer_state\.json.*\"step\" missing or not of type int",
         ),
         (b"[1, 2]", r"trainer_state\.json is not a vlmzoo trainer state"),
     ],
@@ -255,3 +255,63 @@ def test_a_failed_save_leaves_the_previous_checkpoint_byte_identical(tmp_path, m
 def test_interrupting_before_the_first_step_saves_nothing(tmp_path):
     interrupted(tmp_path / "run", at=0)
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_a_rank_file_of_another_save_is_refused(tmp_path):
+    interrupted(tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint" / "rank-00000-of-00001.safetensors"
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+    save_file(load_file(path), path, metadata={**metadata, "vlmzoo_step": "2"})
+    with pytest.raises(
+        CheckpointError, match=r"holds step '2' but trainer_state\.json step 3: files of two saves"
+    ):
+        trainer(tmp_path / "run").resume()
+
+
+def test_resuming_in_another_precision_is_refused(tmp_path):
+    interrupted(tmp_path / "run")
+    t = Trainer(tiny_model().to(torch.bfloat16), CONFIG, batch_fn, loss_fn, tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match=r"stored as torch\.float32 but .* holds it as torch\.bfloat16"):
+        t.resume()
+
+
+def rank_files(tmp_path: Path, chunks: list[tuple[list[int], list[int]]]) -> list[Path]:
+    """Hand-written rank files, one per chunk of a tensor ``x`` of shape [4, 2] (offset, size)."""
+    from safetensors.torch import save_file
+
+    files = []
+    for rank, (offset, size) in enumerate(chunks):
+        path = tmp_path / f"rank-{rank:05d}-of-{len(chunks):05d}.safetensors"
+        layout = json.dumps({"x": {"offset": offset, "shape": [4, 2]}})
+        metadata = {"vlmzoo_rank": str(rank), "vlmzoo_world_size": str(len(chunks)), "vlmzoo_chunks": layout}
+        save_file({"x": torch.full(size, float(rank))}, path, metadata=metadata)
+        files.append(path)
+    return files
+
+
+def test_shards_are_assembled_by_their_offsets(tmp_path):
+    from vlmzoo.train.shards import ShardReader
+
+    target = torch.zeros(4, 2)
+    with ShardReader(rank_files(tmp_path, [([0, 0], [1, 2]), ([1, 0], [3, 2])]), 2, verify=False) as reader:
+        reader.fill("x", target)
+    assert target.tolist() == [[0, 0], [1, 1], [1, 1], [1, 1]]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "match"),
+    [
+        ([([0, 0], [3, 2]), ([2, 0], [2, 2])], r"x is stored twice over"),
+        ([([0, 0], [1, 2]), ([2, 0], [2, 2])], r"x is incomplete: its stored parts cover 6 of 8 values"),
+        ([([0, 0], [2, 2]), ([3, 0], [2, 2])], r"lies outside the tensor's shape \[4, 2\]"),
+    ],
+)
+def test_shards_that_overlap_leave_a_hole_or_lie_outside_are_refused(tmp_path, chunks, match):
+    from vlmzoo.train.shards import ShardReader
+
+    with pytest.raises(CheckpointError, match=match):
+        ShardReader(rank_files(tmp_path, chunks), 2, verify=False)

@@ -152,9 +152,12 @@ def test_a_nested_run_is_judged_by_its_own_manifest(tmp_path):
         check_run_dir(tmp_path / "grid", resume=False, overwrite=True)
 
 
-def test_a_damaged_manifest_is_refused_naming_it(tmp_path):
+@pytest.mark.parametrize(
+    "content", ['{"format": "something else"}', "[1, 2]", '{"format": "vlmzoo-run-folder"}']
+)
+def test_a_damaged_manifest_is_refused_naming_it(tmp_path, content):
     a_run(tmp_path / "run")
-    (tmp_path / "run" / MANIFEST_NAME).write_text('{"format": "something else"}')
+    (tmp_path / "run" / MANIFEST_NAME).write_text(content)
     with pytest.raises(CheckpointError, match=r"vlmzoo-run\.json is not a vlmzoo run folder manifest"):
         check_run_dir(tmp_path / "run", resume=False, overwrite=True)
 

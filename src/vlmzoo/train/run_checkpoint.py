@@ -93,14 +93,6 @@ def is_run_checkpoint_file(name: str) -> bool:
     )
 
 
-def is_sharded_checkpoint(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a run checkpoint written by several processes."""
-    path = Path(directory) / STATE_NAME
-    if not path.is_file():
-        return (Path(directory) / LEGACY_SHARDS_DIR).is_dir()
-    return read_run_state(directory)["weights"] == WEIGHTS_IN_RANK_FILES
-
-
 # --- saving ------------------------------------------------------------------------------------
 
 
@@ -326,7 +318,7 @@ def _state_problem(state: Any) -> str | None:
     }
     for key, kind in kinds.items():
         if isinstance(state.get(key), bool) or not isinstance(state.get(key), kind):
-            return f'"{key}" missing or not a {kind.__name__}'
+            return f'"{key}" missing or not of type {kind.__name__}'
     if state["step"] < 0 or state["world_size"] < 1:
         return f"step {state['step']} and world_size {state['world_size']} are out of range"
     if state["weights"] not in (WEIGHTS_IN_MODEL_FILES, WEIGHTS_IN_RANK_FILES):
@@ -419,7 +411,7 @@ def load_run_checkpoint(
                 model_state = get_model_state_dict(model)
                 aliases = _aliases(model)
                 targets.update({MODEL_PREFIX + k: v for k, v in model_state.items() if k not in aliases})
-            _check_keys(directory, reader, targets)
+            _check_keys(directory, set(reader.tensors), targets)
             for key, target in targets.items():
                 reader.check_fits(key, target)
             groups = _param_groups(directory, state["param_groups"], optimizer_state["param_groups"])
@@ -458,9 +450,8 @@ def _check_rank_files(reader: ShardReader, step: int) -> None:
             )
 
 
-def _check_keys(directory: Path, reader: ShardReader, targets: Mapping[str, torch.Tensor]) -> None:
-    """The stored tensors are exactly the ones the model and optimizer being trained need."""
-    stored = set(reader.tensors)
+def _check_keys(directory: Path, stored: set[str], targets: Mapping[str, torch.Tensor]) -> None:
+    """The ``stored`` tensors are exactly the ``targets`` (the model's, and the optimizer's)."""
     missing, unexpected = sorted(set(targets) - stored), sorted(stored - set(targets))
     if missing or unexpected:
         parts = [
@@ -469,7 +460,7 @@ def _check_keys(directory: Path, reader: ShardReader, targets: Mapping[str, torc
             if names
         ]
         raise CheckpointError(
-            f"{directory}: the stored state does not fit the model and optimizer being trained "
+            f"{directory}: the stored state does not fit the model (and optimizer) it is loaded into "
             f"({'; '.join(parts)}); resume with the same model and the same trainable parts (set_trainable)"
         )
 
@@ -552,20 +543,17 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         return save(load_directory(src), dst)
     model = _build(src)
     aliases = _aliases(model)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     targets = {MODEL_PREFIX + k: v for k, v in model.state_dict().items() if k not in aliases}
     with ShardReader([src / n for n in state["rank_files"]], state["world_size"]) as reader:
         _check_rank_files(reader, state["step"])
-        stored = reader.keys(MODEL_PREFIX)
-        if stored != set(targets):
-            missing, unexpected = sorted(set(targets) - stored), sorted(stored - set(targets))
-            raise CheckpointError(
-                f"{src}: the sharded weights do not fit {type(model).__name__}: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
+        _check_keys(src, reader.keys(MODEL_PREFIX), targets)
         with torch.no_grad():
             for key, target in targets.items():
-                if reader.tensors[key].dtype != target.dtype and target.is_floating_point():
-                    target = _retype(model, key.removeprefix(MODEL_PREFIX), reader.tensors[key].dtype)
+                stored, name = reader.tensors[key].dtype, key.removeprefix(MODEL_PREFIX)
+                if stored != target.dtype and target.is_floating_point() and name in tensors:
+                    tensors[name].data = tensors[name].data.to(stored)  # a bf16 run converts to bf16
+                    target = tensors[name].data
                 reader.fill(key, target)
     return save(model, dst)
 
@@ -581,13 +569,6 @@ def _build(directory: Path) -> nn.Module:
             f"{directory / CONFIG_NAME}: config does not fit {document['architecture']}: {e}"
         ) from e
     return cls(config)
-
-
-def _retype(model: nn.Module, name: str, dtype: torch.dtype) -> torch.Tensor:
-    """Give the model's tensor ``name`` the stored float ``dtype`` (a bf16 run converts to bf16)."""
-    tensor = model.get_parameter(name) if name in dict(model.named_parameters()) else model.get_buffer(name)
-    tensor.data = tensor.data.to(dtype)
-    return tensor.data
 
 
 def full_state_dict(model: nn.Module, world: World) -> dict[str, torch.Tensor]:

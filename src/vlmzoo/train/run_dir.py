@@ -87,7 +87,7 @@ class RunDir:
         if not self.has_manifest():
             return Manifest()
         document = read_json(self.manifest_path, "run folder manifest")
-        entries = document.get("files"), document.get("directories") if isinstance(document, dict) else None
+        entries = [document.get(k) for k in ("files", "directories")] if isinstance(document, dict) else []
         if (
             not isinstance(document, dict)
             or document.get("format") != MANIFEST_FORMAT

@@ -81,13 +81,13 @@ def write_rank_file(
         LOCAL_PREFIX + k: v.detach().cpu().contiguous() for k, v in rank_local.items()
     }
     chunks: dict[str, dict[str, list[int]]] = {}
-    storages: set[tuple] = set()
+    storages: set[int] = set()
     for key, tensor in tensors.items():
         part = local_part(tensor.detach())
         if part.replicated and rank != 0:
             continue
         data = part.data.cpu().contiguous()
-        storage = (data.untyped_storage().data_ptr(), data.storage_offset())
+        storage = data.untyped_storage().data_ptr()
         if data.numel() and storage in storages:  # safetensors refuses tensors sharing memory
             data = data.clone()
         storages.add(storage)
@@ -106,7 +106,7 @@ def write_rank_file(
 
 @dataclass(frozen=True)
 class Chunk:
-    """One stored piece of a tensor: ``key`` in ``path``, of ``size`` at ``offset``."""
+    """One stored piece of a tensor: in the file ``path``, of ``size`` at ``offset`` in the tensor."""
 
     path: Path
     offset: tuple[int, ...]
@@ -134,7 +134,6 @@ class ShardReader:
         self.local: dict[Path, set[str]] = {}
         self.metadata: dict[Path, dict[str, str]] = {}
         self._verify = _verify(verify)
-        self._verified: set[Path] = set()
         self._stack = contextlib.ExitStack()
         self._handles: dict[Path, object] = {}
         for rank, path in enumerate(files):
@@ -331,9 +330,3 @@ class _LazyTensors(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self._keys)
-
-
-def files_of(directory: Path, world_size: int) -> Iterator[Path]:
-    """The rank files of a checkpoint written by ``world_size`` ranks."""
-    for rank in range(world_size):
-        yield directory / rank_file_name(rank, world_size)

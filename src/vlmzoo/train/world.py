@@ -77,6 +77,8 @@ class World:
         data = torch.tensor(list(text.encode()), dtype=torch.uint8, device=self.device)
         size = torch.tensor([data.numel()], dtype=torch.int64, device=self.device)
         dist.broadcast(size, src=0)
+        if int(size.item()) == 0:
+            return ""
         if not self.is_main:
             data = torch.empty(int(size.item()), dtype=torch.uint8, device=self.device)
         dist.broadcast(data, src=0)
