@@ -4,10 +4,11 @@ A CLIP ViT-L/14 vision tower (304M parameters, 1.22 GB in float32 at the default
 ``--depth 12`` is about 0.6 GB, ``--depth 48`` about 2.4 GB) is saved once, then loaded
 ``--rounds`` times with ``verify=True`` and ``verify=False`` alternately (so machine noise hits
 both alike; the files stay in the page cache, so the times are CPU and memory, not disk). The
-parts are timed on their own too: the SHA-256 of the tensors (the check ``verify=False`` skips),
-the scan for non-finite weights (always on), building the model on the meta device and
-comparing every shape and dtype with the file headers (always on), and building the model for
-real (its random initialisation, overwritten by the weights; not part of the checks).
+parts are timed on their own too, on the weights in memory: the SHA-256 of the tensors and the
+scan for non-finite weights (the two checks ``verify=False`` skips), building the model on the
+meta device and comparing every shape and dtype with the file headers (always on), and
+building the model for real (its random initialisation, overwritten by the weights; not part of
+the checks).
 
     python benchmarks/integrity.py                 # 1.22 GB, 3 rounds, 2 threads
     python benchmarks/integrity.py --depth 48      # 2.4 GB
@@ -52,7 +53,8 @@ def main() -> None:
     gb = sum(v.numel() * v.element_size() for v in state.values()) / 1e9
     print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads")
     print(
-        f"clip-vit-l14 depth {args.depth}: {sum(p.numel() for p in model.parameters()):,} parameters, {gb:.2f} GB"
+        f"clip-vit-l14 depth {args.depth}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{gb:.2f} GB"
     )
 
     with tempfile.TemporaryDirectory(prefix="vlmzoo-integrity-") as tmp:
@@ -88,7 +90,8 @@ def main() -> None:
         print(f"{name:<24}{med:>8.2f}{med / gb:>8.2f}")
     on, off = statistics.median(times["load, verify=True"]), statistics.median(times["load, verify=False"])
     print(
-        f"\nverify=True / verify=False load time: {on / off:.2f}x (+{on - off:.2f} s, {(on - off) / gb:.2f} s/GB)"
+        f"\nverify=True / verify=False load time: {on / off:.2f}x "
+        f"(+{on - off:.2f} s, {(on - off) / gb:.2f} s/GB)"
     )
 
 

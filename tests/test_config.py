@@ -62,24 +62,35 @@ def test_text_config_rejects_eos_outside_vocabulary():
 # --- the table of config classes and the checked JSON parser ----------------------------------
 
 
-@dataclasses.dataclass
-class _LocalPartConfig(Config):
-    size: int = 1
+@pytest.fixture
+def local_configs() -> tuple[type[Config], type[Config]]:
+    """A part and a holder with a polymorphic field, defined when the test runs (not at import,
+    so the config sweep of test_errors.py, which walks every subclass it finds, never sees them)."""
+
+    @dataclasses.dataclass
+    class _LocalPartConfig(Config):
+        size: int = 1
+
+        def validate(self) -> None:
+            self._check_positive("size")
+
+    @dataclasses.dataclass
+    class _LocalHolderConfig(Config):
+        part: Config = dataclasses.field(default_factory=_LocalPartConfig)
+
+    return _LocalPartConfig, _LocalHolderConfig
 
 
-@dataclasses.dataclass
-class _LocalHolderConfig(Config):
-    part: Config = dataclasses.field(default_factory=_LocalPartConfig)
+def test_config_classes_join_the_table_when_defined(local_configs):
+    part, _ = local_configs
+    assert config_class("_LocalPartConfig") is part
 
 
-def test_config_classes_join_the_table_when_defined():
-    assert config_class("_LocalPartConfig") is _LocalPartConfig
-
-
-def test_type_tag_is_read_back_through_the_table():
-    holder = _LocalHolderConfig(_LocalPartConfig(size=3))
+def test_type_tag_is_read_back_through_the_table(local_configs):
+    part, holder_class = local_configs
+    holder = holder_class(part(size=3))
     assert holder.to_dict() == {"part": {"_type": "_LocalPartConfig", "size": 3}}
-    assert _LocalHolderConfig.from_dict(holder.to_dict()) == holder
+    assert holder_class.from_dict(holder.to_dict()) == holder
 
 
 def test_unknown_type_tag_calls_the_registered_loaders_then_refuses(monkeypatch):

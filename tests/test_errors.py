@@ -176,7 +176,10 @@ def flip_byte(d: Path) -> None:
 
 
 def weights_of_another_save(d: Path) -> None:
-    vlmzoo.save(vlmzoo.create_encoder("clip-vit-tiny"), d / "other")  # same config, other values
+    other = vlmzoo.create_encoder("clip-vit-tiny")  # same config, other values (a later step)
+    with torch.no_grad():
+        other.norm.weight.add_(1.0)
+    vlmzoo.save(other, d / "other")
     shutil.copy(d / "other" / "model.safetensors", d / "model.safetensors")
 
 

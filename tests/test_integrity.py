@@ -204,6 +204,8 @@ def test_environment_variable_turns_hashing_off(saved, monkeypatch):
 def test_weights_file_of_another_save_of_the_same_config_is_refused(tmp_path, vit):
     vlmzoo.save(vit, tmp_path / "a")
     later = vlmzoo.create_encoder("clip-vit-tiny")  # same config, other values (a later step)
+    with torch.no_grad():
+        later.norm.weight.add_(1.0)
     vlmzoo.save(later, tmp_path / "b")
     (tmp_path / "a" / WEIGHTS_NAME).write_bytes((tmp_path / "b" / WEIGHTS_NAME).read_bytes())
     with pytest.raises(CheckpointError, match=r"come from different saves \(the file's tensor digest"):
@@ -254,6 +256,15 @@ def test_non_finite_weights_warn_once_naming_the_tensors(tmp_path, vit):
     message = str(ours[0].message)
     assert "2 tensors hold non-finite values" in message
     assert "norm.weight (2 NaN, 0 inf)" in message and "pos_embed (0 NaN, 1 inf)" in message
+
+
+def test_verify_false_skips_the_scan_for_non_finite_weights(tmp_path, vit):
+    with torch.no_grad():
+        vit.norm.weight[0] = float("nan")
+    vlmzoo.save(vit, tmp_path / "ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonFiniteWeightsWarning)
+        vlmzoo.load(tmp_path / "ckpt", verify=False)
 
 
 def test_finite_weights_load_without_a_warning(saved):

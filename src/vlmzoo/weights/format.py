@@ -22,9 +22,10 @@ parameters than the files hold is stopped while it builds) and every shape and d
 compared with the file headers (a float weight stored as an integer or bool, or a float dtype
 the save did not record, is refused, never cast); then the config's digest. Only then is the
 model built for real, and each file is loaded and, unless ``verify=False`` (or the environment
-variable ``VLMZOO_VERIFY_WEIGHTS=0``), its tensors hashed and compared with the recorded digest
-(the one check that reads every byte; measured in ``benchmarks/integrity.py``). Non-finite
-weights are loaded with one warning naming the tensors.
+variable ``VLMZOO_VERIFY_WEIGHTS=0``), its tensors are hashed and compared with the recorded
+digest, and scanned for NaN and inf (loaded with one warning naming the tensors). These two are
+the checks that read every byte (measured in ``benchmarks/integrity.py``); all others read
+headers only and always run.
 
 The digests detect corrupted files and files edited or swapped after a save; they are not
 signatures: whoever can write the directory can write matching digests.
@@ -69,7 +70,7 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"  # as transformers and huggingface_hub
 # 2: config.json names its weights entry point and shards may be used. 1 and 2 files still load
 # (without the checks that need the records).
 FORMAT_VERSION = 3
-VERIFY_ENV = "VLMZOO_VERIFY_WEIGHTS"  # "0" (or false/no/off) skips hashing the tensors on load
+VERIFY_ENV = "VLMZOO_VERIFY_WEIGHTS"  # "0" (or false/no/off): load skips the checks that read every byte
 
 # safetensors' dtype codes (the header's "dtype") of torch's types.
 _CODES = {
@@ -307,7 +308,8 @@ def _stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def config_document(model: nn.Module) -> dict:
     """The ``config.json`` fields that describe ``model`` (architecture, config, digest), e.g. for
-    checkpoints whose weights are stored elsewhere (the sharded run checkpoints of :mod:`vlmzoo.train.run_checkpoint`)."""
+    checkpoints whose weights are stored elsewhere (the sharded run checkpoints of
+    :mod:`vlmzoo.train.run_checkpoint`)."""
     document = _config_document(model)
     return {**document, "config_sha256": _digest(document)}
 
@@ -675,8 +677,9 @@ def load_directory(
     """Rebuild the model saved in the local ``directory`` (see the module docstring for the checks).
 
     ``expected``, a class, refuses a checkpoint of any other architecture (subclasses pass) before
-    anything is built. ``verify=False`` skips hashing the tensors (``None``: on unless the
-    environment sets ``VLMZOO_VERIFY_WEIGHTS=0``); every other check always runs.
+    anything is built. ``verify=False`` skips the two checks that read every byte, the tensors'
+    digests and the scan for NaN and inf (``None``: on unless the environment sets
+    ``VLMZOO_VERIFY_WEIGHTS=0``); every other check always runs.
     """
     directory = Path(directory)
     document = read_config(directory)
@@ -719,8 +722,8 @@ def _verify(verify: bool | None) -> bool:
 
 
 def _load_files(model: nn.Module, checkpoint: _Checkpoint, verify: bool) -> None:
-    """Load the files one at a time (one shard in memory at a time), each checked against its
-    recorded digest when ``verify``; one warning for all non-finite weights."""
+    """Load the files one at a time (one shard in memory at a time); with ``verify``, each is
+    checked against its recorded digest and scanned for non-finite values (one warning for all)."""
     from safetensors.torch import load_file
 
     recorded = checkpoint.document.get("weights_sha256")
@@ -729,7 +732,7 @@ def _load_files(model: nn.Module, checkpoint: _Checkpoint, verify: bool) -> None
     for path, header in checkpoint.headers.items():
         tensors = load_file(path)
         expected = recorded.get(path.name, header.metadata.get("vlmzoo_tensors_sha256"))
-        if verify and expected is not None:
+        if verify and expected is not None:  # (files saved before format 3 have no digest)
             actual = tensors_sha256(tensors)
             if actual != expected:
                 raise CheckpointError(
@@ -737,7 +740,8 @@ def _load_files(model: nn.Module, checkpoint: _Checkpoint, verify: bool) -> None
                     f"{str(expected)[:12]}... (a flipped bit on disk, a truncated copy or an edit of the "
                     "data); restore the file from a good copy or save the model again"
                 )
-        non_finite += _non_finite(tensors)
+        if verify:
+            non_finite += _non_finite(tensors)
         model.load_state_dict(tensors, strict=False)
         del tensors
     if non_finite:

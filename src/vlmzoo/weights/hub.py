@@ -162,9 +162,9 @@ def load(
     (``"owner/name"``) whose checkpoint files are downloaded (``revision``, ``cache_dir``,
     ``token``, ``force_download`` and ``local_files_only`` go to ``snapshot_download``).
     Every file is checked before the model is allocated; ``verify=False`` (or the environment
-    variable ``VLMZOO_VERIFY_WEIGHTS=0``) skips the one check that reads every byte, the
-    comparison of each file's tensors with the SHA-256 the save recorded. ``expected``, a class,
-    refuses checkpoints of other architectures.
+    variable ``VLMZOO_VERIFY_WEIGHTS=0``) skips the two checks that read every byte: the
+    comparison of each file's tensors with the SHA-256 the save recorded, and the scan for NaN
+    and inf weights. ``expected``, a class, refuses checkpoints of other architectures.
     """
     directory = resolve(
         path_or_hub_id,

@@ -16,9 +16,10 @@ the staging directory in:
 Up to the swap the target is never touched, so an exception or a crash at any earlier point
 leaves it byte-identical. Targets that a swap cannot or must not replace are refused before
 anything is written (:func:`check_target`): the file system root, the working directory or a
-directory holding it, a mount point or a directory with one inside, a file, a path under a file. Files in the target that the caller does not manage (a tokenizer, a
-README, a trainer's state) are carried over into the new directory as hard links (copies where
-links are refused), so they survive the swap. A hard crash can leave a hidden
+directory holding it, a mount point or a directory with one inside, a file, a path under a
+file. Files in the target that the caller does not manage (a tokenizer, a README, a trainer's
+state) are carried over into the new directory as hard links (copies where links are
+refused), so they survive the swap. A hard crash can leave a hidden
 ``.<name>.*.saving`` or ``.old`` sibling behind; nothing reads those.
 """
 
