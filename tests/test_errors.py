@@ -608,6 +608,8 @@ def test_half_precision_pixels_are_checked_without_overflow():
 def _config_classes() -> list[type[Config]]:
     _ensure_loaded()
     import vlmzoo.processing.image
+    import vlmzoo.processing.processor
+    import vlmzoo.processing.templates
     import vlmzoo.train.trainer  # noqa: F401  (TrainConfig)
 
     def walk(cls: type[Config]) -> list[type[Config]]:
@@ -618,6 +620,7 @@ def _config_classes() -> list[type[Config]]:
 
 def _valid_instance(cls: type[Config]) -> Config:
     from vlmzoo.processing import ImageProcessorConfig
+    from vlmzoo.processing.processor_presets import processor_for
 
     if cls.__name__ == "FusedEncoderConfig":
         return get_entry("vary-toy-encoder-tiny", "encoder").config
@@ -625,6 +628,12 @@ def _valid_instance(cls: type[Config]) -> Config:
         return get_entry("tiny-llava", "model").config
     if cls is ImageProcessorConfig:
         return ImageProcessorConfig.clip()
+    if cls.__name__ == "ProcessorConfig":
+        return processor_for("llava-1.5-7b")
+    if cls.__name__ == "ImageStreamConfig":
+        return processor_for("llava-1.5-7b").image
+    if cls.__name__ == "TemplateConfig":
+        return processor_for("llava-1.5-7b").template
     return cls()
 
 
@@ -683,6 +692,12 @@ IN_RANGE = {
     ("TrainConfig", "clip_grad", 0.0): "no clipping",
     ("TrainConfig", "seed", 0): "any seed",
     ("TrainConfig", "seed", -1): "any seed",
+    ("ProcessorConfig", "image_token_id", 0): "any id of the vocabulary",
+    ("ProcessorConfig", "image_token_id", -1): "negative ids are LLaVA's convention (never embedded)",
+    ("ProcessorConfig", "add_tokens", ()): "no tokens to add",
+    ("ProcessorConfig", "add_tokens", ("x",)): "any token may be added",
+    ("TemplateConfig", "stop", ()): "answers end at EOS only",
+    ("TemplateConfig", "stop", ("</s>", "</s>")): "a repeated stop string changes nothing",
     **{(cls, "drop_path_rate", 0.0): "no drop path" for cls in ("ViTConfig", "SamConfig", "SwinConfig", "PvtConfig")},
 }  # fmt: skip
 

@@ -99,6 +99,8 @@ class ProcessorConfig(Config):
             self._fail("second_image", "a second image stream needs a first one (image=...)")
         if not self.image_token:
             self._fail("image_token", "must be a non-empty string")
+        if self.tokenizer is not None and not self.tokenizer.strip():
+            self._fail("tokenizer", "must be a tokenizer folder or hub id, or None for the caller's tokenizer")
 
 
 class Processor:

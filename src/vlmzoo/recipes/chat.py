@@ -18,11 +18,12 @@ from typing import Any, TextIO
 
 import torch
 
-import vlmzoo
 from vlmzoo.errors import ConfigError
 from vlmzoo.processing.chat import chat
 from vlmzoo.processing.processor import PROCESSOR_FILE, Processor
 from vlmzoo.processing.processor_presets import create_processor
+from vlmzoo.registry import create_model
+from vlmzoo.weights.hub import load
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _QUIT = {"", "exit", "quit"}
@@ -41,11 +42,11 @@ def load_chat_model(
                 f"{str(path)!r} holds no {PROCESSOR_FILE}; save the processor beside the model with "
                 f"processor.save_pretrained({str(path)!r}) (after vlmzoo.save, which replaces the directory)"
             )
-        module = vlmzoo.load(path)
+        module = load(path)
         processor = create_processor(path, tokenizer=tokenizer)
         random = False
     else:
-        module = vlmzoo.create_model(str(model))
+        module = create_model(str(model))
         processor = create_processor(str(model), tokenizer=tokenizer)
         random = True
     module = module.to(device=device, dtype=_DTYPES[dtype]).eval()

@@ -45,8 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from vlmzoo.config import parse_json
-from vlmzoo.errors import CheckpointError, ConfigError
-from vlmzoo.registry import get_architecture
+from vlmzoo.errors import CheckpointError
 from vlmzoo.train.rng import capture_rng, restore_rng
 from vlmzoo.train.run_dir import CHECKPOINT_DIR
 from vlmzoo.train.shards import RANK_FILE, ShardReader, rank_file_name, write_rank_file
@@ -55,6 +54,7 @@ from vlmzoo.weights.files import atomic_write_json, read_json
 from vlmzoo.weights.format import (
     CONFIG_NAME,
     DEFAULT_MAX_SHARD_SIZE,
+    architecture_and_config,
     config_document,
     is_checkpoint_file,
     load_directory,
@@ -560,14 +560,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 def _build(directory: Path) -> nn.Module:
     """The model ``config.json`` describes, freshly initialised on the CPU."""
-    document = read_config(directory)
-    cls = get_architecture(document["architecture"])
-    try:
-        config = cls.config_class.from_dict(document["config"])
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(
-            f"{directory / CONFIG_NAME}: config does not fit {document['architecture']}: {e}"
-        ) from e
+    cls, config = architecture_and_config(directory, read_config(directory))
     return cls(config)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from torch.distributed.tensor._utils import compute_local_shape_and_global_offse
 from vlmzoo.config import parse_json
 from vlmzoo.errors import CheckpointError
 from vlmzoo.weights.files import atomic_write
-from vlmzoo.weights.format import VERIFY_ENV, tensors_sha256
+from vlmzoo.weights.format import VERIFY_ENV, tensors_sha256, verify_enabled
 
 RANK_FILE = re.compile(r"rank-(\d{5})-of-(\d{5})\.safetensors")
 LOCAL_PREFIX = "local/"  # tensors of one rank alone, outside the chunk table
@@ -133,7 +132,7 @@ class ShardReader:
         self.tensors: dict[str, Stored] = {}
         self.local: dict[Path, set[str]] = {}
         self.metadata: dict[Path, dict[str, str]] = {}
-        self._verify = _verify(verify)
+        self._verify = verify_enabled(verify)
         self._stack = contextlib.ExitStack()
         self._handles: dict[Path, object] = {}
         for rank, path in enumerate(files):
@@ -307,12 +306,6 @@ def _intersection(
     if any(h <= lo for lo, h in zip(low, high, strict=True)):
         return None
     return low, high  # for 0-dim tensors ([], []): the one value overlaps itself
-
-
-def _verify(verify: bool | None) -> bool:
-    if verify is not None:
-        return bool(verify)
-    return os.environ.get(VERIFY_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 class _LazyTensors(Mapping[str, torch.Tensor]):

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vlmzoo.config import Config
 from vlmzoo.errors import CheckpointError, ConfigError, VlmzooError
 from vlmzoo.registry import get_architecture
 from vlmzoo.version import __version__
@@ -684,6 +685,25 @@ def load_directory(
     directory = Path(directory)
     document = read_config(directory)
     architecture = document["architecture"]
+    cls, config = architecture_and_config(directory, document, expected)
+    checkpoint = _open_checkpoint(directory, document)  # bad files are refused before anything is built
+    _check_fit(_build_on_meta(cls, config, checkpoint), checkpoint)
+    _check_records(checkpoint, architecture)
+    model = cls(config)  # for real, now that the files are known to fit (non-persistent buffers too)
+    _match_float_dtypes(model, checkpoint.dtypes)
+    _load_files(model, checkpoint, verify_enabled(verify))
+    return model.to(device)
+
+
+def architecture_and_config(
+    directory: Path, document: dict, expected: type | None = None
+) -> tuple[type[nn.Module], Config]:
+    """The module class and the parsed config that a checked ``config.json`` document describes.
+
+    ``expected``, a class, refuses a checkpoint of any other architecture (subclasses pass); a
+    config that does not parse for its class is a :class:`CheckpointError` naming the file.
+    """
+    architecture = document["architecture"]
     cls = get_architecture(architecture)
     if expected is not None and not issubclass(cls, expected):
         raise CheckpointError(
@@ -694,13 +714,7 @@ def load_directory(
         config = cls.config_class.from_dict(document["config"])
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{directory / CONFIG_NAME}: config does not fit {architecture}: {e}") from e
-    checkpoint = _open_checkpoint(directory, document)  # bad files are refused before anything is built
-    _check_fit(_build_on_meta(cls, config, checkpoint), checkpoint)
-    _check_records(checkpoint, architecture)
-    model = cls(config)  # for real, now that the files are known to fit (non-persistent buffers too)
-    _match_float_dtypes(model, checkpoint.dtypes)
-    _load_files(model, checkpoint, _verify(verify))
-    return model.to(device)
+    return cls, config
 
 
 def load_weights(model: nn.Module, directory: str | os.PathLike, *, verify: bool | None = None) -> None:
@@ -712,10 +726,12 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, verify: bool
     directory = Path(directory)
     checkpoint = _open_checkpoint(directory, read_config(directory))
     _check_fit(model, checkpoint)
-    _load_files(model, checkpoint, _verify(verify))
+    _load_files(model, checkpoint, verify_enabled(verify))
 
 
-def _verify(verify: bool | None) -> bool:
+def verify_enabled(verify: bool | None) -> bool:
+    """Whether the checks that read every byte run: ``verify`` if given, else the environment
+    (``VLMZOO_VERIFY_WEIGHTS=0``, ``false``, ``no`` or ``off`` turns them off)."""
     if verify is not None:
         return bool(verify)
     return os.environ.get(VERIFY_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
