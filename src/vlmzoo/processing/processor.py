@@ -100,7 +100,9 @@ class ProcessorConfig(Config):
         if not self.image_token:
             self._fail("image_token", "must be a non-empty string")
         if self.tokenizer is not None and not self.tokenizer.strip():
-            self._fail("tokenizer", "must be a tokenizer folder or hub id, or None for the caller's tokenizer")
+            self._fail(
+                "tokenizer", "must be a tokenizer folder or hub id, or None for the caller's tokenizer"
+            )
 
 
 class Processor:
