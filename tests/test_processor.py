@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from tiny_tokenizers import llama_tokenizer, opt_tokenizer, qwen_tokenizer
 
-from vlmzoo.errors import ConfigError, InputError, UnknownModelError
+from vlmzoo.errors import ConfigError, InputError, UnknownModelError, VlmzooError
 from vlmzoo.processing.image import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ImageProcessorConfig
 from vlmzoo.processing.image_input import expand_to_square, load_image, mean_fill, to_rgb
 from vlmzoo.processing.processor import PROCESSOR_FILE, Processor
@@ -416,6 +416,12 @@ def test_processor_round_trips_through_json_and_tokenizer_files(tmp_path):
 def test_processor_file_that_is_not_ours_is_refused(tmp_path):
     (tmp_path / PROCESSOR_FILE).write_text(json.dumps({"family": "x"}))
     with pytest.raises(ConfigError, match="not a vlmzoo-processor/1 file"):
+        Processor.from_pretrained(tmp_path)
+
+
+def test_processor_file_with_hostile_json_is_refused_naming_the_file(tmp_path):
+    (tmp_path / PROCESSOR_FILE).write_text("[" * 200_000)
+    with pytest.raises(VlmzooError, match=rf"{PROCESSOR_FILE}.*processor config"):
         Processor.from_pretrained(tmp_path)
 
 

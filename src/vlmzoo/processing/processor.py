@@ -23,7 +23,6 @@ Saved beside a checkpoint as ``vlmzoo_processor.json`` plus the tokenizer's own 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
 from vlmzoo.processing.image_input import Alpha, expand_to_square, load_image, mean_fill, to_rgb
 from vlmzoo.processing.templates import History, TemplateConfig
-from vlmzoo.weights.files import atomic_write_json
+from vlmzoo.weights.files import atomic_write_json, read_json
 
 PROCESSOR_FILE = "vlmzoo_processor.json"
 _FORMAT = "vlmzoo-processor/1"
@@ -366,10 +365,7 @@ class Processor:
                 f"{str(directory)!r} holds no {PROCESSOR_FILE}; save one with processor.save_pretrained"
                 f"(directory), or create one by name with vlmzoo.create_processor"
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{str(path)!r} is not valid JSON ({e}); save the processor again") from e
+        data = read_json(path, "processor config")  # bounded: size, digits, nesting, UTF-8
         if not isinstance(data, dict) or data.pop("format", None) != _FORMAT:
             raise ConfigError(f"{str(path)!r} is not a {_FORMAT} file; save the processor again")
         config = ProcessorConfig.from_dict(data)
