@@ -169,4 +169,14 @@ def test_build_loaded_compares_shapes_on_the_meta_device_before_allocating():
         build_loaded(factory, {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}, "test")
     assert devices == ["meta"]
     built = build_loaded(factory, {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, "test")
-    assert devices == ["meta", "meta", "cpu"] and torch.equal(built.weight, torch.ones(2, 3))
+    # The second build is the real one, made with its parameters on meta, which then adopt the tensors.
+    assert devices == ["meta", "meta", "meta"] and torch.equal(built.weight, torch.ones(2, 3))
+
+
+def test_build_loaded_adopts_the_given_tensors_without_copying_them():
+    from vlmzoo.convert.state_dict import build_loaded
+
+    weight = torch.randn(2, 3, dtype=torch.bfloat16)
+    built = build_loaded(lambda: torch.nn.Linear(3, 2), {"weight": weight, "bias": torch.zeros(2)}, "test")
+    assert built.weight.data_ptr() == weight.data_ptr() and built.weight.dtype == torch.bfloat16
+    assert isinstance(built.weight, torch.nn.Parameter) and built.weight.requires_grad

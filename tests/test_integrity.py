@@ -278,22 +278,27 @@ def test_finite_weights_load_without_a_warning(saved):
 
 @pytest.fixture
 def allocations(monkeypatch):
-    """The device of every parameter registered while the test runs."""
+    """The device of every parameter as it ends up registered while the test runs (after the
+    registration hooks, which may place it elsewhere)."""
     devices: list[str] = []
-    handle = torch.nn.modules.module.register_module_parameter_registration_hook(
-        lambda module, name, param: devices.append(param.device.type) if param is not None else None
-    )
+    register = torch.nn.Module.register_parameter
+
+    def recorded(module, name, param):
+        register(module, name, param)
+        if module._parameters.get(name) is not None:
+            devices.append(module._parameters[name].device.type)
+
+    monkeypatch.setattr(torch.nn.Module, "register_parameter", recorded)
     yield devices
-    handle.remove()
 
 
 def test_config_asking_for_a_huge_model_is_refused_before_allocation(saved, allocations):
     edit_document(saved, lambda d: d["config"].update(width=8192, num_heads=64, depth=4096))
-    with pytest.raises(CheckpointError, match=r"describes a VisionTransformer of more than .* parameters.*"
-                       r"refused before allocating anything"):  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"describes a VisionTransformer (of more than .* parameters|"
+                       r"asking for a tensor of .* values).*refused before allocating anything"):  # fmt: skip
         vlmzoo.load(saved)
-    assert set(allocations) == {"meta"}
-    assert len(allocations) < 100  # stopped within the first blocks
+    assert set(allocations) <= {"meta"}
+    assert len(allocations) < 100  # stopped within the first blocks (here: at its first big tensor)
 
 
 def test_shapes_are_compared_on_the_meta_device_before_the_model_is_built(saved, allocations):

@@ -41,6 +41,14 @@ class ConversionError(VlmzooError, ValueError):
     """A peer model (transformers, timm, original release) cannot be converted faithfully."""
 
 
+class InsufficientMemoryError(VlmzooError, MemoryError):
+    """A model would not fit in the memory its device has free; refused before anything was allocated.
+
+    The message gives the bytes needed (in the requested dtype) and free, and the ways out: a
+    smaller dtype, another device, or freeing memory.
+    """
+
+
 class RunFolderError(CheckpointError):
     """A run folder cannot be used as asked, so the job refused to start (nothing ran, nothing was deleted).
 

@@ -37,7 +37,6 @@ from vlmzoo.decoders.hf import DecoderConfig, HFDecoder, llama_config
 from vlmzoo.encoders.vit import ViTConfig
 from vlmzoo.errors import ConversionError
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
-from vlmzoo.weights.format import load_state_dict_strict
 
 StateDict = dict[str, torch.Tensor]
 
@@ -45,14 +44,18 @@ StateDict = dict[str, torch.Tensor]
 def decoder_from_hf_parts(
     text_config: Any, base_model: torch.nn.Module, lm_head: torch.nn.Module
 ) -> HFDecoder:
-    """Rebuild ``AutoModelForCausalLM`` from a text config + a base model and head (weights copied)."""
+    """Rebuild ``AutoModelForCausalLM`` from a text config + a base model and head, which it
+    shares tensors with (built on the meta device, then adopting them: no second copy)."""
     import transformers
 
-    lm = transformers.AutoModelForCausalLM.from_config(text_config)
-    base_key = lm.base_model_prefix  # "model" for llama/qwen2/opt, "transformer" for gpt2
+    def causal_lm() -> torch.nn.Module:
+        return transformers.AutoModelForCausalLM.from_config(text_config)
+
+    with torch.device("meta"):
+        base_key = causal_lm().base_model_prefix  # "model" for llama/qwen2/opt, "transformer" for gpt2
     state = {f"{base_key}.{k}": v for k, v in base_model.state_dict().items()}
     state |= {f"lm_head.{k}": v for k, v in lm_head.state_dict().items()}
-    load_state_dict_strict(lm, state, source=f"{type(base_model).__name__} + lm_head")
+    lm = build_loaded(causal_lm, state, f"{type(base_model).__name__} + lm_head")
     return HFDecoder.from_hf(lm)
 
 

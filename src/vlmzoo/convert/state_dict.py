@@ -12,7 +12,8 @@
   (``blocks.3000000.norm1.weight``) allocate three million blocks. Indices must run 0 .. n-1 with
   every block complete; anything else is a :class:`ConversionError` naming the key.
 - :func:`build_loaded`: build the module on the meta device first, compare every key and shape
-  there, and only then allocate and load — so a size inferred wrongly (or planted) costs nothing.
+  there, and only then build it for real, adopting the tensors instead of copying them — so a
+  size inferred wrongly (or planted) costs nothing, and a conversion never holds two copies.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn as nn
 
 from vlmzoo.errors import ConversionError
 from vlmzoo.weights.format import check_state_dict
+from vlmzoo.weights.materialize import adopt, meta_tensors, parameters_placed, retie, tied_names
 
 StateDict = dict[str, torch.Tensor]
 M = TypeVar("M", bound=nn.Module)
@@ -213,17 +215,29 @@ def count_blocks(
 
 
 def build_loaded(factory: Callable[[], M], state: Mapping[str, torch.Tensor], source: str) -> M:
-    """``factory()`` with ``state`` loaded strictly, checked on the meta device first.
+    """``factory()`` holding the tensors of ``state``, checked on the meta device first.
 
     The module is built once on the meta device (no memory), every key and shape of ``state`` is
     compared with it (:func:`vlmzoo.weights.format.check_state_dict`: a :class:`CheckpointError`
     naming missing, unexpected and mis-shaped keys), and only a state dict that fits is given a
-    real module. ``factory`` builds the module from an already validated config.
+    module — built with its parameters still on the meta device, which then *adopt* the tensors
+    of ``state`` (:func:`vlmzoo.weights.materialize.adopt`: no random initialisation, no copy, the
+    tensors' own dtypes and devices). A converted model therefore shares memory with the tensors
+    it was given wherever the layout did not change (a peer model's, or a memory-mapped file's);
+    ``copy.deepcopy`` it for independent weights. ``factory`` builds the module from an already
+    validated config.
     """
     with torch.device("meta"):
         skeleton = factory()
     check_state_dict(skeleton, state, source)
     del skeleton
-    module = factory()
-    module.load_state_dict(state, strict=True)
+    with parameters_placed("meta"):  # buffers are made for real: non-persistent ones are not in state
+        module = factory()
+    ties = tied_names(module)
+    for name, tensor in state.items():
+        adopt(module, name, tensor)
+    retie(module, ties)
+    left = meta_tensors(module)
+    if left:
+        raise ConversionError(f"{type(module).__name__}: {left[:5]} were not filled from {source}")
     return module

@@ -20,10 +20,13 @@ Loading checks, in this order, before the weights are read: the JSON (bounded, s
 save; then the model is built on the meta device (no memory; a config asking for more
 parameters than the files hold is stopped while it builds) and every shape and dtype is
 compared with the file headers (a float weight stored as an integer or bool, or a float dtype
-the save did not record, is refused, never cast); then the config's digest. Only then is the
-model built for real, and each file is loaded and, unless ``verify=False`` (or the environment
-variable ``VLMZOO_VERIFY_WEIGHTS=0``), its tensors are hashed and compared with the recorded
-digest, and scanned for NaN and inf (loaded with one warning naming the tensors). These two are
+the save did not record, is refused, never cast); then the config's digest, and the memory the
+weights need against what the device has free. Only then is the model built, its parameters
+still on the meta device (:mod:`vlmzoo.weights.materialize`), and each file is memory-mapped
+and, unless ``verify=False`` (or the environment variable ``VLMZOO_VERIFY_WEIGHTS=0``), its
+tensors are hashed and compared with the recorded digest, and scanned for NaN and inf (loaded
+with one warning naming the tensors); its tensors then become the model's parameters without a
+copy (or cast one at a time to the requested dtype). These two are
 the checks that read every byte (measured in ``benchmarks/integrity.py``); all others read
 headers only and always run.
 
@@ -58,6 +61,16 @@ from vlmzoo.errors import CheckpointError, ConfigError, VlmzooError
 from vlmzoo.registry import get_architecture
 from vlmzoo.version import __version__
 from vlmzoo.weights.files import read_json
+from vlmzoo.weights.materialize import (
+    adopt,
+    allocations_below,
+    check_dtype,
+    check_memory,
+    meta_tensors,
+    parameters_placed,
+    retie,
+    tied_names,
+)
 from vlmzoo.weights.swap import check_target, replace_directory
 
 CONFIG_NAME = "config.json"
@@ -89,6 +102,7 @@ _CODES = {
     torch.bool: "BOOL",
 }
 _FLOAT_DTYPES = {code: dtype for dtype, code in _CODES.items() if dtype.is_floating_point}
+_DTYPES_BY_CODE = {code: dtype for dtype, code in _CODES.items()}
 
 
 class NonFiniteWeightsWarning(RuntimeWarning):
@@ -509,11 +523,17 @@ def _not_a_directory(path: Path) -> str:
 # --- checks before anything is allocated -------------------------------------------------------
 
 
-def _build_on_meta(cls: type[nn.Module], config: Any, checkpoint: _Checkpoint) -> nn.Module:
-    """``cls(config)`` with meta tensors (no memory), stopped as soon as it asks for far more
-    parameters than the files hold: a config.json asking for a width of 8192 and a depth of 4096
-    is refused within its first blocks, not after minutes of building. Smaller mismatches are
-    left to the comparison of every shape, whose error lists the keys."""
+def _build_checked(cls: type[nn.Module], config: Any, checkpoint: _Checkpoint) -> nn.Module:
+    """``cls(config)`` with its parameters on the meta device (:func:`parameters_placed`; buffers
+    are real, non-persistent ones are not stored), stopped before it allocates more than the files
+    hold: a config.json asking for a width of 8192 and a depth of 4096 is refused within its first
+    blocks, not after minutes of building, and a single tensor (a position table, a buffer) asked
+    bigger than that is refused before it is made. Smaller mismatches are left to the comparison
+    of every shape, whose error lists the keys.
+
+    Why not build everything under ``torch.device("meta")``: meta kernels of scalar arithmetic
+    import torch._dynamo on first use, about 2 s of every fresh process's first load.
+    """
     held = sum(_numel(s) for s in checkpoint.shapes.values())
     # Parameters registered while building are counted once each; a few are replaced before the
     # build ends (transformers ties its output layer to the embeddings after making both), hence
@@ -526,17 +546,20 @@ def _build_on_meta(cls: type[nn.Module], config: Any, checkpoint: _Checkpoint) -
         seen.add(id(param))
         counted[0] += param.numel()
         if counted[0] > limit:
-            raise _TooBig(counted[0])
+            raise _TooBig(f"of more than {counted[0]:,} parameters")
+
+    def one_tensor(numel: int) -> _TooBig:
+        return _TooBig(f"asking for a tensor of {numel:,} values")
 
     hook = torch.nn.modules.module.register_module_parameter_registration_hook(count)
     try:
-        with torch.device("meta"):
+        with parameters_placed("meta"), allocations_below(limit, one_tensor):
             return cls(config)
     except _TooBig as stop:
         raise CheckpointError(
-            f"{checkpoint.directory / CONFIG_NAME} describes a {cls.__name__} of more than "
-            f"{stop.args[0]:,} parameters, but its weight files hold {held:,} values in all: the config "
-            "does not belong to these weights (edited?); refused before allocating anything"
+            f"{checkpoint.directory / CONFIG_NAME} describes a {cls.__name__} {stop.args[0]}, but its "
+            f"weight files hold {held:,} values in all: the config does not belong to these weights "
+            "(edited?); refused before allocating anything"
         ) from None
     except VlmzooError:
         raise
@@ -670,12 +693,21 @@ def _check_records(checkpoint: _Checkpoint, cls_name: str) -> None:
 
 def load_directory(
     directory: str | os.PathLike,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     expected: type | None = None,
     *,
+    dtype: torch.dtype | None = None,
     verify: bool | None = None,
 ) -> nn.Module:
     """Rebuild the model saved in the local ``directory`` (see the module docstring for the checks).
+
+    Lean: the model is built with its parameters on the meta device and each stored tensor becomes
+    its parameter straight from the memory-mapped file (cast to ``dtype`` and moved to ``device``
+    one tensor at a time when asked), so loading never holds a random initialisation or a second
+    copy of the weights; the memory the model needs is compared with what ``device`` has free
+    before anything is allocated (:class:`InsufficientMemoryError`). ``dtype=None`` keeps the
+    stored float dtypes; a ``dtype`` gives what ``load(...).to(dtype)`` would (float parameters
+    and buffers). ``device=None`` is the CPU.
 
     ``expected``, a class, refuses a checkpoint of any other architecture (subclasses pass) before
     anything is built. ``verify=False`` skips the two checks that read every byte, the tensors'
@@ -683,16 +715,41 @@ def load_directory(
     ``VLMZOO_VERIFY_WEIGHTS=0``); every other check always runs.
     """
     directory = Path(directory)
+    target = torch.device("cpu" if device is None else device)
+    check_dtype(dtype)
     document = read_config(directory)
     architecture = document["architecture"]
     cls, config = architecture_and_config(directory, document, expected)
     checkpoint = _open_checkpoint(directory, document)  # bad files are refused before anything is built
-    _check_fit(_build_on_meta(cls, config, checkpoint), checkpoint)
+    model = _build_checked(cls, config, checkpoint)  # parameters on meta: no memory yet
+    _check_fit(model, checkpoint)
     _check_records(checkpoint, architecture)
-    model = cls(config)  # for real, now that the files are known to fit (non-persistent buffers too)
-    _match_float_dtypes(model, checkpoint.dtypes)
-    _load_files(model, checkpoint, verify_enabled(verify))
-    return model.to(device)
+    check_memory(_stored_bytes(checkpoint, dtype), target, f"{architecture} from {directory}", dtype)
+    ties = tied_names(model)
+    _load_files(model, checkpoint, verify_enabled(verify), adopt_as=(dtype, target))
+    retie(model, ties)
+    left = meta_tensors(model)
+    if left:  # _check_fit compared every key, so this is a bug in a module, not in the files
+        raise CheckpointError(
+            f"{architecture}: {_shown(left, 5)} were not filled from {checkpoint.describe()}"
+        )
+    return model.to(device=target, dtype=dtype)
+
+
+def _stored_bytes(checkpoint: _Checkpoint, dtype: torch.dtype | None) -> int:
+    """Bytes the checkpoint's tensors take once loaded, floats counted in ``dtype`` when given."""
+    cast = None if dtype is None else torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for name, shape in checkpoint.shapes.items():
+        code = checkpoint.dtypes[name]
+        stored = _FLOAT_DTYPES.get(code)
+        size = (
+            cast
+            if stored is not None and cast is not None
+            else torch.empty((), dtype=stored or _DTYPES_BY_CODE.get(code, torch.uint8)).element_size()
+        )
+        total += _numel(shape) * size
+    return total
 
 
 def architecture_and_config(
@@ -737,9 +794,20 @@ def verify_enabled(verify: bool | None) -> bool:
     return os.environ.get(VERIFY_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _load_files(model: nn.Module, checkpoint: _Checkpoint, verify: bool) -> None:
-    """Load the files one at a time (one shard in memory at a time); with ``verify``, each is
-    checked against its recorded digest and scanned for non-finite values (one warning for all)."""
+def _load_files(
+    model: nn.Module,
+    checkpoint: _Checkpoint,
+    verify: bool,
+    adopt_as: tuple[torch.dtype | None, torch.device] | None = None,
+) -> None:
+    """Load the files one at a time; with ``verify``, each is checked against its recorded digest
+    and scanned for non-finite values (one warning for all) before any of its tensors is used, so
+    a bad file leaves ``model`` as it was.
+
+    The tensors come memory-mapped (safetensors reads lazily: no copy until a page is touched).
+    With ``adopt_as=(dtype, device)`` each becomes the model's own tensor (:func:`adopt`), cast or
+    moved one at a time; otherwise they are copied into the existing tensors (and their dtypes).
+    """
     from safetensors.torch import load_file
 
     recorded = checkpoint.document.get("weights_sha256")
@@ -758,7 +826,11 @@ def _load_files(model: nn.Module, checkpoint: _Checkpoint, verify: bool) -> None
                 )
         if verify:
             non_finite += _non_finite(tensors)
-        model.load_state_dict(tensors, strict=False)
+        if adopt_as is None:
+            model.load_state_dict(tensors, strict=False)
+        else:
+            for name in list(tensors):  # popped one by one: a cast copy replaces its source
+                adopt(model, name, tensors.pop(name), dtype=adopt_as[0], device=adopt_as[1])
         del tensors
     if non_finite:
         warnings.warn(
@@ -788,15 +860,6 @@ def _all_finite(tensor: torch.Tensor) -> bool:
         tensor = tensor.float()
     low, high = torch.aminmax(tensor)
     return bool(torch.isfinite(low) & torch.isfinite(high))
-
-
-def _match_float_dtypes(model: nn.Module, dtypes: dict[str, str]) -> None:
-    """Give each floating tensor the stored dtype, so a bf16 save loads as bf16 (not upcast)."""
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
-    for name, code in dtypes.items():
-        tensor, dtype = tensors.get(name), _FLOAT_DTYPES.get(code)
-        if tensor is not None and dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
-            tensor.data = tensor.data.to(dtype)
 
 
 def _shown(items: list[str], n: int) -> str:

@@ -59,7 +59,8 @@ class HubMixin:
         cls: type[M],
         pretrained_model_name_or_path: str | os.PathLike,
         *,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         token: str | bool | None = None,
@@ -76,6 +77,7 @@ class HubMixin:
         return load(  # type: ignore[return-value]
             pretrained_model_name_or_path,
             device,
+            dtype=dtype,
             revision=revision,
             cache_dir=cache_dir,
             token=token,
@@ -146,8 +148,9 @@ def _upload(
 
 def load(
     path_or_hub_id: str | os.PathLike,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     *,
+    dtype: torch.dtype | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
@@ -157,6 +160,11 @@ def load(
     expected: type | None = None,
 ) -> nn.Module:
     """Rebuild a saved model; outputs are bit-identical to the saved model's.
+
+    Loading is lean: the parameters are the memory-mapped tensors of the files (no random
+    initialisation, no second copy), cast to ``dtype`` (``None``: the stored dtypes) and placed on
+    ``device`` (``None``: the CPU) one tensor at a time; a model that would not fit in the
+    device's free memory is refused before anything is allocated.
 
     ``path_or_hub_id`` is a checkpoint directory, or else a Hugging Face Hub repo id
     (``"owner/name"``) whose checkpoint files are downloaded (``revision``, ``cache_dir``,
@@ -174,7 +182,7 @@ def load(
         force_download=force_download,
         local_files_only=local_files_only,
     )
-    return load_directory(directory, device, expected, verify=verify)
+    return load_directory(directory, device, expected, dtype=dtype, verify=verify)
 
 
 def resolve(
