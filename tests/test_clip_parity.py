@@ -10,6 +10,7 @@ import torch
 from conftest import max_abs_diff, randomize_
 
 import vlmzoo
+from vlmzoo.convert.clip import OPENAI_RELEASES, openai_release
 from vlmzoo.encoders import TextTransformer, VisionTransformer
 from vlmzoo.models import CLIPModel
 
@@ -245,9 +246,35 @@ def test_openai_release_layout_converts_to_the_same_model(tmp_path):
     )
     path = tmp_path / "ViT-tiny.pt"
     torch.save(openai_layout(hf), path)
-    ours = vlmzoo.convert.from_original(path, "openai-clip").eval()
+    # Tiny sizes are none of OpenAI's releases: the test vouches for QuickGELU and 64-wide heads.
+    ours = vlmzoo.convert.from_original(path, "openai-clip", assume_openai=True).eval()
     assert ours.config.vision.act == "quick_gelu" and ours.config.text.pooling == "argmax"
     x, (ids, _) = torch.randn(2, 3, 32, 32), token_batch(eos=99)
     with torch.no_grad():
         ref = hf(pixel_values=x, input_ids=ids)
         assert max_abs_diff(ours(x, ids).logits_per_image, ref.logits_per_image) <= TOL
+
+
+def test_openai_layout_refuses_a_checkpoint_it_cannot_prove_is_openais(tmp_path):
+    # OpenAI's key names, but no input_resolution / context_length / vocab_size scalars: open_clip
+    # writes the same names for GELU models with other head widths.
+    sd = openai_layout(hf_clip())
+    with pytest.raises(vlmzoo.errors.ConversionError, match=r"cannot prove .* use the \"open_clip\" layout"):
+        vlmzoo.convert.from_original(sd, "openai-clip")
+    context, vocab = sd["positional_embedding"].shape[0], sd["token_embedding.weight"].shape[0]
+    sd |= {"context_length": torch.tensor(context), "vocab_size": torch.tensor(vocab)}
+    with pytest.raises(vlmzoo.errors.ConversionError, match=r"none of OpenAI's released ViT models"):
+        vlmzoo.convert.from_original(sd, "openai-clip")
+
+
+@pytest.mark.parametrize("release", sorted(OPENAI_RELEASES))
+def test_openai_release_sizes_with_the_archive_markers_are_recognised(release):
+    sizes = OPENAI_RELEASES[release]
+    markers = {
+        "input_resolution": torch.tensor(sizes[0]),
+        "context_length": torch.tensor(sizes[7]),
+        "vocab_size": torch.tensor(sizes[8]),
+    }
+    assert openai_release(markers, sizes) == release
+    with pytest.raises(vlmzoo.errors.ConversionError, match="disagree with the tensors"):
+        openai_release(markers | {"input_resolution": torch.tensor(999)}, sizes)

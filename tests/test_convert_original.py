@@ -588,3 +588,34 @@ def test_an_incomplete_block_is_refused_naming_the_missing_key(layouts):
     sd = {k: v for k, v in layouts["segment-anything"].items() if k != "image_encoder.blocks.1.norm2.weight"}
     with pytest.raises(ConversionError, match=r"blocks\.1\.norm2\.weight is missing"):
         from_original(sd, "segment-anything")
+
+
+# --- training checkpoints: a wrapper prefix on every key, for every layout ---------------------------
+@pytest.mark.parametrize("prefix", ["module.", "model.", "module.model."])
+@pytest.mark.parametrize(
+    ("layout", "options"),
+    [("openai-clip", {"assume_openai": True}), ("dinov2", {}), ("segment-anything", {})],
+)
+def test_a_wrapper_prefix_on_every_key_is_removed(layouts, tmp_path, layout, options, prefix):
+    from test_clip_parity import hf_clip, openai_layout
+
+    if layout == "openai-clip":  # OpenAI's sizes: 64-wide heads, MLP 4 x width
+        vision = {"hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512}
+        sd = openai_layout(hf_clip(vision, hidden_size=64, num_attention_heads=1, intermediate_size=256))
+    else:
+        sd = layouts[layout]
+    reference = from_original(sd, layout, **options).state_dict()
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "state_dict": {prefix + k: v for k, v in sd.items()}}, path)
+    ours = from_original(path, layout, **options).state_dict()
+    assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in reference)
+
+
+def test_a_model_prefix_that_does_not_help_reports_both_attempts():
+    sd = {f"model.{k}": v for k, v in dinov2_layout_keys().items()}
+    with pytest.raises(ConversionError, match=r"every key starts with 'model.'; without that prefix: "):
+        from_original(sd, "openai-clip")
+
+
+def dinov2_layout_keys() -> dict[str, torch.Tensor]:
+    return {"blocks.0.norm1.weight": torch.zeros(4), "cls_token": torch.zeros(1, 1, 4)}

@@ -435,3 +435,21 @@ def test_processor_for_finds_the_family_of_a_config_or_module():
     assert (tiny.family, tiny.image.recipe.crop_size) == ("llava-1.5", 32)
     with pytest.raises(UnknownModelError, match="no registered preset has a config like this"):
         processor_for(ImageProcessorConfig.clip())
+
+
+def test_processor_with_vlmzoos_sentencepiece_tokenizer_saves_and_loads(tmp_path):
+    """The demo's tokenizer travels with its processor (``sentencepiece.model``) and encodes the same."""
+    from vlmzoo.processing.processor import ProcessorConfig
+    from vlmzoo.processing.tokenizer import SENTENCEPIECE_FILE, train_sentencepiece
+
+    texts = ["what shape is it? circle", "what color is the shape? red", "is there a square? no"] * 20
+    tok = train_sentencepiece(texts, vocab_size=40, cache_dir=tmp_path / "cache")
+    config = ProcessorConfig(family="demo", template=TEMPLATES["plain"].replace(image="<image> "))
+    before = Processor(config, tok)
+    text = before.prompt("what color is the shape?", num_images=1)
+    before.save_pretrained(tmp_path / "saved")
+    after = Processor.from_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / SENTENCEPIECE_FILE).is_file()
+    ids = after.encode(text, 1)
+    assert ids == before.encode(text, 1) and ids[0] == tok.bos_id and ids.count(tok.image_id) == 1
+    assert after.answer([*tok.encode("red"), tok.eos_id, 7]) == "red"

@@ -79,6 +79,30 @@ def device(text: str) -> str:
     return text
 
 
+FLOAT_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
+
+def float_dtype(text: str) -> str:
+    """A float dtype a checkpoint is stored in: float32/fp32, bfloat16/bf16, float16/fp16 (canonical name)."""
+    if text not in FLOAT_DTYPES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a float dtype; use float32, bf16 or fp16")
+    return FLOAT_DTYPES[text]
+
+
+def revision(text: str) -> str:
+    """A Hub revision: a branch, tag or commit hash (no blanks)."""
+    if not text.strip() or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a branch, tag or commit")
+    return text
+
+
 def names(text: str) -> list[str]:
     """Comma-separated names (blanks around them and empty items are dropped; the recipe refuses an
     empty list and unknown names, with suggestions)."""

@@ -16,6 +16,8 @@ from vlmzoo.models.summary import summarize
 from vlmzoo.recipes.ablation import run_ablation
 from vlmzoo.recipes.chat import run_chat
 from vlmzoo.recipes.demo import run_demo
+from vlmzoo.recipes.download import download as download_release
+from vlmzoo.recipes.download import pretrained_text
 from vlmzoo.recipes.train import TrainJob, train
 from vlmzoo.recipes.zoo import summary_text, zoo_markdown
 from vlmzoo.registry import KINDS, list_models
@@ -24,12 +26,30 @@ from vlmzoo.weights.files import atomic_write_text
 
 
 def list_names(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        print(pretrained_text(args.pattern, kind=args.kind))
+        return 0
     for kind in [args.kind] if args.kind else KINDS:
         names = list_models(args.pattern, kind=kind)
         if names:
             print(f"{kind}s ({len(names)}):")
             for name in names:
                 print(f"  {name}")
+    return 0
+
+
+def download(args: argparse.Namespace) -> int:
+    path = download_release(
+        args.name,
+        kind=args.kind,
+        source=args.source,
+        revision=args.revision,
+        dtype=args.dtype,
+        cache_dir=args.cache_dir,
+        force_download=args.force_download,
+        local_files_only=args.local_files_only,
+    )
+    print(path)
     return 0
 
 

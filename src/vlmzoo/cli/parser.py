@@ -26,7 +26,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered names")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'clip-*'")
     p.add_argument("--kind", choices=KIND_CHOICES)
+    p.add_argument(
+        "--pretrained", action="store_true", help="only presets with published weights, with their repos"
+    )
     p.set_defaults(func=commands.list_names)
+
+    p = sub.add_parser(
+        "download",
+        help="download a preset's published weights, convert them and cache the vlmzoo checkpoint",
+        description="Prints the folder of the cached checkpoint (vlmzoo.load opens it); later "
+        "create_model(NAME, pretrained=True) calls load it without downloading. `vlmzoo list --pretrained` "
+        "lists the presets with published weights.",
+    )
+    p.add_argument("name")
+    p.add_argument("--kind", choices=KIND_CHOICES, help="default: model when the name is one, else its kind")
+    p.add_argument("--source", default=None, help="repo id of an alternative release of the preset")
+    p.add_argument(
+        "--revision", type=value.revision, default=None, help="branch, tag or commit (default: the release's)"
+    )
+    p.add_argument(
+        "--dtype", type=value.float_dtype, default="float32", help="float32 (default), bf16 or fp16"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=value.folder,
+        default=None,
+        help="folder of converted checkpoints (default: $VLMZOO_CACHE or ~/.cache/vlmzoo/pretrained)",
+    )
+    p.add_argument("--force-download", action="store_true", help="download and convert again")
+    p.add_argument("--local-files-only", action="store_true", help="no network: use what is cached")
+    p.set_defaults(func=commands.download)
 
     p = sub.add_parser("info", help="parameters, tokens per image and GFLOPs of a registered model")
     p.add_argument("name")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 import pkgutil
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vlmzoo.convert.state_dict import unwrap
 from vlmzoo.errors import CheckpointError, ConversionError, UnknownModelError, VlmzooError
 
 # source -> the name of the dict a converter module declares its entries for that source in
@@ -86,9 +88,14 @@ def original_layouts() -> list[str]:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file: safetensors, or a pickle opened with ``weights_only=True``.
+    """Tensors of a checkpoint file: safetensors, a TorchScript archive, or a pickle opened with
+    ``weights_only=True``.
 
-    Pickles that need arbitrary code (custom classes, TorchScript archives) are refused.
+    A TorchScript archive (OpenAI's ``ViT-*.pt`` releases) is read without running its code
+    (:func:`vlmzoo.convert.torchscript.read_torchscript`: the same tensors as
+    ``torch.jit.load(path).state_dict()``). Pickles that need arbitrary code (custom classes) are
+    refused. Training checkpoints that wrap the weights in a dict (``state_dict``,
+    ``model_state_dict``, ``model``, ``module``) are unwrapped.
     """
     path = Path(path)
     if not path.is_file():
@@ -103,15 +110,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path} is not a readable safetensors file (truncated or corrupted?): {e}"
             ) from e
-    import zipfile
+    from vlmzoo.convert.torchscript import is_torchscript_archive, read_torchscript
 
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist()):
-                raise CheckpointError(
-                    f"{path} is a TorchScript archive; vlmzoo does not run its code. Load it yourself "
-                    "(torch.jit.load(path).state_dict()) and pass the state dict."
-                )
+    if is_torchscript_archive(path):
+        return read_torchscript(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError and friends: the file wants to run code
@@ -127,6 +129,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+def _takes_path(convert: Callable[..., nn.Module]) -> bool:
+    """Whether a layout's converter reads files beside the weights (a ``path`` keyword)."""
+    try:
+        return "path" in inspect.signature(convert).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def from_original(
     state_dict: Mapping[str, torch.Tensor] | str | os.PathLike, name: str, **options: Any
 ) -> nn.Module:
@@ -134,20 +144,46 @@ def from_original(
 
     ``state_dict`` is a mapping of tensors or a path (see :func:`read_state_dict`). ``options``
     go to the layout's converter, e.g. the parts a partial release leaves out
-    (``encoder=``, ``decoder=`` for ``"llava"``, ``"openflamingo"``, ``"lavis-blip2"``).
+    (``encoder=``, ``decoder=`` for ``"llava"``, ``"openflamingo"``, ``"lavis-blip2"``). A
+    converter that reads files beside the weights (``"open_clip"``'s ``open_clip_config.json``)
+    takes a ``path`` keyword, which is given the file's path when ``state_dict`` is one.
+
+    Training checkpoints are recognised for every layout: DDP's ``module.`` prefix on every key is
+    removed; a ``model.`` prefix on every key is removed when the keys as they are do not fit the
+    layout (a layout may have a top-level ``model`` of its own, e.g. LLaVA's projector-only files).
     Raises :class:`UnknownModelError` listing the known layouts for an unknown ``name``.
     """
     convert = converter("original", name)
     if not isinstance(state_dict, Mapping):
+        if "path" in options:
+            raise ConversionError("pass the weights file as the first argument, not as path=")
+        if _takes_path(convert):
+            options = {**options, "path": Path(state_dict)}
         state_dict = read_state_dict(state_dict)
+    sd = unwrap(state_dict, ("module.",))
     try:
-        return convert(dict(state_dict), **options)
+        return _convert(convert, sd, name, options)
+    except (ConversionError, CheckpointError) as first:
+        if not sd or not all(k.startswith("model.") for k in sd):
+            raise
+        try:
+            return _convert(convert, unwrap(sd, ("model.",)), name, options)
+        except (ConversionError, CheckpointError) as second:
+            raise type(first)(
+                f"{first} (every key starts with 'model.'; without that prefix: {second})"
+            ) from first
+
+
+def _convert(
+    convert: Callable[..., nn.Module], sd: dict[str, torch.Tensor], name: str, options: dict[str, Any]
+) -> nn.Module:
+    try:
+        return convert(dict(sd), **options)
     except VlmzooError:
         raise
     except (KeyError, ValueError, IndexError) as e:  # the converter looked for a tensor that is not there
         raise ConversionError(
-            f"the state dict ({len(state_dict)} tensors) is not in the {name!r} layout: "
-            f"{type(e).__name__}: {e}"
+            f"the state dict ({len(sd)} tensors) is not in the {name!r} layout: {type(e).__name__}: {e}"
         ) from e
 
 

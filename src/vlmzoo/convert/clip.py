@@ -187,12 +187,18 @@ OPENAI_BLOCK_KEYS = (
 )
 
 
-def _openai_blocks(sd: StateDict, prefix: str) -> tuple[StateDict, int]:
-    """``{prefix}transformer.resblocks.{i}.*`` -> ``blocks.{i}.*``; returns (state, depth)."""
+def openai_blocks(sd: StateDict, prefix: str) -> tuple[StateDict, int]:
+    """``{prefix}transformer.resblocks.{i}.*`` -> ``blocks.{i}.*``; returns (state, depth).
+
+    open_clip's blocks (``src/open_clip/transformer.py`` ``ResidualAttentionBlock``) have the
+    same names, plus LayerScale ``ls_1`` / ``ls_2`` when ``ls_init_value`` is set.
+    """
     out: StateDict = {}
     names = {
         "ln_1": "norm1",
         "ln_2": "norm2",
+        "ls_1": "ls1",
+        "ls_2": "ls2",
         "attn.out_proj": "attn.proj",
         "mlp.c_fc": "mlp.fc1",
         "mlp.c_proj": "mlp.fc2",
@@ -222,11 +228,12 @@ def openai_vision_state_dict(sd: StateDict, prefix: str = "visual.") -> tuple[Vi
     """
     for key in ("conv1.weight", "class_embedding", "positional_embedding"):
         if prefix + key not in sd:
+            resnet = f"{prefix}layer1.0.conv1.weight" in sd  # build_model's test for the ResNet towers
             raise ConversionError(
-                f"not an OpenAI CLIP ViT state dict: no {prefix}{key} "
-                "(the ModifiedResNet towers are not supported)"
+                f"not an OpenAI CLIP ViT state dict: no {prefix}{key}"
+                + (" (a ModifiedResNet tower, which vlmzoo does not support)" if resnet else "")
             )
-    blocks, depth = _openai_blocks(sd, prefix)
+    blocks, depth = openai_blocks(sd, prefix)
     conv = sd[f"{prefix}conv1.weight"]
     width, patch = conv.shape[0], conv.shape[-1]
     grid = round((sd[f"{prefix}positional_embedding"].shape[0] - 1) ** 0.5)
@@ -270,44 +277,135 @@ def vision_config_from_hub_state_dict(sd: StateDict, origin: str = "") -> ViTCon
     )
 
 
-def from_openai_clip(sd: StateDict) -> CLIPModel:
-    """The OpenAI CLIP release (``ViT-*.pt`` state dict) -> :class:`CLIPModel`.
+def openai_text_state_dict(sd: StateDict, prefix: str = "") -> tuple[TextTransformerConfig, StateDict]:
+    """An OpenAI / open_clip text tower under ``prefix`` -> (:class:`TextTransformerConfig`, its keys).
 
-    Sizes are read off the tensors the way the original ``build_model`` does; the activation is
-    QuickGELU, as OpenAI trained it (loading these weights into a GELU model would silently give
-    wrong features).
+    Sizes are read off the tensors as ``build_model`` does (heads = width / 64, QuickGELU, pooled
+    at argmax(ids)); callers that know better (open_clip's config) replace those fields. The
+    projection is OpenAI's ``text_projection`` parameter [width, embed] (``x @ proj``), or
+    open_clip's ``nn.Linear`` (``text_projection.weight`` / ``.bias``, ``proj_bias=True``).
     """
-    sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
-    vision, vision_state = openai_vision_state_dict(sd, "visual.")
-    for key in ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"):
-        if key not in sd:
-            raise ConversionError(f"OpenAI CLIP state dict without the text tower: no {key}")
-    text_blocks, text_depth = _openai_blocks(sd, "")
-    embed_dim = sd["text_projection"].shape[1]
-    text_width = sd["ln_final.weight"].shape[0]
-    vocab = sd["token_embedding.weight"].shape[0]
-    config = CLIPConfig(
-        vision=vision,
-        text=TextTransformerConfig(
-            vocab_size=vocab,
-            context_length=sd["positional_embedding"].shape[0],
-            width=text_width,
-            depth=text_depth,
-            num_heads=text_width // 64,
-            embed_dim=embed_dim,
-            pooling="argmax",
-            eos_token_id=vocab - 1,
-        ),
+    for key in ("token_embedding.weight", "positional_embedding", "ln_final.weight"):
+        if prefix + key not in sd:
+            raise ConversionError(f"OpenAI CLIP state dict without the text tower: no {prefix}{key}")
+    blocks, depth = openai_blocks(sd, prefix)
+    proj = sd.get(f"{prefix}text_projection")
+    if proj is not None:
+        head = {"head.weight": proj.t()}  # the original computes x @ proj
+    elif f"{prefix}text_projection.weight" in sd:
+        head = {"head.weight": sd[f"{prefix}text_projection.weight"]}
+        if f"{prefix}text_projection.bias" in sd:
+            head["head.bias"] = sd[f"{prefix}text_projection.bias"]
+    else:
+        raise ConversionError(f"OpenAI CLIP state dict without the text tower: no {prefix}text_projection")
+    width = sd[f"{prefix}ln_final.weight"].shape[0]
+    vocab = sd[f"{prefix}token_embedding.weight"].shape[0]
+    config = TextTransformerConfig(
+        vocab_size=vocab,
+        context_length=sd[f"{prefix}positional_embedding"].shape[0],
+        width=width,
+        depth=depth,
+        num_heads=max(width // 64, 1),
+        embed_dim=head["head.weight"].shape[0],
+        proj_bias="head.bias" in head,
+        pooling="argmax",
+        eos_token_id=vocab - 1,
     )
     state = {
-        "text.token_embedding.weight": sd["token_embedding.weight"],
-        "text.pos_embed": sd["positional_embedding"].unsqueeze(0),
-        "text.norm.weight": sd["ln_final.weight"],
-        "text.norm.bias": sd["ln_final.bias"],
-        "text.head.weight": sd["text_projection"].t(),
+        "token_embedding.weight": sd[f"{prefix}token_embedding.weight"],
+        "pos_embed": sd[f"{prefix}positional_embedding"].unsqueeze(0),
+        "norm.weight": sd[f"{prefix}ln_final.weight"],
+        "norm.bias": sd[f"{prefix}ln_final.bias"],
+        **blocks,
+        **head,
+    }
+    return config, state
+
+
+# The ViT models OpenAI released (openai/CLIP's clip/clip.py ``_MODELS``), by the sizes
+# ``build_model`` reads off their tensors: (image size, patch, vision width, vision depth,
+# embed dim, text width, text depth, context length, vocabulary).
+OPENAI_RELEASES: dict[str, tuple[int, ...]] = {
+    "ViT-B/32": (224, 32, 768, 12, 512, 512, 12, 77, 49408),
+    "ViT-B/16": (224, 16, 768, 12, 512, 512, 12, 77, 49408),
+    "ViT-L/14": (224, 14, 1024, 24, 768, 768, 12, 77, 49408),
+    "ViT-L/14@336px": (336, 14, 1024, 24, 768, 768, 12, 77, 49408),
+}
+# The entries only OpenAI's TorchScript archives carry (``build_model`` deletes them before
+# loading): scalars that must agree with the tensors' sizes.
+OPENAI_MARKERS = ("input_resolution", "context_length", "vocab_size")
+
+USE_OPEN_CLIP = (
+    'use the "open_clip" layout with the open_clip_config.json that comes with the weights (or '
+    "model_name=, e.g. 'ViT-H-14'): open_clip models may use GELU and other head widths, which the "
+    "tensors do not show. If you vouch that these weights were trained like OpenAI's (QuickGELU, "
+    "64-wide heads), pass assume_openai=True"
+)
+
+
+def _marker(sd: StateDict, key: str) -> int | None:
+    """The integer a one-element marker tensor holds (None when absent or not an integer)."""
+    value = sd.get(key)
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.is_complex() or value.is_meta:
+        return None
+    number = value.reshape(()).item()
+    return int(number) if float(number).is_integer() else None
+
+
+def openai_release(sd: StateDict, sizes: tuple[int, ...]) -> str:
+    """The name of the OpenAI release ``sd`` is (``"ViT-B/32"`` ...), or a :class:`ConversionError`.
+
+    The proof: the scalars of :data:`OPENAI_MARKERS` are there and agree with the tensors, and
+    the sizes (``sizes``, ordered as in :data:`OPENAI_RELEASES`) are those of a released model.
+    An open_clip checkpoint of the same architecture (LAION's ViT-B-32 has OpenAI's key names
+    and shapes, but GELU) carries no markers.
+    """
+    found = {key: _marker(sd, key) for key in OPENAI_MARKERS}
+    absent = [key for key, value in found.items() if value is None]
+    if absent:
+        raise ConversionError(
+            f"cannot prove this is an OpenAI CLIP release: no integer {absent} entries, which "
+            f"OpenAI's ViT-*.pt archives carry; {USE_OPEN_CLIP}"
+        )
+    image, context, vocab = sizes[0], sizes[7], sizes[8]
+    if (found["input_resolution"], found["context_length"], found["vocab_size"]) != (image, context, vocab):
+        raise ConversionError(
+            f"the OpenAI markers {found} disagree with the tensors (image {image}, context {context}, "
+            f"vocabulary {vocab}): the file was altered; {USE_OPEN_CLIP}"
+        )
+    for release, released in OPENAI_RELEASES.items():
+        if sizes == released:
+            return release
+    raise ConversionError(
+        f"the sizes {sizes} (image, patch, vision width, depth, embed dim, text width, depth, context, "
+        f"vocabulary) are none of OpenAI's released ViT models {sorted(OPENAI_RELEASES)}; {USE_OPEN_CLIP}"
+    )
+
+
+def from_openai_clip(sd: StateDict, *, assume_openai: bool = False) -> CLIPModel:
+    """The OpenAI CLIP release (``ViT-*.pt``, read without running it, or its state dict) -> :class:`CLIPModel`.
+
+    Sizes are read off the tensors the way the original ``build_model`` does (openai/CLIP's
+    ``clip/model.py``); the activation is QuickGELU and the heads are 64 wide, as OpenAI trained
+    them. Neither shows in the tensors, so the checkpoint must prove it is OpenAI's
+    (:func:`openai_release`: the archive's ``input_resolution`` / ``context_length`` /
+    ``vocab_size`` entries and a released model's sizes); anything else is refused, since
+    loading open_clip weights (GELU, 80-wide heads for ViT-H-14) here would silently give wrong
+    features. ``assume_openai=True`` skips the proof: you vouch that the weights were trained
+    with QuickGELU and 64-wide heads (a fine-tuned OpenAI model, a tiny test model).
+    """
+    markers = {k: sd[k] for k in OPENAI_MARKERS if k in sd}
+    sd = {k: v for k, v in sd.items() if k not in OPENAI_MARKERS}
+    vision, vision_state = openai_vision_state_dict(sd, "visual.")
+    text, text_state = openai_text_state_dict(sd, "")
+    if not assume_openai:
+        sizes = (vision.image_size, vision.patch_size, vision.width, vision.depth, text.embed_dim)
+        openai_release(markers, (*sizes, text.width, text.depth, text.context_length, text.vocab_size))
+    config = CLIPConfig(vision=vision, text=text)
+    state = {
         "logit_scale": sd["logit_scale"].reshape(()),
         **{f"visual.{k}": v for k, v in vision_state.items()},
-        **{f"text.{k}": v for k, v in text_blocks.items()},
+        **{f"text.{k}": v for k, v in text_state.items()},
     }
     return build_loaded(lambda: CLIPModel(config), state, "OpenAI CLIP state dict")
 

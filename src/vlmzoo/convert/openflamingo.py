@@ -27,15 +27,25 @@ Sizes are read off the tensors, block counts checked first
 the head width at 64 in the resampler and the gated blocks (``dim_head=64`` of
 ``PerceiverResampler`` and ``MaskedCrossAttention`` in ``helpers.py``), so heads = inner width / 64;
 the placement (a block before layer i iff (i+1) % n == 0, ``flamingo_lm.py``'s
-``init_flamingo``) gives ``cross_attn_every_n_layers``. Visual features are the last block's patch
-tokens without ``ln_post``, as OpenFlamingo was trained (open_clip <= 2.23 applied ``ln_post`` to
-the pooled token only; later versions apply it to every token).
+``init_flamingo``) gives ``cross_attn_every_n_layers``.
+
+Visual features are the last block's patch tokens, with or without ``ln_post`` (``vision_tokens=``).
+OpenFlamingo takes ``self.vision_encoder(vision_x)[1]`` (``_encode_vision_x`` in
+``open_flamingo/src/flamingo.py``; ``factory.py`` sets ``visual.output_tokens = True``): the tokens
+open_clip's ``VisionTransformer.forward`` returns (``src/open_clip/transformer.py``). Up to open_clip
+2.22 those tokens skip ``ln_post``, which only the pooled token gets. From 2.23 (the CLIPA/SigLIP
+merge) ``ln_post`` is applied to every token before pooling unless ``final_ln_after_pool=True``,
+which only the CLIPA configs set, not ``model_configs/ViT-L-14.json`` (OpenFlamingo's tower). The
+released models (v2, August 2023) predate open_clip 2.23 (October 2023), hence the default
+``"before_ln_post"``; ``"after_ln_post"`` is what the original code computes on open_clip >= 2.23.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import partial
+from typing import Literal
 
 import torch
 
@@ -62,10 +72,28 @@ def _unwrapped(sd: Mapping[str, torch.Tensor]) -> StateDict:
     return {k.replace("_checkpoint_wrapped_module.", ""): v for k, v in unwrap(sd).items()}
 
 
-def openflamingo_features(config: ViTConfig) -> ViTConfig:
-    """OpenFlamingo's visual tokens: the last block's patch tokens, no ``ln_post``, no projection."""
+VisionTokens = Literal["before_ln_post", "after_ln_post"]
+VISION_TOKENS: tuple[VisionTokens, ...] = ("before_ln_post", "after_ln_post")
+
+
+def _check_vision_tokens(vision_tokens: str) -> None:
+    if vision_tokens not in VISION_TOKENS:
+        raise ConversionError(
+            f"vision_tokens={vision_tokens!r}: must be one of {list(VISION_TOKENS)} ('before_ln_post' for "
+            "the released OpenFlamingo models, 'after_ln_post' for the original code on open_clip >= 2.23)"
+        )
+
+
+def openflamingo_features(config: ViTConfig, vision_tokens: VisionTokens = "before_ln_post") -> ViTConfig:
+    """OpenFlamingo's visual tokens: the last block's patch tokens, no projection; ``ln_post``
+    (the tower's final norm) applied only for ``vision_tokens="after_ln_post"``."""
+    _check_vision_tokens(vision_tokens)
     return config.replace(
-        feature_layer=-1, feature_tokens="patch", feature_norm=False, pool="none", embed_dim=None
+        feature_layer=-1,
+        feature_tokens="patch",
+        feature_norm=vision_tokens == "after_ln_post",
+        pool="none",
+        embed_dim=None,
     )
 
 
@@ -159,6 +187,7 @@ def from_openflamingo(
     decoder: HFDecoder | DecoderConfig | None = None,
     image_token_id: int | None = None,
     only_attend_immediate_media: bool = True,
+    vision_tokens: VisionTokens = "before_ln_post",
 ) -> VisionLanguageModel:
     """An OpenFlamingo state dict (released ``checkpoint.pt`` or a full one) -> :class:`VisionLanguageModel`.
 
@@ -168,7 +197,12 @@ def from_openflamingo(
     the architecture when the checkpoint holds the whole LM). ``image_token_id``: the id of
     ``<image>`` in the tokenizer OpenFlamingo extended (it adds ``<|endofchunk|>``, ``<image>`` and,
     without a pad token, ``<PAD>``, in that order), e.g. ``tokenizer.encode("<image>")[-1]``.
+    ``vision_tokens``: the CLIP patch tokens the resampler reads, ``"before_ln_post"`` (as the
+    released models were trained, open_clip <= 2.22) or ``"after_ln_post"`` (what the original code
+    computes on open_clip >= 2.23); see the module docstring.
     """
+    _check_vision_tokens(vision_tokens)
+    features = partial(openflamingo_features, vision_tokens=vision_tokens)
     sd = _unwrapped(state_dict)
     adapter_config, adapter_state, path = _adapter(sd)
     adapter_config = adapter_config.replace(only_attend_immediate_media=only_attend_immediate_media)
@@ -183,10 +217,10 @@ def from_openflamingo(
                 "the checkpoint holds its vision tower (vision_encoder.*): do not pass encoder="
             )
         vision_config, vision_state = openai_vision_state_dict(sd, "vision_encoder.")
-        vision_config = openflamingo_features(vision_config)
+        vision_config = features(vision_config)
         vision = vision_config, {k: v for k, v in vision_state.items() if not k.startswith("head.")}
     else:
-        vision = supplied_encoder(encoder, openflamingo_features, "no vision_encoder.* keys")
+        vision = supplied_encoder(encoder, features, "no vision_encoder.* keys")
     layer = re.compile(rf"^{re.escape(path)}\.(\d+)\.decoder_layer\.")
     lm_state = {
         layer.sub(rf"{path}.\1.", k[len("lang_encoder.") :]): v

@@ -18,7 +18,9 @@ LLaVA's ``tokenizer_image_token`` (llava/mm_utils.py) does. Either way nothing i
 a prompt longer than the model's context is an error before any compute.
 
 Saved beside a checkpoint as ``vlmzoo_processor.json`` plus the tokenizer's own files
-(``tokenizer.save_pretrained``); no pickle.
+(``tokenizer.save_pretrained``); no pickle. The tokenizer is a transformers one, or vlmzoo's
+:class:`~vlmzoo.processing.tokenizer.SentencePieceTokenizer` (the demo's; saved as
+``sentencepiece.model``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
 from vlmzoo.processing.image_input import Alpha, expand_to_square, load_image, mean_fill, to_rgb
 from vlmzoo.processing.templates import History, TemplateConfig
+from vlmzoo.processing.tokenizer import SENTENCEPIECE_FILE, SentencePieceTokenizer
 from vlmzoo.weights.files import atomic_write_json, read_json
 
 PROCESSOR_FILE = "vlmzoo_processor.json"
@@ -371,6 +374,8 @@ class Processor:
         config = ProcessorConfig.from_dict(data)
         if tokenizer is None and (directory / "tokenizer_config.json").is_file():
             tokenizer = load_tokenizer(str(directory))
+        elif tokenizer is None and (directory / SENTENCEPIECE_FILE).is_file():
+            tokenizer = SentencePieceTokenizer(directory / SENTENCEPIECE_FILE)
         elif isinstance(tokenizer, str | os.PathLike):
             tokenizer = load_tokenizer(str(tokenizer))
         return cls(config, tokenizer)

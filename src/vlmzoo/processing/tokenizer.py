@@ -6,19 +6,24 @@ a key derived from the settings and the training text, so a second run reuses it
 tokens a VLM needs are fixed: ``<pad>`` 0, ``<unk>`` 1, ``<s>`` 2, ``</s>`` 3, ``<image>`` 4.
 
 :class:`Tokenizer` is the interface the rest of vlmzoo uses (``encode``, ``decode``, the special
-ids); :class:`HFTokenizer` adapts a transformers tokenizer to it.
+ids); :class:`HFTokenizer` adapts a transformers tokenizer to it. :class:`SentencePieceTokenizer`
+also has the part of transformers' tokenizer interface a :class:`~vlmzoo.processing.processor.Processor`
+calls (``__call__``, ``get_vocab``, the ``*_token_id`` ids, ``all_special_tokens``,
+``save_pretrained``), so the demo's model answers through ``vlmzoo.chat`` like any other.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 IMAGE_TOKEN = "<image>"
+SENTENCEPIECE_FILE = "sentencepiece.model"  # the model file save_pretrained writes
 
 
 class Tokenizer(Protocol):
@@ -51,10 +56,50 @@ class SentencePieceTokenizer:
         """Token ids of ``text`` (no BOS/EOS added); ``<image>`` becomes ``image_id``."""
         return self.sp.encode(text)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of ``ids``, special tokens (pad, bos, eos, image) dropped."""
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of ``ids``, special tokens (pad, bos, eos, image) dropped.
+
+        ``skip_special_tokens`` is accepted for transformers' signature; they are always dropped
+        (the demo's format has no stop string made of special tokens)."""
         special = {self.pad_id, self.bos_id, self.eos_id, self.image_id}
         return self.sp.decode([int(i) for i in ids if int(i) not in special])
+
+    # --- the part of transformers' tokenizer interface a Processor uses ---------------------
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        """``{"input_ids": ids}`` of ``text``, BOS first with ``add_special_tokens``."""
+        ids = self.encode(text)
+        return {"input_ids": [self.bos_id, *ids] if add_special_tokens else ids}
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    @property
+    def bos_token_id(self) -> int:
+        return self.bos_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.eos_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.pad_id
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in (self.pad_id, self.bos_id, self.eos_id, self.image_id)]
+
+    def get_vocab(self) -> dict[str, int]:
+        """Piece -> id for the whole vocabulary (``<image>`` included)."""
+        return {self.sp.id_to_piece(i): i for i in range(self.vocab_size)}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> tuple[str]:
+        """Copy the model file to ``directory/sentencepiece.model`` (read back by
+        :meth:`Processor.from_pretrained <vlmzoo.processing.processor.Processor.from_pretrained>`)."""
+        target = Path(directory) / SENTENCEPIECE_FILE
+        if target.resolve() != self.model_file.resolve():
+            shutil.copyfile(self.model_file, target)
+        return (str(target),)
 
 
 class HFTokenizer:
