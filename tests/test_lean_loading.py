@@ -95,7 +95,9 @@ def test_build_placed_makes_parameters_in_the_dtype_as_they_are_registered():
 
 def test_build_placed_refuses_a_model_bigger_than_free_memory(monkeypatch):
     monkeypatch.setattr(materialize, "free_memory", lambda device: 2**30)
-    with pytest.raises(InsufficientMemoryError, match=r"in float32 needs 4.00 GiB .* dtype=torch.bfloat16 halves float32"):
+    with pytest.raises(
+        InsufficientMemoryError, match=r"in float32 needs 4.00 GiB .*dtype=torch.bfloat16 halves float32"
+    ):
         build_placed(lambda: torch.nn.Linear(2**15, 2**15, bias=False), dtype=torch.float32, what="a Linear")
 
 

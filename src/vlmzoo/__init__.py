@@ -19,10 +19,10 @@ from vlmzoo.version import __version__
 
 _LAZY = {
     "list_models": "vlmzoo.registry",
-    "create_encoder": "vlmzoo.registry",
-    "create_adapter": "vlmzoo.registry",
-    "create_decoder": "vlmzoo.registry",
-    "create_model": "vlmzoo.registry",
+    "create_encoder": "vlmzoo.releases.create",
+    "create_adapter": "vlmzoo.releases.create",
+    "create_decoder": "vlmzoo.releases.create",
+    "create_model": "vlmzoo.releases.create",
     "create_processor": "vlmzoo.processing.processor_presets",
     "chat": "vlmzoo.processing.chat",
     "save": "vlmzoo.weights.format",
@@ -49,6 +49,7 @@ _SUBMODULES = {
     "models",
     "processing",
     "registry",
+    "releases",
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]
@@ -75,19 +76,19 @@ if TYPE_CHECKING:
         VlmzooError as VlmzooError,
     )
     from vlmzoo.registry import (
+        list_models as list_models,
+    )
+    from vlmzoo.releases.create import (
         create_adapter as create_adapter,
     )
-    from vlmzoo.registry import (
+    from vlmzoo.releases.create import (
         create_decoder as create_decoder,
     )
-    from vlmzoo.registry import (
+    from vlmzoo.releases.create import (
         create_encoder as create_encoder,
     )
-    from vlmzoo.registry import (
+    from vlmzoo.releases.create import (
         create_model as create_model,
-    )
-    from vlmzoo.registry import (
-        list_models as list_models,
     )
     from vlmzoo.weights.format import save as save
     from vlmzoo.weights.hub import load as load

@@ -56,7 +56,7 @@ VLM_PRESETS: dict[str, VLMConfig] = {
         decoder=DECODER_PRESETS["tiny-opt"],
     ),
     # OpenFlamingo-3B: CLIP ViT-L/14 final-block patch tokens without ln_post (the open_clip
-    # behaviour it was trained with: open_clip <= 2.23 normed only the pooled token) -> perceiver +
+    # behaviour it was trained with: open_clip <= 2.22 normed only the pooled token) -> perceiver +
     # gated xattn every layer -> MPT-1B.
     # `<image>` is a real token here. OpenFlamingo's open_flamingo/src/factory.py adds
     # ["<|endofchunk|>", "<image>"] in that order after the GPT-NeoX tokenizer's 50277 tokens, so

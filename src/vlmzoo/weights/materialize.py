@@ -158,16 +158,16 @@ def build_placed(
     Parameters are cast as they are registered (:func:`parameters_placed`) and allocated on
     ``device`` (``torch.device`` as a context), so a bf16 model never exists in float32 first;
     floating buffers are cast at the end, as ``model.to(dtype)`` would. Without ``dtype`` and
-    ``device`` it is ``factory()``.
+    ``device`` it is ``factory()`` on the CPU, after the same memory check.
     """
     check_dtype(dtype)
-    if dtype is None and device is None:
-        return factory()
     target = torch.device("cpu" if device is None else device)
     with parameters_placed("meta", dtype):  # (not torch.device("meta"): see format._build_checked)
         skeleton = factory()
     check_memory(parameter_bytes(skeleton, dtype), target, what, dtype)
     del skeleton
+    if dtype is None and device is None:
+        return factory()
     with torch.device(target), parameters_placed(dtype=dtype):
         model = factory()
     return model.to(device=target, dtype=dtype)
@@ -299,7 +299,7 @@ def check_memory(needed: int, device: str | torch.device, what: str, dtype: torc
     headroom = max(_HEADROOM_MIN, int(_HEADROOM_FRACTION * free))
     if needed + headroom <= free:
         return
-    held = "its stored dtypes" if dtype is None else str(dtype).removeprefix("torch.")
+    held = "its own dtypes" if dtype is None else str(dtype).removeprefix("torch.")
     smaller = (
         " a smaller dtype (dtype=torch.bfloat16 halves float32),"
         if dtype in (None, torch.float32, torch.float64)
