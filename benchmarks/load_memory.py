@@ -89,7 +89,7 @@ def child(library: str, model: str, threads: int) -> None:
     seconds = time.perf_counter() - start
     loaded = _hwm() - before
     with torch.no_grad():
-        total = sum(float(p.float().sum()) for p in module.parameters())
+        total = sum(float(p.sum(dtype=torch.float32)) for p in module.parameters())
     touched = _hwm() - before
     process = _age() - (time.perf_counter() - start - seconds)  # up to the end of the load call
     nbytes = sum(p.numel() * p.element_size() for p in module.parameters())

@@ -135,7 +135,7 @@ PEAK = textwrap.dedent(
     Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts here
     model = vlmzoo.load(sys.argv[1])
     with torch.no_grad():
-        total = sum(float(p.float().sum()) for p in model.parameters())  # every page read
+        total = sum(float(p.sum(dtype=torch.float32)) for p in model.parameters())  # every page read
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({"peak": status("VmHWM:") - before, "bytes": nbytes}))
     """

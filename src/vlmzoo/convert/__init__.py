@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from vlmzoo.convert.state_dict import unwrap
 from vlmzoo.errors import CheckpointError, ConversionError, UnknownModelError, VlmzooError
+from vlmzoo.weights.materialize import check_dtype
 
 # source -> the name of the dict a converter module declares its entries for that source in
 SOURCES: dict[str, str] = {"transformers": "TRANSFORMERS", "timm": "TIMM", "original": "ORIGINAL"}
@@ -138,9 +139,18 @@ def _takes_path(convert: Callable[..., nn.Module]) -> bool:
 
 
 def from_original(
-    state_dict: Mapping[str, torch.Tensor] | str | os.PathLike, name: str, **options: Any
+    state_dict: Mapping[str, torch.Tensor] | str | os.PathLike,
+    name: str,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    **options: Any,
 ) -> nn.Module:
     """Convert a checkpoint in an original release's key layout; ``name`` picks the layout.
+
+    The converted module adopts the checkpoint's tensors (no random initialisation, no second
+    copy); ``dtype`` and ``device`` then cast and move it one tensor at a time (``None``: as the
+    checkpoint holds them, on the CPU).
 
     ``state_dict`` is a mapping of tensors or a path (see :func:`read_state_dict`). ``options``
     go to the layout's converter, e.g. the parts a partial release leaves out
@@ -153,6 +163,14 @@ def from_original(
     layout (a layout may have a top-level ``model`` of its own, e.g. LLaVA's projector-only files).
     Raises :class:`UnknownModelError` listing the known layouts for an unknown ``name``.
     """
+    check_dtype(dtype)
+    model = _from_original(state_dict, name, options)
+    return model if dtype is None and device is None else model.to(device=device, dtype=dtype)
+
+
+def _from_original(
+    state_dict: Mapping[str, torch.Tensor] | str | os.PathLike, name: str, options: dict[str, Any]
+) -> nn.Module:
     convert = converter("original", name)
     if not isinstance(state_dict, Mapping):
         if "path" in options:
