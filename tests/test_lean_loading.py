@@ -144,8 +144,9 @@ PEAK = textwrap.dedent(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_loading_peaks_within_a_tenth_above_the_checkpoint_size(tmp_path):
-    # 64 MB of bf16 weights; the bound is 1.1x plus 32 MiB for what one load call allocates
-    # besides the weights (headers, the hashing threads' chunks, the Python objects).
+    # 59 MB of bf16 weights; the bound is 1.1x plus a fixed 64 MiB for what one load call allocates
+    # besides the weights (measured about 40 MB: allocator arenas of the hashing threads, headers,
+    # Python objects; the same at 3x the size, so not proportional to the weights).
     torch.manual_seed(0)
     model = vlmzoo.create_encoder("clip-vit-b16", depth=4).to(torch.bfloat16)
     vlmzoo.save(model, tmp_path / "vit")
@@ -154,4 +155,4 @@ def test_loading_peaks_within_a_tenth_above_the_checkpoint_size(tmp_path):
     )
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["bytes"] > 50e6
-    assert measured["peak"] <= 1.1 * measured["bytes"] + 32 * 2**20, measured
+    assert measured["peak"] <= 1.1 * measured["bytes"] + 64 * 2**20, measured

@@ -22,7 +22,7 @@ parameters than the files hold is stopped while it builds) and every shape and d
 compared with the file headers (a float weight stored as an integer or bool, or a float dtype
 the save did not record, is refused, never cast); then the config's digest, and the memory the
 weights need against what the device has free. Only then is the model built, its parameters
-still on the meta device (:mod:`vlmzoo.weights.materialize`), and each file is memory-mapped
+still on the meta device (:mod:`vlmzoo.weights.materialize`), and each file is read tensor by tensor
 and, unless ``verify=False`` (or the environment variable ``VLMZOO_VERIFY_WEIGHTS=0``), its
 tensors are hashed and compared with the recorded digest, and scanned for NaN and inf (loaded
 with one warning naming the tensors); its tensors then become the model's parameters without a
@@ -702,7 +702,7 @@ def load_directory(
     """Rebuild the model saved in the local ``directory`` (see the module docstring for the checks).
 
     Lean: the model is built with its parameters on the meta device and each stored tensor becomes
-    its parameter straight from the memory-mapped file (cast to ``dtype`` and moved to ``device``
+    its parameter as read from the file (cast to ``dtype`` and moved to ``device``
     one tensor at a time when asked), so loading never holds a random initialisation or a second
     copy of the weights; the memory the model needs is compared with what ``device`` has free
     before anything is allocated (:class:`InsufficientMemoryError`). ``dtype=None`` keeps the
@@ -804,17 +804,15 @@ def _load_files(
     and scanned for non-finite values (one warning for all) before any of its tensors is used, so
     a bad file leaves ``model`` as it was.
 
-    The tensors come memory-mapped (safetensors reads lazily: no copy until a page is touched).
+    Each tensor is read straight from the file into its own aligned tensor (:func:`_read_file`).
     With ``adopt_as=(dtype, device)`` each becomes the model's own tensor (:func:`adopt`), cast or
     moved one at a time; otherwise they are copied into the existing tensors (and their dtypes).
     """
-    from safetensors.torch import load_file
-
     recorded = checkpoint.document.get("weights_sha256")
     recorded = recorded if isinstance(recorded, dict) else {}
     non_finite: list[str] = []
     for path, header in checkpoint.headers.items():
-        tensors = load_file(path)
+        tensors = _read_file(path)
         expected = recorded.get(path.name, header.metadata.get("vlmzoo_tensors_sha256"))
         if verify and expected is not None:  # (files saved before format 3 have no digest)
             actual = tensors_sha256(tensors)
@@ -839,6 +837,35 @@ def _load_files(
             NonFiniteWeightsWarning,
             stacklevel=3,
         )
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (its header already checked by :func:`_read_header`),
+    each read from the file into a fresh tensor.
+
+    Not memory-mapped: safetensors packs tensors back to back, so a mapped tensor starts wherever
+    the previous one ended, and CPU kernels choose their vector paths by alignment — an unaligned
+    weight can round differently from the saved model's, and copying it to align it would hold
+    the mapped pages and the copy at once. Read into torch's own (aligned) allocation, each byte is
+    held once, and the file's pages stay in the page cache, not in the process.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+        base = 8 + length
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            tensor = torch.empty(info["shape"], dtype=_DTYPES_BY_CODE[info["dtype"]])
+            start, end = info["data_offsets"]
+            if tensor.numel():
+                view = tensor.reshape(-1).view(torch.uint8).numpy()
+                f.seek(base + start)
+                if end - start != view.nbytes or f.readinto(view) != view.nbytes:
+                    raise CheckpointError(f"{path}: {name} is truncated (file shorter than its header says)")
+            tensors[name] = tensor
+    return tensors
 
 
 def _non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:

@@ -161,7 +161,7 @@ def load(
 ) -> nn.Module:
     """Rebuild a saved model; outputs are bit-identical to the saved model's.
 
-    Loading is lean: the parameters are the memory-mapped tensors of the files (no random
+    Loading is lean: the parameters are the tensors read from the files (no random
     initialisation, no second copy), cast to ``dtype`` (``None``: the stored dtypes) and placed on
     ``device`` (``None``: the CPU) one tensor at a time; a model that would not fit in the
     device's free memory is refused before anything is allocated.

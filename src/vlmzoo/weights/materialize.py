@@ -42,6 +42,7 @@ M = TypeVar("M", bound=nn.Module)
 # workspaces) and that the check leaves free: 2% of the device, at least 256 MiB.
 _HEADROOM_FRACTION = 0.02
 _HEADROOM_MIN = 256 * 2**20
+_ALIGNMENT = 64  # bytes: what torch's CPU allocator gives every tensor
 SKIP_MEMORY_CHECK_ENV = "VLMZOO_SKIP_MEMORY_CHECK"  # "1": do not refuse a model bigger than free memory
 
 
@@ -201,6 +202,11 @@ def adopt(
     if cast is not None or device is not None:
         tensor = tensor.to(device=device, dtype=cast)
     tensor = tensor.detach().contiguous()  # (a no-op for a file's tensors; converters make views)
+    if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % _ALIGNMENT:
+        # safetensors packs tensors back to back, so a mapped tensor may start at any multiple of its
+        # element size; CPU kernels pick their vector paths by alignment, and an unaligned weight
+        # can round differently from the saved model's. One aligned copy, a tensor at a time.
+        tensor = tensor.clone()
     if leaf in owner._parameters:
         old = owner._parameters[leaf]
         owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=old is None or old.requires_grad)
