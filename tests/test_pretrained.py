@@ -19,6 +19,7 @@ import torch
 from conftest import max_abs_diff, randomize_
 from fake_hub import FakeHub, fake_hub_fixture  # noqa: F401 (the fake_hub fixture)
 from safetensors.torch import load_file, save_file
+from test_convert_original import hf_llava, llava_layout
 
 import vlmzoo
 from vlmzoo import releases
@@ -282,52 +283,13 @@ def test_sharded_transformers_repo_with_an_index_converts(fake_hub, table, tmp_p
 
 
 # --- LLaVA: the original release with its CLIP tower from another repo ---------------------------
-def tiny_hf_llava() -> torch.nn.Module:
-    """An OpenAI-CLIP tower and a Vicuna-style LM (head dim 128, eps 1e-5), as the original layout expects."""
-    vision = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=1,
-        image_size=32,
-        patch_size=8,
-        hidden_act="quick_gelu",
-    )
-    text = dict(
-        model_type="llama",
-        hidden_size=128,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        vocab_size=300,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=4096,
-    )
-    config = transformers.LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=IMAGE_ID, image_seq_length=M
-    )
-    return randomize_(transformers.LlavaForConditionalGeneration(config), std=0.1).eval()
+tiny_hf_llava = hf_llava  # an OpenAI-CLIP tower and a Vicuna-style LM, as the original layout expects
 
 
 def original_llava_state(hf: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``LlavaLlamaForCausalLM`` keys (transformers' convert_llava_weights_to_hf.py renames, inverted),
-    without the vision tower, as the LLaVA-1.5 releases save it."""
-    renames = (
-        ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
-        ("model.multi_modal_projector.linear_2.", "model.mm_projector.2."),
-        ("model.language_model.", "model."),
-    )
-    out = {}
-    for key, value in hf.state_dict().items():
-        if key.startswith("model.vision_tower."):
-            continue
-        for old, new in renames:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        out[key] = value.clone().half()  # the releases are float16
-    return out
+    """The original ``LlavaLlamaForCausalLM`` keys without the vision tower, in float16, as the
+    LLaVA-1.5 releases save it."""
+    return {k: v.half() for k, v in llava_layout(hf).items() if not k.startswith("model.vision_tower.")}
 
 
 LLAVA_CONFIG = {
