@@ -16,6 +16,8 @@ from vlmzoo.registry import get_entry
 ENCODERS = vlmzoo.list_models("*tiny*", kind="encoder")
 ADAPTERS = ["mlp2x_gelu", "tiny-qformer", "tiny-flamingo"]
 DECODERS = ["tiny-llama", "tiny-qwen2", "tiny-opt", "tiny-gpt2"]
+# The encoder-decoder kind needs a decoder with cross-attention layers: its own column.
+CROSS_ATTENDING = [("encoder-decoder", "tiny-mbart")]
 IMAGE_ID = 3  # a real token id: cross-attention keeps the placeholder in the text
 
 
@@ -34,15 +36,19 @@ def build(encoder: str, adapter: str, decoder: str) -> VisionLanguageModel:
 
 def example_pixels(model: VisionLanguageModel, n: int) -> torch.Tensor:
     config = model.encoder.config
-    return torch.randn(n, config.in_channels, config.image_size, config.image_size)
+    size = config.image_size
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.randn(n, config.in_channels, h, w)
 
 
 def test_grid_covers_at_least_the_core_encoder_families():
     assert {"clip-vit-tiny", "dinov2-vit-tiny", "eva-vit-tiny"} <= set(ENCODERS)
 
 
-@pytest.mark.parametrize("decoder", DECODERS)
-@pytest.mark.parametrize("adapter", ADAPTERS)
+GRID = [(a, d) for a in ADAPTERS for d in DECODERS] + CROSS_ATTENDING
+
+
+@pytest.mark.parametrize(("adapter", "decoder"), GRID)
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_forward_backward_generate(encoder, adapter, decoder):
     torch.manual_seed(0)
@@ -54,7 +60,10 @@ def test_forward_backward_generate(encoder, adapter, decoder):
     out.loss.backward()
     for name, p in model.named_parameters():
         assert (p.grad is not None) == p.requires_grad, name
-    assert any(p.grad is not None for p in model.adapter.parameters())
+    conditioning = [*model.adapter.parameters()] + [
+        p for m in model.adapter.decoder_modules(model.decoder) for p in m.parameters()
+    ]
+    assert any(p.grad is not None for p in conditioning)
     model.eval()
     generated = model.generate(pixels, ids, max_new_tokens=3)
     assert generated.shape == (2, 3)

@@ -73,6 +73,21 @@ class TextLayout:
         return 1 if self.expand_image_tokens else tokens_per_image
 
 
+def placeholder_owners(is_image: torch.Tensor, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] ``<image>`` positions holding ``num_images`` placeholders -> (sample [n], rank [n]):
+    the row of each placeholder in reading (row-major) order, and its rank among its row's.
+
+    The position of the k-th placeholder is found by a binary search on the running count, so
+    every shape is known from ``num_images`` alone (``nonzero`` would break a compiled graph).
+    """
+    length = is_image.shape[1]
+    running = is_image.flatten().long().cumsum(dim=0)  # placeholders up to and including each position
+    wanted = torch.arange(1, num_images + 1, device=is_image.device)
+    index = torch.searchsorted(running, wanted)  # first position where the count reaches k
+    rank = is_image.long().cumsum(dim=1).flatten()[index] - 1
+    return index // length, rank
+
+
 # --- what one call hands the decoder ---------------------------------------------------------
 @dataclass
 class Prepared:
@@ -81,7 +96,9 @@ class Prepared:
     Exactly one of ``input_ids`` [B, L'] (placeholders stay tokens) and ``inputs_embeds``
     [B, L', hidden] is set; ``attention_mask`` and ``labels`` [B, L'] are aligned with it (None
     when the caller gave none). ``conditioning`` is entered around the decoder call: one forward,
-    or the whole ``generate`` (every LM step inside it sees this call's images).
+    or the whole ``generate`` (every LM step inside it sees this call's images). ``extra`` holds
+    further keyword inputs of the decoder call (an encoder-decoder's ``encoder_hidden_states``
+    [B, N, width] and ``encoder_attention_mask`` [B, N]).
     """
 
     attention_mask: torch.Tensor | None
@@ -89,6 +106,7 @@ class Prepared:
     input_ids: torch.Tensor | None = None
     inputs_embeds: torch.Tensor | None = None
     conditioning: AbstractContextManager[Any] = field(default_factory=nullcontext)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -104,7 +122,7 @@ class Prepared:
             "attention_mask": self.attention_mask,
             "labels": self.labels,
         }
-        return {k: v for k, v in inputs.items() if v is not None}
+        return {k: v for k, v in inputs.items() if v is not None} | self.extra
 
 
 # --- per-call state on this thread's stack ---------------------------------------------------
@@ -192,6 +210,13 @@ class Adapter(BlockStack, HubMixin, nn.Module):
         """Fit the adapter to ``decoder`` (an :class:`~vlmzoo.decoders.hf.HFDecoder`) read with
         ``layout``: check widths, insert layers if the kind has any. Raises :class:`ConfigError`."""
         self.layout = layout
+
+    def decoder_modules(self, decoder: Any) -> list[nn.Module]:
+        """Modules of ``decoder`` that belong to the conditioning: trained with the adapter
+        (``train_adapter``) even when the decoder is frozen. None for most kinds; the
+        encoder-decoder kind claims the decoder's cross-attention layers, which only exist to
+        read images."""
+        return []
 
     def bound_layout(self) -> TextLayout:
         """The layout given to :meth:`bind`; raises :class:`ConfigError` before it."""

@@ -80,6 +80,7 @@ from vlmzoo.adapters.base import (
     Prepared,
     TextLayout,
     current_state,
+    placeholder_owners,
     pop_state,
     push_state,
 )
@@ -91,21 +92,6 @@ from vlmzoo.registry import register, register_architecture
 
 
 # --- media masking (Flamingo Section 2.3) and gated cross-attention (Section 2.2) -------------
-def placeholder_owners(is_image: torch.Tensor, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, L] ``<image>`` positions holding ``num_images`` placeholders -> (sample [n], rank [n]):
-    the row of each placeholder in reading (row-major) order, and its rank among its row's.
-
-    The position of the k-th placeholder is found by a binary search on the running count, so
-    every shape is known from ``num_images`` alone (``nonzero`` would break a compiled graph).
-    """
-    length = is_image.shape[1]
-    running = is_image.flatten().long().cumsum(dim=0)  # placeholders up to and including each position
-    wanted = torch.arange(1, num_images + 1, device=is_image.device)
-    index = torch.searchsorted(running, wanted)  # first position where the count reaches k
-    rank = is_image.long().cumsum(dim=1).flatten()[index] - 1
-    return index // length, rank
-
-
 def text_time(media_locations: torch.Tensor) -> torch.Tensor:
     """[B, L] bool ``<image>`` positions -> [B, L] long: images seen so far, the token's own included
     (so an ``<image>`` token already sees its image, as OpenFlamingo's ``MaskedCrossAttention``)."""

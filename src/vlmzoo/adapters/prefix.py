@@ -108,7 +108,7 @@ class PrefixAdapter(Adapter):
             )
         width = torch.where(is_image, m, 1)
         start = width.cumsum(dim=1) - width  # first merged position of each input token
-        total, offset = _merged_length(is_image, width, attention_mask, features.shape[0], m)
+        total, offset = merged_length(is_image, width, attention_mask, features.shape[0], m)
         if layout.max_length is not None and total > layout.max_length:
             raise InputError(
                 f"with {m} tokens per image the sequence grows to {total} > max_length="
@@ -136,7 +136,7 @@ class PrefixAdapter(Adapter):
         return embeds, mask, new_labels
 
 
-def _merged_length(
+def merged_length(
     is_image: torch.Tensor,
     width: torch.Tensor,
     attention_mask: torch.Tensor,

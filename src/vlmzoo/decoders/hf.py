@@ -42,6 +42,9 @@ LAYER_PATHS: dict[str, str] = {
     "mpt": "transformer.blocks",
     "bloom": "transformer.h",
     "falcon": "transformer.h",
+    "mbart": "model.decoder.layers",
+    "bart": "model.decoder.layers",
+    "bert": "bert.encoder.layer",
 }
 # Fallbacks tried in order for families not in the table.
 GENERIC_LAYER_PATHS = (
@@ -54,6 +57,14 @@ GENERIC_LAYER_PATHS = (
 )
 
 
+# Names of the cross-attention sub-module of a decoder layer, by family (mbart/bart: encoder_attn;
+# bert: crossattention; gpt2: crossattention; t5: EncDecAttention). A layer holding one of them
+# reads ``encoder_hidden_states``; BERT and GPT-2 build it only with ``add_cross_attention=True``.
+CROSS_ATTENTION_NAMES = ("encoder_attn", "crossattention", "cross_attn", "EncDecAttention")
+# The LayerNorm in front of (gpt2) or behind (mbart/bart) a layer's cross-attention, where it is
+# not inside the cross-attention module (bert's sits in ``crossattention.output``).
+CROSS_ATTENTION_NORMS = ("encoder_attn_layer_norm", "ln_cross_attn")
+
 # Module names of learned absolute position tables (a hard sequence-length limit, unlike RoPE).
 _LEARNED_POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
 
@@ -61,6 +72,24 @@ _LEARNED_POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
 # loss_utils.py) passes ignore_index=-100, torch's cross_entropy default. Prompts, padding and
 # image positions carry it.
 IGNORE_INDEX = -100
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy: logits [B, L, V] at position i score ``labels[:, i + 1]``;
+    ``IGNORE_INDEX`` labels are not scored.
+
+    The decoder computes it, not the transformers LM: families disagree on whether ``labels`` are
+    shifted inside (``LlamaForCausalLM``, ``BertLMHeadModel``, ``GPT2LMHeadModel`` shift;
+    ``MBartForCausalLM`` and ``BartForCausalLM`` score ``labels[:, i]`` at position i). The
+    arithmetic is transformers' ``ForCausalLMLoss`` (transformers/loss/loss_utils.py): float32
+    logits, mean over the scored tokens.
+    """
+    targets = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    return nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1).to(logits.device),
+        ignore_index=IGNORE_INDEX,
+    )
 
 
 def kv_cache(output: Any) -> Any:
@@ -219,6 +248,18 @@ class HFDecoder(BlockStack, HubMixin, nn.Module):
         )
 
     @property
+    def cross_attends(self) -> bool:
+        """Whether the decoder layers cross-attend to ``encoder_hidden_states`` (an encoder-decoder's
+        decoder), told by their sub-modules' names (:data:`CROSS_ATTENTION_NAMES`)."""
+        first = self.layers[0]
+        return any(name.rsplit(".", 1)[-1] in CROSS_ATTENTION_NAMES for name, _ in first.named_modules())
+
+    def cross_attention_modules(self) -> list[nn.Module]:
+        """Every layer's cross-attention and its own LayerNorm (empty for a decoder-only LM)."""
+        names = CROSS_ATTENTION_NAMES + CROSS_ATTENTION_NORMS
+        return [m for layer in self.layers for n, m in layer.named_children() if n in names]
+
+    @property
     def layers(self) -> nn.ModuleList:
         """The decoder layers, in order (what cross-attention adapters wrap)."""
         return _get_path(self.lm, self.layer_path)
@@ -246,11 +287,27 @@ class HFDecoder(BlockStack, HubMixin, nn.Module):
         return self.embed_tokens(input_ids)
 
     def forward(self, **kwargs: Any) -> Any:
-        return self.lm(**kwargs)
+        """The LM's output; with ``labels`` [B, L] its ``loss`` is :func:`causal_lm_loss` (labels
+        aligned with the inputs, each position predicting the next) for every family."""
+        labels = kwargs.pop("labels", None)
+        out = self.lm(**kwargs)
+        if labels is not None:
+            out["loss"] = causal_lm_loss(out.logits, labels)
+        return out
 
     def generate(self, **kwargs: Any) -> torch.Tensor:
         """transformers' ``generate``: the new tokens [B, T] only. (transformers returns the prompt
-        in front of them when given ``input_ids``, and the new tokens alone for ``inputs_embeds``.)"""
+        in front of them when given ``input_ids``, and the new tokens alone for ``inputs_embeds``.)
+
+        With ``encoder_hidden_states`` and no cache given, the cache is an ``EncoderDecoderCache``:
+        the decoder then computes the cross-attention keys and values of the encoder's output at
+        the first step and reuses them (with the causal LM's default cache it would recompute them
+        at every step)."""
+        if "encoder_hidden_states" in kwargs and kwargs.get("cache", kwargs.get("past_key_values")) is None:
+            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+            kwargs.pop("past_key_values", None)
+            kwargs["cache"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
         out = self.lm.generate(**kwargs)
         prompt = kwargs.get("input_ids")
         return out if prompt is None else out[:, prompt.shape[1] :]
@@ -364,6 +421,26 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
             bos_token_id=1,
             eos_token_id=2,
             pad_token_id=0,
+        ),
+    ),
+    # A tiny mBART decoder (MBartForCausalLM: self-attention, cross-attention, FFN; pre-LN with
+    # layernorm_embedding and a final layer_norm; embeddings scaled by sqrt(d_model); learned
+    # positions offset by 2), the decoder of Donut and Nougat at test size.
+    "tiny-mbart": DecoderConfig(
+        "mbart",
+        dict(
+            d_model=64,
+            decoder_layers=2,
+            decoder_attention_heads=4,
+            decoder_ffn_dim=128,
+            encoder_layers=0,
+            vocab_size=512,
+            max_position_embeddings=512,
+            scale_embedding=True,
+            bos_token_id=0,
+            pad_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=0,
         ),
     ),
     "tiny-gpt2": DecoderConfig(

@@ -146,15 +146,26 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         later works (LLaVA's ``CLIPVisionTower.forward`` runs under ``torch.no_grad``, in
         llava/model/multimodal_encoder/clip_encoder.py, so its tower cannot be unfrozen by flags).
         Gated cross-attention blocks are the adapter's parameters (they run through hooks on the
-        decoder layers), so ``decoder="frozen"`` leaves them trainable.
+        decoder layers), so ``decoder="frozen"`` leaves them trainable; so are the decoder modules
+        the adapter claims (:meth:`~vlmzoo.adapters.base.Adapter.decoder_modules`: an
+        encoder-decoder's cross-attention layers), which follow ``adapter``.
         """
+        owned = self.adapter.decoder_modules(self.decoder)
         for part, mode in (("encoder", encoder), ("decoder", decoder), ("adapter", adapter)):
             if mode is None:
                 continue
             if mode not in ("frozen", "full"):
                 raise ConfigError(f"trainable mode for {part} must be 'frozen' or 'full', got {mode!r}")
-            for p in getattr(self, part).parameters():
-                p.requires_grad_(mode == "full")
+            modules = [getattr(self, part)] + (owned if part == "adapter" else [])
+            for module in modules:
+                for p in module.parameters():
+                    p.requires_grad_(mode == "full")
+            if part == "adapter":
+                self._adapter_mode = mode
+            elif part == "decoder" and adapter is None:  # the adapter's share of the decoder keeps its mode
+                for module in owned:
+                    for p in module.parameters():
+                        p.requires_grad_(self._adapter_mode == "full")
 
     def stack_parts(self) -> list[BlockStack]:
         """Encoder, adapter, decoder: ``wrap_units()`` is their blocks in that order (for FSDP2
