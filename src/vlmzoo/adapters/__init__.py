@@ -1,5 +1,6 @@
 """Ways of conditioning a language decoder on images: the contract (``base``), the prefix splice
-(``prefix``: MLP projector, Q-Former), Flamingo's gated cross-attention and its Perceiver Resampler."""
+(``prefix``: MLP projector, Q-Former), Flamingo's gated cross-attention and its Perceiver Resampler,
+and the encoder-decoder kind (the decoder's own cross-attention reads the image tokens)."""
 
 from vlmzoo.adapters.base import Adapter, Prepared, TextLayout
 from vlmzoo.adapters.cross_attention import (
@@ -8,6 +9,7 @@ from vlmzoo.adapters.cross_attention import (
     GatedCrossAttentionBlock,
     MaskedCrossAttention,
 )
+from vlmzoo.adapters.encoder_decoder import EncoderDecoderAdapter, EncoderDecoderConfig
 from vlmzoo.adapters.mlp import MLPProjector, MLPProjectorConfig
 from vlmzoo.adapters.prefix import PrefixAdapter
 from vlmzoo.adapters.qformer import QFormer, QFormerConfig, QFormerLayer, QFormerModel
@@ -15,6 +17,8 @@ from vlmzoo.adapters.resampler import PerceiverResampler
 
 __all__ = [
     "Adapter",
+    "EncoderDecoderAdapter",
+    "EncoderDecoderConfig",
     "FlamingoAdapter",
     "FlamingoConfig",
     "GatedCrossAttentionBlock",

@@ -331,6 +331,29 @@ def llama_config(
     )
 
 
+def mbart_config(layers: int, positions: int, vocab: int, width: int = 1024, **kw: Any) -> DecoderConfig:
+    """An mBART decoder with cross-attention (``MBartForCausalLM``) by its sizes: ``width / 64``
+    heads and a 4x FFN as in mBART-large; ``kw`` are further transformers fields."""
+    return DecoderConfig(
+        "mbart",
+        dict(
+            d_model=width,
+            decoder_layers=layers,
+            decoder_attention_heads=width // 64,
+            decoder_ffn_dim=4 * width,
+            max_position_embeddings=positions,
+            vocab_size=vocab,
+            scale_embedding=True,
+            add_cross_attention=True,
+            bos_token_id=0,
+            pad_token_id=1,
+            eos_token_id=2,
+            forced_eos_token_id=2,
+            **kw,
+        ),
+    )
+
+
 DECODER_PRESETS: dict[str, DecoderConfig] = {
     # Vicuna-v1.5 (LLaVA-1.5's LLMs): LLaMA-2 sizes, context 4096, RMSNorm eps 1e-5.
     "vicuna-7b": llama_config(4096, 32, 32, 11008, max_position_embeddings=4096, rms_norm_eps=1e-5),
@@ -392,6 +415,16 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
             no_bias=True,
         ),
     ),
+    # Donut's and Nougat's mBART decoders (MBartForCausalLM with cross-attention): d_model 1024,
+    # 16 heads, FFN 4096, GELU, embeddings scaled by sqrt(1024). Donut (clovaai/donut's
+    # donut/model.py BARTDecoder, from hyunwoongko/asian-bart-ecjk): 4 layers, 1536 positions,
+    # XLM-R vocabulary 57522 + <sep/>, <s_iitcdip>, <s_synthdog> = 57525, tied head. Nougat
+    # (facebookresearch/nougat's nougat/model.py, from facebook/mbart-large-50; its own BPE
+    # vocabulary of 50000): 0.1.0-small 4 layers and 3584 positions, 0.1.0-base 10 and 4096, head
+    # not tied to the embeddings (transformers' convert_nougat_to_hf.py).
+    "donut-base-decoder": mbart_config(layers=4, positions=1536, vocab=57525),
+    "nougat-small-decoder": mbart_config(layers=4, positions=3584, vocab=50000, tie_word_embeddings=False),
+    "nougat-base-decoder": mbart_config(layers=10, positions=4096, vocab=50000, tie_word_embeddings=False),
     # The `vlmzoo demo` LM (vocab_size and special ids are set from the trained tokenizer).
     "demo-llama": llama_config(64, 2, 2, 128, vocab=128, num_key_value_heads=2, max_position_embeddings=256),
     # Tiny decoders of four families for tests and CPU demos.

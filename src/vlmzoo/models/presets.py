@@ -1,6 +1,8 @@
 """Named VLMs with their published sizes (LLaVA-1.5: haotian-liu/LLaVA's ``scripts/v1_5``; BLIP-2:
 LAVIS's ``configs/models/blip2``; OpenFlamingo: open_flamingo's README table; Vary: Vary's and
-Vary-toy's model files), plus tiny variants.
+Vary-toy's model files; Donut: clovaai/donut's ``donut/model.py`` and naver-clova-ix/donut-base's
+config; Nougat: facebookresearch/nougat's ``nougat/model.py`` and its 0.1.0-small / 0.1.0-base
+release configs), plus tiny variants.
 
 Each preset is a :class:`VLMConfig` composed from the component presets, so ``vlmzoo info
 llava-1.5-7b`` can build it on the meta device and count its parameters exactly.
@@ -9,10 +11,12 @@ llava-1.5-7b`` can build it on the meta device and count its parameters exactly.
 from __future__ import annotations
 
 from vlmzoo.adapters.cross_attention import FLAMINGO_PRESETS
+from vlmzoo.adapters.encoder_decoder import EncoderDecoderConfig
 from vlmzoo.adapters.mlp import MLPProjectorConfig
 from vlmzoo.adapters.qformer import QFormerConfig
 from vlmzoo.decoders.hf import DECODER_PRESETS
 from vlmzoo.encoders.eva import EVA_PRESETS
+from vlmzoo.encoders.swin import DONUT_PRESETS
 from vlmzoo.encoders.vary import VARY_FUSED_PRESETS
 from vlmzoo.encoders.vit import CLIP_VISION_PRESETS, ViTConfig
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
@@ -92,6 +96,33 @@ VLM_PRESETS: dict[str, VLMConfig] = {
         encoder=VARY_FUSED_PRESETS["vary-toy-encoder-tiny"],
         adapter=MLPProjectorConfig(depth=0),
         decoder=DECODER_PRESETS["tiny-qwen2"],
+    ),
+    # Donut / Nougat: Swin-B-like encoder (no final norm) -> its 1024-wide last-stage tokens read by an
+    # mBART decoder's cross-attention (widths equal: no projection, as in the originals). The task
+    # prompt (`<s_docvqa><s_question>...`) is the decoder's text; the page takes no position in it.
+    "donut-base": VLMConfig(
+        encoder=DONUT_PRESETS["donut-base-encoder"],
+        adapter=EncoderDecoderConfig(),
+        decoder=DECODER_PRESETS["donut-base-decoder"],
+        expand_image_tokens=False,
+    ),
+    "nougat-small": VLMConfig(
+        encoder=DONUT_PRESETS["nougat-encoder"],
+        adapter=EncoderDecoderConfig(),
+        decoder=DECODER_PRESETS["nougat-small-decoder"],
+        expand_image_tokens=False,
+    ),
+    "nougat-base": VLMConfig(
+        encoder=DONUT_PRESETS["nougat-encoder"],
+        adapter=EncoderDecoderConfig(),
+        decoder=DECODER_PRESETS["nougat-base-decoder"],
+        expand_image_tokens=False,
+    ),
+    "tiny-donut": VLMConfig(
+        encoder=DONUT_PRESETS["donut-swin-tiny"],
+        adapter=EncoderDecoderConfig(),
+        decoder=DECODER_PRESETS["tiny-mbart"],
+        expand_image_tokens=False,
     ),
 }
 
