@@ -7,11 +7,16 @@ import json
 
 import pytest
 import torch
+from fake_hub import fake_hub_fixture  # noqa: F401 (the fake_hub fixture)
 
+from vlmzoo import releases
 from vlmzoo.convert import from_original, from_transformers
 from vlmzoo.errors import ConversionError
 from vlmzoo.models.vlm import VisionLanguageModel
 from vlmzoo.registry import get_entry
+from vlmzoo.releases.create import create_model
+from vlmzoo.releases.donut import MODELS
+from vlmzoo.releases.source import TRANSFORMERS_FILES, Release
 
 transformers = pytest.importorskip("transformers")
 
@@ -193,3 +198,47 @@ def test_preset_sizes_equal_the_transformers_models(preset, layers, positions, v
         hf = transformers.VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
         ours = VisionLanguageModel(get_entry(preset, "model").config)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+
+
+# --- published weights, served by a fake Hub ----------------------------------------------------
+@pytest.fixture
+def table(monkeypatch):
+    copy = dict(releases._table())
+    monkeypatch.setattr(releases, "_TABLE", copy)
+    return copy
+
+
+def test_the_transformers_port_downloads_converts_and_matches(fake_hub, table, tmp_path):
+    hf = peer()
+    hf.save_pretrained(tmp_path / "port")
+    fake_hub.push_folder("test-org/donut-tiny", tmp_path / "port")
+    table[("model", "tiny-donut")] = (
+        Release("test-org/donut-tiny", TRANSFORMERS_FILES, "transformers", "VisionEncoderDecoderModel"),
+    )
+    ours = create_model("tiny-donut", pretrained=True).eval()
+    with torch.no_grad():
+        assert (ours(page(), PROMPT).logits - logits_of(hf)).abs().max() <= 1e-4
+
+
+def test_the_official_branch_holds_the_original_checkpoint_and_its_canvas(fake_hub, table, tmp_path):
+    """donut-base's second source: clovaai/donut's own files on the repo's ``official`` branch."""
+    hf, folder = peer(), tmp_path / "official"
+    folder.mkdir()
+    torch.save(original_layout(hf), folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps({"input_size": list(CANVAS), "window_size": 2}))
+    fake_hub.push_folder("test-org/donut-tiny", folder, branch="official")
+    official = MODELS["donut-base"][1]
+    table[("model", "tiny-donut")] = (
+        Release(
+            "test-org/donut-tiny",
+            official.files,
+            "original",
+            "donut",
+            revision="official",
+            options={"num_heads": 4},
+            config_options=dict(official.config_options),
+        ),
+    )
+    ours = create_model("tiny-donut", pretrained=True).eval()
+    with torch.no_grad():
+        assert (ours(page(), PROMPT).logits - logits_of(hf)).abs().max() <= 1e-4
