@@ -102,6 +102,27 @@ def fla(q, k, v, heads, **kw):
     return focused_linear_attention(q, k, v, heads, **kw)
 
 
+@functools.cache
+def encoder_decoder(decoder: str = "tiny-mbart") -> torch.nn.Module:
+    """clip-vit-tiny read by a decoder's own cross-attention, one page per sample (Donut's layout)."""
+    from vlmzoo.models.vlm import VisionLanguageModel
+
+    config = get_entry("tiny-llava", "model").config.replace(
+        adapter=get_entry("encoder-decoder", "adapter").config,
+        decoder=get_entry(decoder, "decoder").config,
+        expand_image_tokens=False,
+    )
+    return VisionLanguageModel(config).eval()
+
+
+def donut_original_layout() -> dict[str, torch.Tensor]:
+    """tiny-donut's weights under clovaai/donut's DonutModel keys (encoder.model.*, decoder.model.*)."""
+    model = vlmzoo.create_model("tiny-donut")
+    sd = model.state_dict()
+    out = {"encoder.model." + k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
+    return out | {"decoder.model." + k[len("decoder.lm.") :]: v for k, v in sd.items() if k.startswith("decoder.")}
+
+
 # A saved tiny checkpoint, copied and damaged per case.
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
@@ -370,6 +391,12 @@ CASES = [
          InputError, r"500 tokens \+ 13 new tokens exceeds the 512 learned positions"),
     Case("meta-device-model", lambda _: meta_vlm()(PIX, IDS),
          InputError, r"the model's encoder is on the meta device: its weights have shapes but no values .* vlmzoo.load"),
+    Case("encoder-decoder-without-cross-attention", lambda _: encoder_decoder("tiny-llama"),
+         ConfigError, r"llama decoder \(LlamaForCausalLM\) has no cross-attention layers"),
+    Case("encoder-decoder-call-without-images", lambda _: encoder_decoder()(None, torch.tensor([[5, 6]])),
+         InputError, r"reads its images through cross-attention at every call: pass pixel_values"),
+    Case("encoder-decoder-images-per-sample", lambda _: encoder_decoder()(PIX.repeat(2, 1, 1, 1), torch.tensor([[5, 6]])),
+         InputError, r"2 images for 1 samples: .* exactly one image per sample"),
     # Registry and configs
     Case("unknown-encoder-name", lambda _: vlmzoo.create_encoder("clip-vit-b61"),
          UnknownModelError, r"unknown encoder 'clip-vit-b61'\. Did you mean: clip-vit-b16"),
@@ -510,6 +537,9 @@ CASES = [
          CheckpointError, r"junk.safetensors is not a readable safetensors file"),
     Case("read-garbage-pickle", lambda d: vlmzoo.convert.read_state_dict(garbage(d / "junk.pt")),
          CheckpointError, r"junk.pt cannot be opened with weights_only=True"),
+    Case("original-donut-without-its-canvas",
+         lambda _: vlmzoo.convert.from_original(donut_original_layout(), "donut"),
+         ConversionError, r"does not store its canvas size: pass image_size=\(H, W\)"),
     Case("unknown-original-layout", lambda _: vlmzoo.convert.from_original({}, "openai-clipp"),
          UnknownModelError, r"unknown original layout 'openai-clipp' \(did you mean \['openai-clip', 'open_clip'\]"),
     Case("original-layout-of-another-architecture",
