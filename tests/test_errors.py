@@ -684,7 +684,9 @@ def _out_of_range(hint: Any, default: Any) -> list[Any]:
                 (*default, default[-1]) if default else ("x",),
                 *((v,) * n for v in _out_of_range(args[0], None)[:2]),
             ]
-        return [(*default, default[-1]), *(tuple([v] * len(args)) for v in _out_of_range(args[0], None)[:2])]
+        # a fixed-length tuple; in a union (``int | tuple[int, int]``) the default may be the other type
+        base = default if isinstance(default, tuple) and default else (1,) * len(args)
+        return [(*base, base[-1]), *(tuple([v] * len(args)) for v in _out_of_range(args[0], None)[:2])]
     raise AssertionError(f"no out-of-range values for {hint}")  # a new field type: extend this
 
 

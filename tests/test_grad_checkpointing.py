@@ -37,8 +37,9 @@ class Setup:
     step: Callable[[], torch.Tensor]
 
 
-def images(n: int, size: int) -> torch.Tensor:
-    return torch.randn(n, 3, size, size)
+def images(n: int, size: int | tuple[int, int]) -> torch.Tensor:
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.randn(n, 3, h, w)
 
 
 def weighted_sum(x: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 
 from vlmzoo.adapters.encoder_decoder import EncoderDecoderConfig
 from vlmzoo.convert.state_dict import build_loaded, count_blocks, strip_prefix
-from vlmzoo.convert.swin import swin_config_from_state_dict
+from vlmzoo.convert.swin import swin_config_from_donut_original, swin_state_dict_from_donut_original
 from vlmzoo.decoders.hf import mbart_config
 from vlmzoo.errors import ConversionError
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
@@ -115,14 +115,9 @@ def _convert(
             f"(found e.g. {sorted(sd)[:3]})"
         )
     canvas = _canvas(image_size, path, layout)
-    encoder_sd = {
-        k: v
-        for k, v in strip_prefix({k: v for k, v in sd.items() if k.startswith(ENCODER)}, ENCODER).items()
-        if not k.endswith(("relative_position_index", "attn_mask")) and not k.startswith(("norm.", "head."))
-    }
-    encoder = swin_config_from_state_dict(encoder_sd).replace(
-        image_size=canvas, final_norm=False, pool="none"
-    )
+    raw_encoder = {k: v for k, v in sd.items() if k.startswith(ENCODER)}
+    encoder = swin_config_from_donut_original(raw_encoder, canvas).replace(pool="none")
+    encoder_sd = swin_state_dict_from_donut_original(raw_encoder)
     decoder, decoder_state = _decoder(
         strip_prefix({k: v for k, v in sd.items() if k.startswith(DECODER)}, DECODER), num_heads
     )

@@ -19,12 +19,40 @@ Attention per stage (``stage_attention``; FLatten's ``ATTN_TYPE`` in ``cfgs/flat
   linear attention has no shift mask (FLatten's ``FocusedLinearAttention.forward`` accepts a
   ``mask`` argument and never reads it).
 
-Windows are clamped the way the original Swin does it (and transformers' ``SwinLayer``): when the
-shorter side of a stage's map is <= the window, the window becomes that side and the shift 0.
-At construction this uses the native resolution (so the bias table / positional encoding has the
-size the original builds); at run time it is re-applied to the actual map, which may be padded to
-window multiples (zeros, unmasked, as in transformers) — so other resolutions, non-square ones
-included, run as in transformers' ``SwinModel``. Patch merging pads odd maps by one row/column.
+Windows are clamped the way the original Swin does it: when the *shorter* side of a stage's map
+is <= the window, the window becomes that side on both axes and the shift 0 (``min(input_resolution)
+<= window_size`` in microsoft/Swin-Transformer's ``SwinTransformerBlock.__init__``, copied by timm
+0.5.4's ``models/swin_transformer.py`` — the timm facebookresearch/nougat's ``setup.py`` pins and
+clovaai/donut's README was tested with — and by transformers' ``SwinLayer`` /
+``DonutSwinLayer.set_shift_and_window_size``).
+Non-square maps use the same rule: it is the shorter side, not each axis, that decides (timm >= 0.9
+clamps per axis instead; see :func:`vlmzoo.convert.swin.from_timm_swin`). The rule is applied twice:
+
+- at construction, on the native grid of each stage (``image_size`` may be (H, W)), because there
+  it fixes what is stored: timm 0.5.4 builds a clamped stage's bias table for the clamped window
+  and registers no ``attn_mask`` for its blocks, so the table has the size the original saved;
+- at run time, on the actual (possibly padded-to-window-multiples) map, as transformers does on
+  every call, so other resolutions, non-square ones included, run as transformers' ``SwinModel``
+  and ``DonutSwinModel`` do. The originals cannot run them at all (timm 0.5.4's ``PatchEmbed``
+  asserts the native size, its ``PatchMerging`` even sides).
+
+The two agree wherever every stage's native shorter side exceeds the window — true of every released
+Donut and Nougat encoder (the smallest maps, 80x60 with window 10 and 28x21 with window 7, hold
+8x6 and 4x3 windows). Padding is zeros, unmasked, at the bottom/right, as in transformers; patch
+merging pads odd maps by one row/column (ceil(n / 2)). transformers stores the clamp in the layer
+(``self.window_size`` / ``self.shift_size`` are overwritten on the first small input and stay so)
+and cannot run a map whose shorter side is *below* the window (its bias is built for the full
+window); vlmzoo re-derives the clamp per call and reads a clamped window's bias from the table.
+
+Donut (Kim et al. 2022, "OCR-free Document Understanding Transformer") and Nougat (Blecher et al.
+2023, "Nougat: Neural Optical Understanding for Academic Documents") use this encoder on portrait
+canvases, (H, W) = (2560, 1920) and (896, 672), with Swin-B widths, depths (2, 2, 14, 2) and no
+final norm (sizes: the presets below, with their sources): clovaai/donut's
+``donut/model.py`` ``SwinEncoder.forward`` runs ``patch_embed``, ``pos_drop`` and ``layers`` only, so
+``model.norm`` is saved but unused, and transformers' ``DonutSwinModel`` has no final layernorm.
+H and W must be multiples of the patch size: transformers would zero-pad the pixels bottom/right,
+the originals assert the exact canvas; vlmzoo raises :class:`InputError` (a canvas that is not a
+multiple of the patch size is a preprocessing mistake, not an image to pad silently).
 
 ``VisionOutput`` of a hierarchical encoder:
 
@@ -69,7 +97,8 @@ class SwinConfig(Config):
 
     ``width`` is stage 1's channel count (Swin's ``embed_dim``; vlmzoo keeps ``embed_dim`` for
     projection heads, as in :class:`ViTConfig`). ``depths``, ``num_heads`` and ``stage_attention``
-    have one entry per stage. ``window_size`` is
+    have one entry per stage. ``image_size`` is the native input, an int (square) or (H, W): the
+    size the windows are clamped at when the model is built (module docstring). ``window_size`` is
     the softmax stages' window (7 for 224 px models, 12 for 384 px ones), ``linear_window_size``
     the focused-linear stages' (FLatten: 56, i.e. the whole map at 224 px). ``norm_eps`` is the
     blocks' and the final norm's eps (transformers' ``layer_norm_eps``); the patch-embedding and
@@ -78,7 +107,7 @@ class SwinConfig(Config):
 
     kind = "encoder"
 
-    image_size: int = 224
+    image_size: int | tuple[int, int] = 224
     patch_size: int = 4
     in_channels: int = 3
     width: int = 96
@@ -98,10 +127,13 @@ class SwinConfig(Config):
     pool: Literal["mean", "none"] = "mean"
 
     def validate(self) -> None:
-        self._check_positive("image_size", "patch_size", "in_channels", "width", "mlp_ratio", "norm_eps")
+        self._check_positive("patch_size", "in_channels", "width", "mlp_ratio", "norm_eps")
         self._check_positive("window_size", "linear_window_size", "focusing_factor", "dwc_kernel_size")
         check_drop_path_rate(self.drop_path_rate, f"{type(self).__name__}.drop_path_rate")
-        self._check_divisible("image_size", "patch_size")
+        if any(side <= 0 for side in self.native_size):
+            self._fail("image_size", "must be a positive int or an (H, W) pair of positive ints")
+        if any(side % self.patch_size for side in self.native_size):
+            self._fail("image_size", f"every side must be divisible by patch_size={self.patch_size}")
         if not self.depths or any(d <= 0 for d in self.depths):
             self._fail("depths", "must be a non-empty tuple of positive block counts")
         for name in ("num_heads", "stage_attention"):
@@ -119,6 +151,12 @@ class SwinConfig(Config):
         if self.dwc_kernel_size % 2 == 0:
             self._fail("dwc_kernel_size", "must be odd (the DWC keeps the map size with padding k // 2)")
 
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(H, W) of the native input (``image_size`` as a pair)."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
+
     def stage_dim(self, stage: int) -> int:
         """Channels of stage ``stage`` (0-based): ``width · 2^stage``."""
         return self.width * 2**stage
@@ -128,7 +166,7 @@ class SwinConfig(Config):
 
         Patch merging pads odd sides, so each merge maps n to ceil(n / 2).
         """
-        h, w = image_hw(image_size, self.image_size)
+        h, w = self.native_size if image_size is None else image_hw(image_size, self.native_size[0])
         grid = (h // self.patch_size, w // self.patch_size)
         grids = [grid]
         for _ in self.depths[1:]:
@@ -191,7 +229,15 @@ class NormedPatchEmbed(PatchEmbed):
 
 
 def _stage_window(window: int, native_grid: tuple[int, int]) -> tuple[int, bool]:
-    """(window, shifted blocks allowed) for a stage, by the original's clamp at the native grid."""
+    """(window, shifted blocks allowed) for a stage, by the original's clamp at the native grid.
+
+    The shorter side decides, for non-square maps too: ``if min(self.input_resolution) <=
+    self.window_size`` in microsoft/Swin-Transformer's and timm 0.5.4's ``SwinTransformerBlock``
+    (the window becomes that side on both axes, the shift 0). timm 0.5.4 sizes each stage's
+    ``input_resolution`` as ``patch_grid // 2**stage``; ceil(n / 2) here is the same for the even
+    maps it accepts (its ``PatchMerging`` asserts even sides) and matches transformers' padding
+    for odd ones.
+    """
     side = min(native_grid)
     return (side, False) if side <= window else (window, True)
 
@@ -322,10 +368,45 @@ SWIN_PRESETS["flatten-swin-tiny"] = SWIN_PRESETS["swin-tiny"].replace(
     stage_attention=FLATTEN_SWIN_ATTENTION, linear_window_size=16
 )
 
+
+# Donut and Nougat encoders: Swin-B widths (embed 128, heads 4-8-16-32, patch 4) with depths
+# (2, 2, 14, 2), no final norm, and their portrait canvases (H, W). Donut: clovaai/donut's
+# donut/model.py (SwinEncoder; DonutConfig defaults input_size [2560, 1920], window_size 10,
+# encoder_layer [2, 2, 14, 2]) and naver-clova-ix/donut-base's config.json (DonutSwinConfig
+# image_size [2560, 1920], window_size 10): 80x60 = 4,800 tokens of width 1024. Nougat:
+# facebookresearch/nougat's config/train_nougat.yaml and nougat/model.py NougatConfig (input_size
+# [896, 672], window_size 7): 28x21 = 588 tokens. Both build timm's SwinTransformer with its
+# default drop_path_rate 0.1 (as does DonutSwinConfig). No pooling: their decoders read the tokens.
+_DONUT_WIDTHS = dict(width=128, depths=(2, 2, 14, 2), num_heads=(4, 8, 16, 32), final_norm=False, pool="none")
+DONUT_PRESETS: dict[str, SwinConfig] = {
+    "donut-base-encoder": SwinConfig(
+        image_size=(2560, 1920), window_size=10, drop_path_rate=0.1, **_DONUT_WIDTHS
+    ),
+    "nougat-encoder": SwinConfig(image_size=(896, 672), window_size=7, drop_path_rate=0.1, **_DONUT_WIDTHS),
+    # Tests: a non-square canvas whose every stage holds several windows and shifts (grids 48x32,
+    # 24x16, 12x8, 6x4 with window 2; all even and window multiples, as timm 0.5.4 requires).
+    "donut-swin-tiny": SwinConfig(
+        image_size=(192, 128),
+        width=16,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 2, 4),
+        window_size=2,
+        final_norm=False,
+        pool="none",
+    ),
+}
+
 _DESCRIPTIONS = {
     "swin": "Swin Transformer (shifted windows)",
     "flatten": "FLatten-Swin (focused linear attention in stages 1-2, LLSS)",
+    "donut-base-encoder": "Donut's Swin encoder (2560x1920 canvas, window 10, no final norm)",
+    "nougat-encoder": "Nougat's Swin encoder (896x672 canvas, window 7, no final norm)",
+    "donut-swin-tiny": "Donut-style Swin encoder (non-square canvas, no final norm)",
 }
 for _name, _cfg in SWIN_PRESETS.items():
     _description = _DESCRIPTIONS["flatten" if _name.startswith("flatten") else "swin"]
     register(_name, "encoder", _cfg, SwinTransformer, _description + (" (tiny)" if "tiny" in _name else ""))
+for _name, _cfg in DONUT_PRESETS.items():
+    register(
+        _name, "encoder", _cfg, SwinTransformer, _DESCRIPTIONS[_name] + (" (tiny)" if "tiny" in _name else "")
+    )

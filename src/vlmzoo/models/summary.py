@@ -24,7 +24,7 @@ class ModelSummary:
     kind: str
     architecture: str
     parameters: int
-    image_size: int | None
+    image_size: int | tuple[int, int] | None
     tokens_per_image: int | None
     gflops_per_image: float | None
     description: str
@@ -54,7 +54,9 @@ def _vision_tower(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def summarize(name: str, kind: Kind | None = None, image_size: int | None = None) -> ModelSummary:
+def summarize(
+    name: str, kind: Kind | None = None, image_size: int | tuple[int, int] | None = None
+) -> ModelSummary:
     """Parameters, tokens per image and GFLOPs per image of the registered ``name``."""
     kind = _resolve_kind(name, kind)
     entry = get_entry(name, kind)
@@ -65,6 +67,7 @@ def summarize(name: str, kind: Kind | None = None, image_size: int | None = None
     tokens = gflops = size = None
     if tower is not None:
         size = image_size or tower.config.image_size
+        h, w = (size, size) if isinstance(size, int) else size  # (H, W) canvases: Donut, Nougat
         tokens = tower.num_tokens(size)
         image_fn = tower
         adapter = getattr(model, "adapter", None)
@@ -73,7 +76,7 @@ def summarize(name: str, kind: Kind | None = None, image_size: int | None = None
             tokens = adapter.tokens_per_image(tokens)  # positions one image takes in the text
         counter = FlopCounterMode(display=False)
         with counter:  # grad mode on: the flop counter's module tracker needs it (meta tensors cost nothing)
-            image_fn(torch.empty(1, tower.config.in_channels, size, size, device="meta"))
+            image_fn(torch.empty(1, tower.config.in_channels, h, w, device="meta"))
         gflops = counter.get_total_flops() / 1e9
     return ModelSummary(
         name=name,

@@ -24,6 +24,11 @@ def format_count(n: int) -> str:
     return str(n)
 
 
+def _size(size: int | tuple[int, int] | None) -> str:
+    """``336`` or ``(2560, 1920) -> '2560x1920'`` (height x width)."""
+    return f"{size[0]}x{size[1]}" if isinstance(size, tuple | list) else str(size)
+
+
 def summary_text(s: ModelSummary) -> str:
     """The lines ``vlmzoo info`` prints for one model."""
     lines = [
@@ -32,7 +37,7 @@ def summary_text(s: ModelSummary) -> str:
     ]
     if s.tokens_per_image is not None:
         lines += [
-            f"  image size        {s.image_size} px",
+            f"  image size        {_size(s.image_size)} px",
             f"  tokens per image  {s.tokens_per_image}",
             f"  GFLOPs per image  {s.gflops_per_image:.2f}  (2 FLOPs per multiply-add)",
         ]
