@@ -388,3 +388,36 @@ CLIP_VISION_PRESETS: dict[str, ViTConfig] = {
 
 for _name, _cfg in CLIP_VISION_PRESETS.items():
     register(_name, "encoder", _cfg, VisionTransformer, "OpenAI CLIP vision tower")
+
+
+# BLIP image encoders (salesforce/BLIP's models/blip.py ``create_vit``, models/vit.py): timm's
+# pre-LN ViT/16 (patch bias, qkv bias, exact GELU, LayerNorm eps 1e-6), CLS first, and every token
+# through the final ``norm`` (the text side cross-attends all of them; ITC reads the CLS).
+# ``create_vit`` trains the large tower with drop path 0.1 (base: 0).
+def blip_vision_config(
+    image_size: int, width: int, depth: int, num_heads: int, drop_path: float = 0.0
+) -> ViTConfig:
+    """The BLIP image encoder of the given size (patch 16)."""
+    return ViTConfig(
+        image_size=image_size,
+        patch_size=16,
+        width=width,
+        depth=depth,
+        num_heads=num_heads,
+        drop_path_rate=drop_path,
+        pool="none",
+        feature_tokens="all",
+        feature_norm=True,
+    )
+
+
+BLIP_VISION_PRESETS: dict[str, ViTConfig] = {
+    "blip-vit-b16": blip_vision_config(224, 768, 12, 12),
+    "blip-vit-l16": blip_vision_config(224, 1024, 24, 16, drop_path=0.1),
+    "blip-vit-tiny": blip_vision_config(32, 48, 2, 4).replace(patch_size=8),
+}
+
+for _name, _cfg in BLIP_VISION_PRESETS.items():
+    register(
+        _name, "encoder", _cfg, VisionTransformer, "BLIP image encoder (all tokens through the final norm)"
+    )

@@ -47,7 +47,7 @@ def _vision_tower(model: nn.Module) -> nn.Module | None:
     """The image encoder of a model: itself (an encoder), ``visual`` (CLIP) or ``encoder`` (VLM)."""
     if hasattr(model, "num_tokens") and hasattr(model, "config") and hasattr(model.config, "image_size"):
         return model
-    for name in ("visual", "encoder"):
+    for name in ("visual", "encoder", "visual_encoder"):
         tower = getattr(model, name, None)
         if tower is not None and hasattr(tower, "num_tokens"):
             return tower

@@ -104,7 +104,8 @@ def check_parts(encoder: str, adapter: str, decoder: str, image_size: int = IMAG
     except ConfigError as e:
         raise ConfigError(
             f"{encoder} + {adapter} + {decoder} do not fit together: {e}; adapters without fixed widths "
-            "(mlp2x_gelu, linear, qformer, tiny-flamingo) fit any encoder and decoder"
+            "(mlp2x_gelu, linear, qformer, tiny-flamingo) fit any encoder and decoder, encoder-decoder "
+            "any decoder with cross-attention layers (tiny-mbart)"
         ) from e
 
 
