@@ -68,3 +68,30 @@ def qwen_tokenizer():
     )
     tok.add_special_tokens({"additional_special_tokens": specials[1:]})
     return tok
+
+
+DONUT_TOKENS = (
+    "<sep/>",
+    "<s_synthdog>",
+    "<s_docvqa>",
+    "<s_question>",
+    "</s_question>",
+    "<s_answer>",
+    "</s_answer>",
+    "<yes/>",
+    "<no/>",
+)
+
+
+def donut_tokenizer(extra: tuple[str, ...] = DONUT_TOKENS):
+    """mBART's special ids (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3) over byte-level BPE,
+    with Donut's added task and field tokens (``<s_docvqa>``, ``<s_question>``, ``<sep/>`` ...)."""
+    tok = _byte_level(
+        ["<s>", "<pad>", "</s>", "<unk>"],
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+    tok.add_special_tokens({"additional_special_tokens": list(extra)})
+    return tok

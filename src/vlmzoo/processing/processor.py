@@ -350,35 +350,68 @@ class Processor:
     # --- files ------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``vlmzoo_processor.json`` and the tokenizer's files (when it has one) to ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(directory / PROCESSOR_FILE, {"format": _FORMAT, **self.config.to_dict()})
-        if self._tokenizer is not None:
-            self._tokenizer.save_pretrained(str(directory))
-        return directory
+        return save_processor_files(directory, self.config, self._tokenizer)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, tokenizer: Any = None) -> Processor:
         """Read a processor saved by :meth:`save_pretrained` (the tokenizer from the same directory
         unless ``tokenizer`` is given)."""
-        directory = Path(directory)
-        path = directory / PROCESSOR_FILE
-        if not path.is_file():
-            raise ConfigError(
-                f"{str(directory)!r} holds no {PROCESSOR_FILE}; save one with processor.save_pretrained"
-                f"(directory), or create one by name with vlmzoo.create_processor"
-            )
-        data = read_json(path, "processor config")  # bounded: size, digits, nesting, UTF-8
-        if not isinstance(data, dict) or data.pop("format", None) != _FORMAT:
-            raise ConfigError(f"{str(path)!r} is not a {_FORMAT} file; save the processor again")
-        config = ProcessorConfig.from_dict(data)
-        if tokenizer is None and (directory / "tokenizer_config.json").is_file():
-            tokenizer = load_tokenizer(str(directory))
-        elif tokenizer is None and (directory / SENTENCEPIECE_FILE).is_file():
-            tokenizer = SentencePieceTokenizer(directory / SENTENCEPIECE_FILE)
-        elif isinstance(tokenizer, str | os.PathLike):
-            tokenizer = load_tokenizer(str(tokenizer))
+        config, tokenizer = load_processor_files(directory, ProcessorConfig, tokenizer)
         return cls(config, tokenizer)
+
+
+# --- the files of every processor ------------------------------------------------------------
+def save_processor_files(directory: str | os.PathLike, config: Config, tokenizer: Any) -> Path:
+    """``vlmzoo_processor.json`` (the config, tagged with its class) and the tokenizer's own files."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    document = {"format": _FORMAT, "config_class": type(config).__name__, **config.to_dict()}
+    atomic_write_json(directory / PROCESSOR_FILE, document)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def saved_config_class(directory: str | os.PathLike) -> str:
+    """The config class a saved processor was written with (``ProcessorConfig`` for files that
+    predate the tag)."""
+    return _read_document(Path(directory))[1].get("config_class", ProcessorConfig.__name__)
+
+
+def _read_document(directory: Path) -> tuple[Path, dict[str, Any]]:
+    path = directory / PROCESSOR_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"{str(directory)!r} holds no {PROCESSOR_FILE}; save one with processor.save_pretrained"
+            f"(directory), or create one by name with vlmzoo.create_processor"
+        )
+    data = read_json(path, "processor config")  # bounded: size, digits, nesting, UTF-8
+    if not isinstance(data, dict) or data.pop("format", None) != _FORMAT:
+        raise ConfigError(f"{str(path)!r} is not a {_FORMAT} file; save the processor again")
+    return path, data
+
+
+def load_processor_files(
+    directory: str | os.PathLike, config_class: type[Config], tokenizer: Any = None
+) -> tuple[Any, Any]:
+    """(config, tokenizer) of a processor saved by :func:`save_processor_files`: the tokenizer from
+    ``directory`` unless ``tokenizer`` (an object, or a directory / hub id) is given."""
+    directory = Path(directory)
+    path, data = _read_document(directory)
+    saved_class = data.pop("config_class", ProcessorConfig.__name__)
+    if saved_class != config_class.__name__:
+        raise ConfigError(
+            f"{str(path)!r} holds a {saved_class}, not a {config_class.__name__}; open it with "
+            "vlmzoo.create_processor(directory), which picks the right processor"
+        )
+    config = config_class.from_dict(data)
+    if tokenizer is None and (directory / "tokenizer_config.json").is_file():
+        tokenizer = load_tokenizer(str(directory))
+    elif tokenizer is None and (directory / SENTENCEPIECE_FILE).is_file():
+        tokenizer = SentencePieceTokenizer(directory / SENTENCEPIECE_FILE)
+    elif isinstance(tokenizer, str | os.PathLike):
+        tokenizer = load_tokenizer(str(tokenizer))
+    return config, tokenizer
 
 
 def load_tokenizer(source: str) -> Any:

@@ -28,6 +28,9 @@ Each recipe states what the released pipeline does, with its source:
   models' evaluation): bicubic resize 256, centre crop 224, ImageNet mean/std.
 * **SAM** (segment_anything/utils/transforms.py ``ResizeLongestSide`` + ``Sam.preprocess``):
   bilinear longest side 1024, 0-255 normalisation, zero padding bottom/right to 1024 x 1024.
+* **Donut** and **Nougat**: a :class:`~vlmzoo.processing.document_processor.DocumentProcessor`
+  (their page recipes, task prompts, JSON / markdown outputs; that module's docstring), on the
+  model's own canvas.
 
 Tiny presets use the same recipes at their encoders' sizes.
 """
@@ -41,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmzoo.config import Config
-from vlmzoo.errors import UnknownModelError
+from vlmzoo.errors import ConfigError, UnknownModelError
+from vlmzoo.processing.document_processor import DocumentProcessor, DocumentProcessorConfig, donut, nougat
 from vlmzoo.processing.image import (
     CLIP_MEAN,
     CLIP_STD,
@@ -49,7 +53,13 @@ from vlmzoo.processing.image import (
     IMAGENET_STD,
     ImageProcessorConfig,
 )
-from vlmzoo.processing.processor import PROCESSOR_FILE, ImageStreamConfig, Processor, ProcessorConfig
+from vlmzoo.processing.processor import (
+    PROCESSOR_FILE,
+    ImageStreamConfig,
+    Processor,
+    ProcessorConfig,
+    saved_config_class,
+)
 from vlmzoo.processing.templates import TEMPLATES
 from vlmzoo.registry import get_entry, list_models
 
@@ -151,6 +161,11 @@ def _encoder_size(config: Config) -> int:
     return int(config.image_size)
 
 
+def _canvas(config: Config) -> tuple[int, int]:
+    size = config.encoder.image_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def _vary_sizes(config: Config) -> tuple[int, int]:
     encoder = config.encoder
     return int(encoder.first.image_size), int(encoder.second.image_size)
@@ -163,6 +178,8 @@ _FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
     ("*openflamingo*", "model", lambda c: openflamingo(_encoder_size(c.encoder))),
     ("vary-base", "model", lambda c: vary_base(*_vary_sizes(c))),
     ("*vary*", "model", lambda c: vary_toy(*_vary_sizes(c))),
+    ("*donut*", "model", lambda c: donut(_canvas(c))),
+    ("nougat-*", "model", lambda c: nougat(_canvas(c))),
     ("clip-*", "encoder", lambda c: clip_encoder(_encoder_size(c))),
     ("dinov2-*", "encoder", lambda c: dinov2_encoder(_encoder_size(c))),
     ("sam-*", "encoder", lambda c: sam_encoder(_encoder_size(c))),
@@ -170,7 +187,14 @@ _FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
 ]
 
 
-def processor_for(name_or_config: str | Config | Any) -> ProcessorConfig:
+# The processor class of each kind of processor config.
+PROCESSORS: dict[type[Config], type[Processor] | type[DocumentProcessor]] = {
+    ProcessorConfig: Processor,
+    DocumentProcessorConfig: DocumentProcessor,
+}
+
+
+def processor_for(name_or_config: str | Config | Any) -> ProcessorConfig | DocumentProcessorConfig:
     """The :class:`ProcessorConfig` of a registered model or encoder: by ``name``, or by its config
     (or a module built from one: its ``.config``). The family's recipe is applied at the config's
     own image size, with its image token id. A config matches a preset it equals; a VLM config
@@ -198,7 +222,7 @@ def _same_family(preset: Config, config: Config, kind: str) -> bool:
 
 
 def _with_token(processor: ProcessorConfig, preset: Config, kind: str) -> ProcessorConfig:
-    if kind == "model" and processor.template is not None:
+    if kind == "model" and getattr(processor, "template", None) is not None:
         return processor.replace(image_token_id=preset.image_token_id)
     return processor
 
@@ -215,22 +239,29 @@ def _by_name(name: str) -> ProcessorConfig:
     )
 
 
-def create_processor(name_or_path: str | os.PathLike, tokenizer: Any = None, **overrides: Any) -> Processor:
+def create_processor(
+    name_or_path: str | os.PathLike, tokenizer: Any = None, **overrides: Any
+) -> Processor | DocumentProcessor:
     """The processor of a registered model/encoder name, or one saved in a directory.
 
     ``tokenizer``: a transformers tokenizer, or a local directory / hub id for ``AutoTokenizer``
     (default: the one saved beside the processor, else the family's published tokenizer, loaded
-    on first use). ``overrides`` replace :class:`ProcessorConfig` fields.
+    on first use). ``overrides`` replace the processor config's fields. Donut and Nougat get a
+    :class:`~vlmzoo.processing.document_processor.DocumentProcessor`, the others a :class:`Processor`.
     """
     path = Path(name_or_path)
     if (path / PROCESSOR_FILE).is_file():
-        processor = Processor.from_pretrained(path, tokenizer)
+        saved = saved_config_class(path)
+        cls = next((p for c, p in PROCESSORS.items() if c.__name__ == saved), None)
+        if cls is None:
+            raise ConfigError(f"{str(path)!r} holds a processor of unknown kind {saved!r}; save it again")
+        processor = cls.from_pretrained(path, tokenizer)
         if overrides:
-            processor = Processor(processor.config.replace(**overrides), processor._tokenizer)
+            processor = cls(processor.config.replace(**overrides), processor._tokenizer)
         return processor
     config = processor_for(str(name_or_path))
     if overrides:
         config = config.replace(**overrides)
     if isinstance(tokenizer, str | os.PathLike):
         config, tokenizer = config.replace(tokenizer=str(tokenizer)), None
-    return Processor(config, tokenizer)
+    return PROCESSORS[type(config)](config, tokenizer)

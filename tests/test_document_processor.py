@@ -1,0 +1,136 @@
+"""The Donut / Nougat pipeline: pages, task prompts, generated ids back to JSON, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_tokenizers import donut_tokenizer
+
+import vlmzoo
+from vlmzoo.decoders.hf import IGNORE_INDEX
+from vlmzoo.errors import InputError
+from vlmzoo.processing.document_processor import DocumentProcessor
+from vlmzoo.processing.processor import Processor
+
+pytest.importorskip("transformers")
+
+
+def processor(**overrides) -> DocumentProcessor:
+    return vlmzoo.create_processor("tiny-donut", tokenizer=donut_tokenizer(), **overrides)
+
+
+def page(h: int = 300, w: int = 200) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def ids(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_docvqa_prompt_fills_and_lowercases_the_question():
+    assert processor().prompt("docvqa", question="When Is It?") == (
+        "<s_docvqa><s_question>when is it?</s_question><s_answer>"
+    )
+
+
+def test_unknown_task_and_wrong_fields_are_refused():
+    with pytest.raises(InputError, match=r"unknown task 'cord' .* known tasks: \['cord-v2'"):
+        processor().prompt("cord")
+    with pytest.raises(InputError, match=r"takes the fields \['question'\]"):
+        processor().prompt("docvqa")
+
+
+def test_every_task_tag_is_one_token():
+    p = processor()
+    prompt = p.prompt("docvqa", question="why")
+    tok = p.tokenizer
+    got = p.encode_prompt(prompt)
+    assert got[:2] == [tok.convert_tokens_to_ids("<s_docvqa>"), tok.convert_tokens_to_ids("<s_question>")]
+    assert got[-1] == tok.convert_tokens_to_ids("<s_answer>")
+
+
+def test_a_task_token_the_tokenizer_lacks_is_refused_with_the_ones_it_has():
+    with pytest.raises(
+        InputError, match=r"task tokens \['<s_cord-v2>'\] are not in the tokenizer.*\['docvqa', 'synthdog'\]"
+    ):
+        processor().encode_prompt("<s_cord-v2>")
+
+
+def test_pages_become_the_canvas_and_prompts_are_left_padded():
+    p = processor()
+    batch = p([page(), page(120, 260)], ["<s_synthdog>", p.prompt("docvqa", question="a")])
+    assert batch["pixel_values"].shape == (2, 3, 192, 128)
+    assert batch["attention_mask"][0].tolist()[0] == 0 and batch["attention_mask"][1].all()
+
+
+def test_docvqa_output_reads_back_as_json():
+    p = processor()
+    tok = p.tokenizer
+    prompt = p.encode_prompt(p.prompt("docvqa", question="when?"))
+    generated = [*ids(tok, "11:14</s_answer>"), tok.eos_token_id, tok.pad_token_id]
+    assert p.postprocess(generated, prompt) == {"question": "when?", "answer": "11:14"}
+
+
+def test_category_tokens_read_back_as_their_names():
+    p = processor()
+    tok = p.tokenizer
+    prompt = p.encode_prompt(p.prompt("docvqa", question="is it?"))
+    generated = [*ids(tok, "<yes/></s_answer>"), tok.eos_token_id]
+    assert p.postprocess(generated, prompt)["answer"] == "yes"
+
+
+def test_training_batch_scores_what_follows_the_prompt_end_only():
+    """DocVQA: <s_docvqa> + the whole ground truth + eos; the loss starts after <s_answer>."""
+    p = processor()
+    tok = p.tokenizer
+    target = {"question": "q?", "answer": "ok"}
+    batch = p.training_batch([page()], [target], task="docvqa", generator=torch.Generator().manual_seed(0))
+    input_ids, labels = batch["input_ids"][0], batch["labels"][0]
+    assert tok.decode(input_ids) == "<s_docvqa><s_question>q?</s_question><s_answer>ok</s_answer></s>"
+    end = input_ids.tolist().index(tok.convert_tokens_to_ids("<s_answer>"))
+    assert (labels[: end + 1] == IGNORE_INDEX).all()
+    assert tok.decode(labels[end + 1 :]) == "ok</s_answer></s>"
+
+
+def test_a_target_without_the_prompt_fields_is_refused():
+    with pytest.raises(InputError, match=r"never reaches the prompt's end '<s_answer>'"):
+        processor().training_batch([page()], [{"question": "q"}], task="docvqa")
+
+
+def test_model_reads_pages_and_answers_through_the_processor():
+    torch.manual_seed(0)
+    model = vlmzoo.create_model("tiny-donut").eval()
+    p = processor()
+    batch = p([page(), page()], task="docvqa", question="what?")
+    out = model.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], max_new_tokens=4)
+    answers = p.batch_postprocess(out, batch["input_ids"])
+    assert len(answers) == 2 and all(isinstance(a, dict) for a in answers)
+
+
+def test_training_batch_trains_the_model():
+    torch.manual_seed(0)
+    model = vlmzoo.create_model("tiny-donut").train()
+    targets = [{"question": "q", "answer": "a"}, {"question": "r", "answer": "bb"}]
+    batch = processor().training_batch([page(), page()], targets, task="docvqa")
+    out = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+
+
+def test_saved_processor_comes_back_as_a_document_processor(tmp_path):
+    p = processor(task="docvqa")
+    p.save_pretrained(tmp_path / "proc")
+    back = vlmzoo.create_processor(tmp_path / "proc")
+    assert isinstance(back, DocumentProcessor) and back.config == p.config
+    assert back.encode_prompt("<s_docvqa>") == p.encode_prompt("<s_docvqa>")
+
+
+def test_a_chat_processor_opened_as_a_document_processor_is_refused(tmp_path):
+    from vlmzoo.errors import ConfigError
+
+    vlmzoo.create_processor("tiny-llava").save_pretrained(tmp_path / "chat")
+    assert isinstance(vlmzoo.create_processor(tmp_path / "chat"), Processor)
+    with pytest.raises(ConfigError, match="holds a ProcessorConfig, not a DocumentProcessorConfig"):
+        DocumentProcessor.from_pretrained(tmp_path / "chat")
