@@ -46,3 +46,8 @@ def test_ablation_example_runs():
 def test_clip_zero_shot_runs():
     result = load("clip_zero_shot").main(steps=2, batch_size=8)
     assert 0.0 <= result["zero_shot_accuracy"] <= 1.0
+
+
+def test_donut_docvqa_runs():
+    result = load("donut_docvqa").main(steps=2)
+    assert [a["question"] for a in result["answers"]] == ["total?", "total?"]
