@@ -134,3 +134,33 @@ def test_a_chat_processor_opened_as_a_document_processor_is_refused(tmp_path):
     assert isinstance(vlmzoo.create_processor(tmp_path / "chat"), Processor)
     with pytest.raises(ConfigError, match="holds a ProcessorConfig, not a DocumentProcessorConfig"):
         DocumentProcessor.from_pretrained(tmp_path / "chat")
+
+
+def nougat_processor() -> DocumentProcessor:
+    return vlmzoo.create_processor("nougat-small", tokenizer=donut_tokenizer())
+
+
+def test_nougat_starts_from_bos_and_crops_margins():
+    p = nougat_processor()
+    assert p.config.image.crop_margin and p.config.image.canvas == (896, 672)
+    batch = p([page(120, 90)])
+    assert batch["input_ids"].tolist() == [[p.tokenizer.bos_token_id]]
+    assert batch["pixel_values"].shape == (1, 3, 896, 672)
+
+
+def test_nougat_output_is_post_processed_markdown():
+    from vlmzoo.processing.nougat_markdown import postprocess_nougat
+
+    p = nougat_processor()
+    tok = p.tokenizer
+    text = "# Title\n\nSome text.\n\n\n\n"
+    generated = [*ids(tok, text), tok.eos_token_id, tok.pad_token_id]
+    assert p.postprocess(generated, [tok.bos_token_id]) == postprocess_nougat(text, fix_markdown=False)
+
+
+def test_nougat_training_batch_scores_everything_after_bos():
+    p = nougat_processor()
+    tok = p.tokenizer
+    batch = p.training_batch([page()], ["# A"])
+    assert batch["input_ids"][0, 0] == tok.bos_token_id and batch["labels"][0, 0] == IGNORE_INDEX
+    assert tok.decode(batch["labels"][0, 1:]) == "# A</s>"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,12 +116,28 @@ def encoder_decoder(decoder: str = "tiny-mbart") -> torch.nn.Module:
     return VisionLanguageModel(config).eval()
 
 
+def document_processor():
+    from tiny_tokenizers import donut_tokenizer
+
+    return vlmzoo.create_processor("tiny-donut", tokenizer=donut_tokenizer())
+
+
+def document_page_unresized():
+    """A page fed at its own size (do_resize=False) that is not a multiple of Swin's stride 32."""
+    from vlmzoo.processing.document_image import DocumentImageConfig, preprocess_document
+
+    config = DocumentImageConfig.donut((192, 128)).replace(do_resize=False)
+    return preprocess_document(np.zeros((100, 70, 3), dtype=np.uint8), config)
+
+
 def donut_original_layout() -> dict[str, torch.Tensor]:
     """tiny-donut's weights under clovaai/donut's DonutModel keys (encoder.model.*, decoder.model.*)."""
     model = vlmzoo.create_model("tiny-donut")
     sd = model.state_dict()
     out = {"encoder.model." + k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
-    return out | {"decoder.model." + k[len("decoder.lm.") :]: v for k, v in sd.items() if k.startswith("decoder.")}
+    return out | {
+        "decoder.model." + k[len("decoder.lm.") :]: v for k, v in sd.items() if k.startswith("decoder.")
+    }
 
 
 # A saved tiny checkpoint, copied and damaged per case.
@@ -431,6 +448,10 @@ CASES = [
          ConfigError, r"DecoderConfig.hf_config=.*hidden_size"),
     # Preprocessing and prompts
     Case("processor-empty-batch", lambda _: processor()([]), InputError, r"empty batch"),
+    Case("document-page-off-the-stride-grid", lambda _: document_page_unresized(),
+         InputError, r"page of size 100x70 .* not a multiple of 32 \(the Swin output stride\) .* 128x96"),
+    Case("document-task-token-not-in-tokenizer", lambda _: document_processor().encode_prompt("<s_cord-v2>"),
+         InputError, r"task tokens \['<s_cord-v2>'\] are not in the tokenizer"),
     Case("processor-two-channels", lambda _: processor()(torch.rand(2, 16, 16)),
          InputError, r"shape \(2, 16, 16\) has 2 channels; expected 1, 3 or 4"),
     Case("processor-float-0-255", lambda _: processor()(torch.rand(3, 16, 16) * 255),

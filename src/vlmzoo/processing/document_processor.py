@@ -36,6 +36,7 @@ from vlmzoo.decoders.hf import IGNORE_INDEX
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.processing.document_image import DocumentImageConfig, preprocess_documents
 from vlmzoo.processing.donut_json import DOCVQA_PROMPT_END, json2token, strip_task_prompt, token2json
+from vlmzoo.processing.nougat_markdown import postprocess_nougat
 from vlmzoo.processing.processor import load_processor_files, load_tokenizer, save_processor_files
 
 Output = Literal["json", "markdown"]
@@ -268,9 +269,9 @@ class DocumentProcessor:
         text = self.decode(ids, prompt_ids)
         tok = self.tokenizer
         if self.config.output == "markdown":
-            from vlmzoo.processing.nougat_markdown import postprocess
-
-            return postprocess(text)
+            # NougatModel.inference post-processes with markdown_fix=False (nougat/model.py), as does
+            # transformers' NougatProcessor.post_process_generation(fix_markdown=False) in its tests.
+            return postprocess_nougat(text, fix_markdown=False)
         stripped = strip_task_prompt(
             text, eos_token=tok.eos_token or "</s>", pad_token=tok.pad_token or "<pad>"
         )
