@@ -163,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], help="an image file (repeat for several)")
     p.add_argument("--question", default=None, help="the question (default: an interactive prompt)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the preset's)")
-    p.add_argument("--max-new-tokens", type=value.positive_int, default=256)
+    p.add_argument(
+        "--max-new-tokens",
+        type=value.positive_int,
+        default=None,
+        help="default: what the prompt leaves of the model's context, at most 256",
+    )
     p.add_argument("--temperature", type=value.non_negative_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--device", type=value.device, default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")

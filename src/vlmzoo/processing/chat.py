@@ -24,6 +24,9 @@ from vlmzoo.errors import InputError
 from vlmzoo.processing.processor import Processor
 from vlmzoo.processing.templates import History
 
+# New tokens at most when the caller names no number (and fewer when the context has less room).
+DEFAULT_NEW_TOKENS = 256
+
 
 @dataclass
 class Conversation:
@@ -42,13 +45,14 @@ def chat(
     question: str,
     history: History | None = None,
     stream: Callable[[str], None] | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     **generate_kwargs: Any,
 ) -> str:
     """The model's answer to ``question`` about ``images`` after the turns in ``history``.
 
     ``stream(text)`` receives the answer piece by piece as it is generated (the pieces join to
-    the returned answer). ``generate_kwargs`` go to transformers' ``generate`` (``do_sample``,
+    the returned answer). ``max_new_tokens`` None: what the prompt leaves of the model's context,
+    at most 256. ``generate_kwargs`` go to transformers' ``generate`` (``do_sample``,
     ``temperature``, ...; greedy by default).
     """
     on_text = None if stream is None else (lambda _index, text: stream(text))
@@ -63,25 +67,33 @@ def chat_batch(
     processor: Processor,
     conversations: Sequence[Conversation],
     stream: Callable[[int, str], None] | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     **generate_kwargs: Any,
 ) -> list[str]:
     """Answers to several conversations, generated together (prompts left-padded).
 
-    ``stream(index, text)`` receives each conversation's answer piece by piece.
+    ``stream(index, text)`` receives each conversation's answer piece by piece. ``max_new_tokens``
+    None: what the longest prompt leaves of the model's context, at most :data:`DEFAULT_NEW_TOKENS`.
     """
     if not conversations:
         raise InputError("chat_batch got no conversations")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive int")
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0
+    ):
+        raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive int, or None")
     processor = processor.for_model(model)
     images_of = [_images(c.images) for c in conversations]
     rows = []
     for c, images in zip(conversations, images_of, strict=True):
         text = processor.prompt(c.question, c.history, len(images))
-        ids = processor.encode(text, len(images))
+        rows.append(processor.encode(text, len(images)))
+    if max_new_tokens is None:  # what the longest prompt leaves of the context, at most the default
+        context = processor.config.context
+        longest = max(processor.sequence_length(r, len(im)) for r, im in zip(rows, images_of, strict=True))
+        max_new_tokens = DEFAULT_NEW_TOKENS if context is None else min(DEFAULT_NEW_TOKENS, context - longest)
+        max_new_tokens = max(max_new_tokens, 1)  # a prompt filling the context is refused just below
+    for ids, images in zip(rows, images_of, strict=True):
         processor.check_length(ids, len(images), max_new_tokens)
-        rows.append(ids)
     batch = processor.pad(rows, "left")
     pixel_values = processor.pixel_values([im for images in images_of for im in images])
     device = model.decoder.embed_tokens.weight.device

@@ -59,7 +59,7 @@ def run_chat(
     question: str | None = None,
     *,
     tokenizer: str | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     temperature: float = 0.0,
     device: str = "cpu",
     dtype: str = "float32",
@@ -69,7 +69,8 @@ def run_chat(
     """Answer ``question`` about ``images`` (or hold an interactive chat); returns the answers.
 
     Tokens are written to ``output`` (stdout) as they are generated. ``temperature`` 0 is greedy
-    decoding; above 0, sampling at that temperature.
+    decoding; above 0, sampling at that temperature. ``max_new_tokens`` None: what the prompt leaves
+    of the model's context, at most 256.
     """
     input = sys.stdin if input is None else input
     output = sys.stdout if output is None else output
