@@ -109,6 +109,15 @@ def test_model_reads_pages_and_answers_through_the_processor():
     assert len(answers) == 2 and all(isinstance(a, dict) for a in answers)
 
 
+def test_read_goes_from_pages_to_json_without_generating_unk():
+    torch.manual_seed(0)
+    model = vlmzoo.create_model("tiny-donut").eval()
+    p = processor()
+    assert p.generation_options()["bad_words_ids"] == [[p.tokenizer.unk_token_id]]
+    answers = p.read(model, [page()], task="docvqa", question="what?", max_new_tokens=3)
+    assert answers[0]["question"] == "what?"
+
+
 def test_training_batch_trains_the_model():
     torch.manual_seed(0)
     model = vlmzoo.create_model("tiny-donut").train()

@@ -103,8 +103,9 @@ def original_layout(hf) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_logits_equal_the_transformers_port():
-    hf = peer()
+@pytest.mark.parametrize("tie", [True, False], ids=["donut-tied-head", "nougat-untied-head"])
+def test_logits_equal_the_transformers_port(tie):
+    hf = peer(tie)
     ours = from_transformers(hf).eval()
     assert ours.config.encoder.image_size == CANVAS and not ours.config.encoder.final_norm
     with torch.no_grad():
