@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vlmzoo
-from vlmzoo.adapters import FlamingoConfig, MLPProjectorConfig, QFormerConfig
+from vlmzoo.adapters import EncoderDecoderConfig, FlamingoConfig, MLPProjectorConfig, QFormerConfig
 from vlmzoo.config import Config
 from vlmzoo.encoders import (
     FusedEncoderConfig,
@@ -40,6 +40,7 @@ from vlmzoo.encoders import (
     VaryVocabConfig,
     ViTConfig,
 )
+from vlmzoo.encoders.blip_text import MEDConfig
 from vlmzoo.errors import ConfigError
 from vlmzoo.layers.block_attention import BLOCK_ATTENTION_TYPES
 from vlmzoo.layers.mlp import Activation
@@ -332,6 +333,35 @@ def flamingo_configs(draw: st.DrawFn) -> FlamingoConfig:
     )
 
 
+@st.composite
+def encoder_decoder_configs(draw: st.DrawFn) -> EncoderDecoderConfig:
+    in_dim = draw(st.integers(1, 12))
+    projection = draw(st.sampled_from(["auto", "linear", "none"]))
+    out_dim = in_dim if projection == "none" else draw(st.integers(1, 12))
+    return EncoderDecoderConfig(
+        in_dim=in_dim, out_dim=out_dim, projection=projection, bias=draw(st.booleans())
+    )
+
+
+@st.composite
+def med_configs(draw: st.DrawFn) -> MEDConfig:
+    heads, width = heads_and_width(draw)
+    vocab = draw(st.integers(2, 40))
+    return MEDConfig(
+        vocab_size=vocab,
+        width=width,
+        depth=draw(st.integers(1, 2)),
+        num_heads=heads,
+        mlp_dim=draw(st.integers(1, 16)),
+        max_positions=draw(st.integers(8, 16)),
+        act=draw(st.sampled_from(ACTIVATIONS)),
+        norm_eps=draw(eps()),
+        context_dim=draw(st.none() | st.integers(1, 12)),
+        lm_head=draw(st.booleans()),
+        pad_token_id=draw(st.integers(0, vocab - 1)),
+    )
+
+
 STRATEGIES: dict[type[Config], Callable[[], st.SearchStrategy]] = {
     ViTConfig: vit_configs,
     SamConfig: sam_configs,
@@ -343,6 +373,8 @@ STRATEGIES: dict[type[Config], Callable[[], st.SearchStrategy]] = {
     MLPProjectorConfig: mlp_configs,
     QFormerConfig: qformer_configs,
     FlamingoConfig: flamingo_configs,
+    EncoderDecoderConfig: encoder_decoder_configs,
+    MEDConfig: med_configs,
 }
 
 
@@ -402,8 +434,10 @@ def example_input(config: Config, size: tuple[int, int] | None) -> Any:
             name: image(tower.in_channels, tower.image_size, tower.image_size)
             for name, tower in zip(config.names, (config.first, config.second), strict=True)
         }
-    if isinstance(config, MLPProjectorConfig | QFormerConfig | FlamingoConfig):
+    if isinstance(config, MLPProjectorConfig | QFormerConfig | FlamingoConfig | EncoderDecoderConfig):
         return torch.randn(BATCH, 3, config.in_dim)
+    if isinstance(config, MEDConfig):
+        return torch.randint(0, config.vocab_size, (BATCH, 5))
     native = config.image_size
     h, w = size or (native, native)
     return image(config.in_channels, h, w)
@@ -436,6 +470,15 @@ def check_shapes(module: torch.nn.Module, config: Config, inputs: Any, out: Any)
         return
     if isinstance(config, FlamingoConfig):
         assert out.shape == (BATCH, config.num_latents, config.in_dim)
+        return
+    if isinstance(config, EncoderDecoderConfig):
+        assert out.shape == (BATCH, inputs.shape[1], config.out_dim)
+        return
+    if isinstance(config, MEDConfig):  # the unimodal mode (no image context): cross-attention skipped
+        assert out.tokens.shape == (BATCH, inputs.shape[1], config.width)
+        assert (out.logits is None) == (not config.lm_head)
+        if out.logits is not None:
+            assert out.logits.shape == (BATCH, inputs.shape[1], config.vocab_size)
         return
     # Vision encoders: tokens [B, N, out_dim] with N = num_tokens(size), on the grid they report.
     tokens = out.tokens
@@ -686,6 +729,17 @@ INVALID: dict[type[Config], list[Mutation]] = {
         *common_mutations("resampler_depth", "resampler_heads", "num_latents", "xattn_heads", "ff_mult"),
         lambda c: field_value("max_num_media", non_positive()),
         lambda c: field_value("in_dim", non_positive()),
+    ],
+    EncoderDecoderConfig: [
+        lambda c: field_value("in_dim", non_positive()),
+        lambda c: field_value("projection", st.sampled_from(["mlp", "Linear", ""])),
+        lambda c: st.just({"projection": "none", "out_dim": c.in_dim + 1}),
+    ],
+    MEDConfig: [
+        *common_mutations("vocab_size", "width", "depth", "num_heads", "mlp_dim", "max_positions"),
+        lambda c: field_value("width", not_multiple_of(c.num_heads)),
+        lambda c: field_value("pad_token_id", st.sampled_from([c.vocab_size, -1])),
+        lambda c: field_value("context_dim", non_positive()),
     ],
 }
 INVALID[VaryVocabConfig] = [

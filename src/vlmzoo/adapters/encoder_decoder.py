@@ -141,6 +141,10 @@ class EncoderDecoderAdapter(Adapter):
             )
         return self.proj(tokens)
 
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[n, N, in_dim] -> [n, N, out_dim]: :meth:`visual_features`."""
+        return self.visual_features(tokens)
+
     # --- one call -----------------------------------------------------------------------------
     def prepare(
         self,
