@@ -31,6 +31,17 @@ def llava_features(config: ViTConfig) -> ViTConfig:
     )
 
 
+def document_model(encoder: str, decoder: str) -> VLMConfig:
+    """A Donut-style model: a Swin encoder preset read by an mBART decoder preset's cross-attention,
+    one page per sample and no placeholder in the text (the task prompt is the decoder's input)."""
+    return VLMConfig(
+        encoder=DONUT_PRESETS[encoder],
+        adapter=EncoderDecoderConfig(),
+        decoder=DECODER_PRESETS[decoder],
+        expand_image_tokens=False,
+    )
+
+
 VLM_PRESETS: dict[str, VLMConfig] = {
     "llava-1.5-7b": VLMConfig(
         encoder=llava_features(CLIP_VISION_PRESETS["clip-vit-l14-336"]),
@@ -100,30 +111,10 @@ VLM_PRESETS: dict[str, VLMConfig] = {
     # Donut / Nougat: Swin-B-like encoder (no final norm) -> its 1024-wide last-stage tokens read by an
     # mBART decoder's cross-attention (widths equal: no projection, as in the originals). The task
     # prompt (`<s_docvqa><s_question>...`) is the decoder's text; the page takes no position in it.
-    "donut-base": VLMConfig(
-        encoder=DONUT_PRESETS["donut-base-encoder"],
-        adapter=EncoderDecoderConfig(),
-        decoder=DECODER_PRESETS["donut-base-decoder"],
-        expand_image_tokens=False,
-    ),
-    "nougat-small": VLMConfig(
-        encoder=DONUT_PRESETS["nougat-encoder"],
-        adapter=EncoderDecoderConfig(),
-        decoder=DECODER_PRESETS["nougat-small-decoder"],
-        expand_image_tokens=False,
-    ),
-    "nougat-base": VLMConfig(
-        encoder=DONUT_PRESETS["nougat-encoder"],
-        adapter=EncoderDecoderConfig(),
-        decoder=DECODER_PRESETS["nougat-base-decoder"],
-        expand_image_tokens=False,
-    ),
-    "tiny-donut": VLMConfig(
-        encoder=DONUT_PRESETS["donut-swin-tiny"],
-        adapter=EncoderDecoderConfig(),
-        decoder=DECODER_PRESETS["tiny-mbart"],
-        expand_image_tokens=False,
-    ),
+    "donut-base": document_model("donut-base-encoder", "donut-base-decoder"),
+    "nougat-small": document_model("nougat-encoder", "nougat-small-decoder"),
+    "nougat-base": document_model("nougat-encoder", "nougat-base-decoder"),
+    "tiny-donut": document_model("donut-swin-tiny", "tiny-mbart"),
 }
 
 for _name, _cfg in VLM_PRESETS.items():

@@ -33,11 +33,11 @@ import torch
 
 from vlmzoo.config import Config
 from vlmzoo.decoders.hf import IGNORE_INDEX
-from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.errors import InputError
 from vlmzoo.processing.document_image import DocumentImageConfig, preprocess_documents
 from vlmzoo.processing.donut_json import DOCVQA_PROMPT_END, json2token, strip_task_prompt, token2json
 from vlmzoo.processing.nougat_markdown import postprocess_nougat
-from vlmzoo.processing.processor import load_processor_files, load_tokenizer, save_processor_files
+from vlmzoo.processing.processor import TokenizedProcessor, load_processor_files, save_processor_files
 
 Output = Literal["json", "markdown"]
 
@@ -81,28 +81,8 @@ class DocumentProcessorConfig(Config):
             self._fail("tokenizer", "must be a tokenizer folder or hub id, or None")
 
 
-class DocumentProcessor:
+class DocumentProcessor(TokenizedProcessor):
     """Pages, task prompts and outputs of one document model (see the module docstring)."""
-
-    def __init__(self, config: DocumentProcessorConfig, tokenizer: Any = None) -> None:
-        self.config = config
-        self._tokenizer = tokenizer
-
-    def __repr__(self) -> str:
-        tok = type(self._tokenizer).__name__ if self._tokenizer is not None else self.config.tokenizer
-        return f"DocumentProcessor(family={self.config.family!r}, tokenizer={tok!r})"
-
-    @property
-    def tokenizer(self) -> Any:
-        """The transformers tokenizer (loaded from ``config.tokenizer`` on first use if none was given)."""
-        if self._tokenizer is None:
-            if self.config.tokenizer is None:
-                raise ConfigError(
-                    f"the {self.config.family!r} processor has no tokenizer; pass tokenizer= (a "
-                    "transformers tokenizer, a local directory or a hub id) to create_processor"
-                )
-            self._tokenizer = load_tokenizer(self.config.tokenizer)
-        return self._tokenizer
 
     # --- pages ----------------------------------------------------------------------------------
     def pixel_values(
@@ -177,20 +157,6 @@ class DocumentProcessor:
         if len(texts) != n:
             raise InputError(f"{len(texts)} prompts for {n} pages: give one prompt, or one per page")
         return self.pad([self.encode_prompt(t) for t in texts]) | {"pixel_values": pixels}
-
-    def pad(self, rows: Sequence[Sequence[int]], padding_side: str = "left") -> dict[str, torch.Tensor]:
-        """``input_ids`` / ``attention_mask`` ``[B, max_len]``, padded with the tokenizer's pad id."""
-        if padding_side not in ("left", "right"):
-            raise InputError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
-        pad = self.tokenizer.pad_token_id or 0
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
-            ids[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
-        return {"input_ids": ids, "attention_mask": mask}
 
     # --- training targets -----------------------------------------------------------------------
     def training_batch(

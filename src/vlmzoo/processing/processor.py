@@ -107,22 +107,18 @@ class ProcessorConfig(Config):
             )
 
 
-class Processor:
-    """Images, conversations and answers for one model family (see the module docstring)."""
+class TokenizedProcessor:
+    """What every processor shares: its config, a tokenizer loaded on first use from
+    ``config.tokenizer`` (with the config's ``add_tokens``, if any, added), padding into a batch."""
 
-    def __init__(self, config: ProcessorConfig, tokenizer: Any = None) -> None:
+    def __init__(self, config: Any, tokenizer: Any = None) -> None:
         self.config = config
         self._tokenizer = tokenizer
-        self._own_image_id: int | bool | None = False  # False: not looked up yet
-        self._recipes = [
-            ImageProcessor(stream.recipe) for stream in (config.image, config.second_image) if stream
-        ]
 
     def __repr__(self) -> str:
         tok = type(self._tokenizer).__name__ if self._tokenizer is not None else self.config.tokenizer
-        return f"Processor(family={self.config.family!r}, tokenizer={tok!r})"
+        return f"{type(self).__name__}(family={self.config.family!r}, tokenizer={tok!r})"
 
-    # --- the tokenizer ----------------------------------------------------------------------
     @property
     def tokenizer(self) -> Any:
         """The transformers tokenizer (loaded from ``config.tokenizer`` on first use if none was given)."""
@@ -133,11 +129,38 @@ class Processor:
                     "transformers tokenizer, a local directory or a hub id) to create_processor"
                 )
             tok = load_tokenizer(self.config.tokenizer)
-            missing = [t for t in self.config.add_tokens if t not in tok.get_vocab()]
+            extra = getattr(self.config, "add_tokens", ())
+            missing = [t for t in extra if t not in tok.get_vocab()]
             if missing:
                 tok.add_special_tokens({"additional_special_tokens": missing})
             self._tokenizer = tok
         return self._tokenizer
+
+    def pad(self, rows: Sequence[Sequence[int]], padding_side: str = "left") -> dict[str, torch.Tensor]:
+        """``input_ids`` / ``attention_mask`` ``[B, max_len]``; padding with the pad (else EOS) id."""
+        if padding_side not in ("left", "right"):
+            raise InputError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
+            input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+
+class Processor(TokenizedProcessor):
+    """Images, conversations and answers for one model family (see the module docstring)."""
+
+    def __init__(self, config: ProcessorConfig, tokenizer: Any = None) -> None:
+        super().__init__(config, tokenizer)
+        self._own_image_id: int | bool | None = False  # False: not looked up yet
+        self._recipes = [
+            ImageProcessor(stream.recipe) for stream in (config.image, config.second_image) if stream
+        ]
 
     def _template(self) -> TemplateConfig:
         if self.config.template is None:
@@ -293,21 +316,6 @@ class Processor:
         return self.pad(rows, padding_side) | {
             "pixel_values": self.pixel_values([im for ims in per_text for im in ims])
         }
-
-    def pad(self, rows: Sequence[Sequence[int]], padding_side: str = "left") -> dict[str, torch.Tensor]:
-        """``input_ids`` / ``attention_mask`` ``[B, max_len]``; padding with the pad (else EOS) id."""
-        if padding_side not in ("left", "right"):
-            raise InputError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        length = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
-            input_ids[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
 
     # --- answers ----------------------------------------------------------------------------
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
