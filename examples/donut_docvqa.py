@@ -57,7 +57,6 @@ def main(steps: int = 200) -> dict:
     targets = [{"question": "total?", "answer": "12"}, {"question": "total?", "answer": "7"}]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.set_trainable(encoder="full", decoder="full")
     model.train()
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):

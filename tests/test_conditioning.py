@@ -99,7 +99,9 @@ def test_a_new_kind_of_conditioning_is_one_class(monkeypatch):
         def visual_features(self, tokens: torch.Tensor) -> torch.Tensor:
             return self.proj(tokens.mean(dim=1, keepdim=True))
 
-        def prepare(self, decoder, input_ids, visual_tokens, attention_mask=None, labels=None) -> Prepared:
+        def prepare(
+            self, decoder, input_ids, visual_tokens, attention_mask=None, labels=None, *, padding_side=None
+        ) -> Prepared:  # rows keep their lengths: padding_side changes nothing
             is_image = input_ids == self.bound_layout().image_token_id
             embeds = decoder.embed(input_ids.masked_fill(is_image, 0))
             if visual_tokens is not None:  # one image per sample, in row order

@@ -173,3 +173,27 @@ def test_nougat_training_batch_scores_everything_after_bos():
     batch = p.training_batch([page()], ["# A"])
     assert batch["input_ids"][0, 0] == tok.bos_token_id and batch["labels"][0, 0] == IGNORE_INDEX
     assert tok.decode(batch["labels"][0, 1:]) == "# A</s>"
+
+
+def test_unknown_field_tags_in_targets_are_refused_then_added_with_the_model_grown():
+    torch.manual_seed(0)
+    model = vlmzoo.create_model("tiny-donut")
+    p = processor()
+    target = {"total": "5", "question": "q", "answer": "a"}
+    with pytest.raises(
+        InputError, match=r"field tags \['</s_total>', '<s_total>'\] are not in the tokenizer"
+    ):
+        p.training_batch([page()], [target], task="docvqa")
+    before = len(p.tokenizer)
+    assert p.add_tokens_for([target], model) == ["</s_total>", "<s_total>"]
+    assert len(p.tokenizer) == before + 2 <= model.decoder.vocab_size
+    batch = p.training_batch([page()], [target], task="docvqa")
+    assert p.tokenizer.convert_tokens_to_ids("<s_total>") in batch["input_ids"][0].tolist()
+
+
+def test_a_grown_vocabulary_saves_and_loads(tmp_path):
+    model = vlmzoo.create_model("tiny-donut")
+    model.resize_vocab(600)
+    vlmzoo.save(model, tmp_path / "m")
+    back = vlmzoo.load(tmp_path / "m")
+    assert back.decoder.vocab_size == 600 and back.config == model.config

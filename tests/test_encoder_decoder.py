@@ -215,6 +215,8 @@ def test_a_frozen_decoder_keeps_its_cross_attention_trainable():
     assert trainable and all(".encoder_attn" in n for n in trainable)
     model.set_trainable(adapter="frozen")
     assert not any(p.requires_grad for p in model.parameters())
+    model.set_trainable(decoder="full")  # the cross-attention is the decoder's too
+    assert all(p.requires_grad for p in model.decoder.parameters())
 
 
 def test_ablation_puts_it_beside_a_prefix_adapter(tmp_path):
@@ -225,3 +227,54 @@ def test_ablation_puts_it_beside_a_prefix_adapter(tmp_path):
     )
     assert [r["adapter"] for r in rows] == ["mlp2x_gelu", "encoder-decoder"]
     assert rows[1]["visual_tokens"] == 0 and rows[1]["final_loss"] > 0
+
+
+@pytest.mark.parametrize("decoder", ["tiny-gpt2-xattn", "tiny-bert-xattn"])
+def test_batched_generate_equals_each_row_alone_when_rows_lose_different_placeholder_counts(decoder):
+    """The shorter row is padded on the left, so every row ends in its last token."""
+    model = composed(decoder=decoder)
+    images = tiny_pixels(model, 3)
+    ids = torch.tensor([[3, 3, 5, 6], [3, 8, 9, 10]])
+    batched = model.generate(images, ids, max_new_tokens=4)
+    first = model.generate(images[:2], torch.tensor([[3, 3, 5, 6]]), max_new_tokens=4)
+    second = model.generate(images[2:], torch.tensor([[3, 8, 9, 10]]), max_new_tokens=4)
+    assert torch.equal(batched, torch.cat([first, second]))
+
+
+def test_left_padding_is_refused_for_a_decoder_without_position_ids():
+    model = composed()  # tiny-mbart: learned positions from the first column, no position_ids
+    with pytest.raises(InputError, match="takes no position_ids, so left padding would shift"):
+        model.generate(tiny_pixels(model, 3), torch.tensor([[3, 3, 5, 6], [3, 8, 9, 10]]), max_new_tokens=2)
+
+
+def test_equal_widths_hand_a_contiguous_memory_to_gpt2():
+    torch.manual_seed(0)
+    config = VLMConfig(
+        encoder=get_entry("clip-vit-tiny", "encoder").config.replace(pool="none", embed_dim=None),
+        adapter=get_entry("encoder-decoder", "adapter").config,
+        decoder=get_entry("tiny-gpt2-xattn", "decoder").config,
+        expand_image_tokens=False,
+    )
+    model = VisionLanguageModel(config).eval()
+    assert isinstance(model.adapter.proj, torch.nn.Identity)
+    assert model(tiny_pixels(model, 2), torch.tensor([[5, 6], [7, 8]])).logits.shape == (2, 2, 512)
+
+
+def test_a_self_attention_cache_given_to_generate_gains_the_image_keys():
+    from transformers.cache_utils import DynamicCache
+
+    model = composed(expand=False)
+    images, ids = tiny_pixels(model, 2), torch.tensor([[5, 6], [7, 8]])
+    want = model.generate(images, ids, max_new_tokens=3)
+    assert torch.equal(model.generate(images, ids, max_new_tokens=3, cache=DynamicCache()), want)
+
+
+@pytest.mark.parametrize("expand", [True, False], ids=["placeholder", "one-page-per-sample"])
+def test_the_forward_traces_into_one_graph(expand):
+    model = composed(expand=expand, decoder="tiny-bert-xattn")
+    ids = torch.tensor([[3, 5, 6], [3, 8, 9]]) if expand else torch.tensor([[5, 6], [8, 9]])
+    images = tiny_pixels(model, 2)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        want, got = model(images, ids, labels=ids), compiled(images, ids, labels=ids)
+    assert (got.logits - want.logits).abs().max() <= 1e-5

@@ -17,7 +17,7 @@ ENCODERS = vlmzoo.list_models("*tiny*", kind="encoder")
 ADAPTERS = ["mlp2x_gelu", "tiny-qformer", "tiny-flamingo"]
 DECODERS = ["tiny-llama", "tiny-qwen2", "tiny-opt", "tiny-gpt2"]
 # The encoder-decoder kind needs a decoder with cross-attention layers: its own column.
-CROSS_ATTENDING = [("encoder-decoder", "tiny-mbart")]
+CROSS_ATTENDING = [("encoder-decoder", d) for d in ("tiny-mbart", "tiny-bert-xattn", "tiny-gpt2-xattn")]
 IMAGE_ID = 3  # a real token id: cross-attention keeps the placeholder in the text
 
 

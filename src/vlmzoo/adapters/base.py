@@ -8,7 +8,7 @@ An adapter owns everything about the way visual tokens reach the decoder, so tha
     with prepared.conditioning:              # per call: one forward, or a whole generate()
         decoder(**prepared.decoder_inputs())
 
-Two kinds exist today, each a subclass:
+Three kinds exist today, each a subclass:
 
 - :class:`~vlmzoo.adapters.prefix.PrefixAdapter` (LLaVA's MLP projector, BLIP-2's Q-Former) maps
   visual tokens [n, N, C_enc] to M embeddings [n, M, C_llm] and splices them into the text at the
@@ -16,6 +16,9 @@ Two kinds exist today, each a subclass:
 - :class:`~vlmzoo.adapters.cross_attention.FlamingoAdapter` inserts gated cross-attention blocks
   into the decoder at ``bind``; the placeholder stays one real token, ``prepare`` returns the
   ``input_ids`` and a conditioning context in which those blocks see this call's images.
+- :class:`~vlmzoo.adapters.encoder_decoder.EncoderDecoderAdapter` hands the images to a decoder
+  that cross-attends to them itself (Donut, Nougat): an image takes no position in the text,
+  ``prepare`` returns the ``input_ids`` and ``extra`` = ``encoder_hidden_states``.
 
 A new kind is one file: subclass :class:`Adapter`, implement the methods below, register presets.
 
@@ -40,7 +43,7 @@ from __future__ import annotations
 import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn as nn
@@ -51,6 +54,7 @@ from vlmzoo.layers.stack import BlockStack
 from vlmzoo.weights.hub import HubMixin
 
 S = TypeVar("S")
+PaddingSide = Literal["left", "right"]
 
 
 # --- how images sit in the text --------------------------------------------------------------
@@ -244,6 +248,8 @@ class Adapter(BlockStack, HubMixin, nn.Module):
         visual_tokens: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        *,
+        padding_side: PaddingSide | None = None,
     ) -> Prepared:
         """The decoder's inputs for one call and its conditioning context.
 
@@ -251,5 +257,8 @@ class Adapter(BlockStack, HubMixin, nn.Module):
         [n_img, N, in_dim] are the encoder tokens of the images in placeholder (reading) order,
         or None without images; ``attention_mask`` [B, L] 1 = token, 0 = padding; ``labels``
         [B, L] with ``IGNORE_INDEX`` where not scored. Inputs are checked by the caller.
+        ``padding_side``: where a kind that changes the rows' lengths (expanding or removing
+        placeholders) puts the padding it makes: ``"left"`` for ``generate`` (every row must end
+        in its last token), None to keep the side the input is padded on (the right when unpadded).
         """
         raise NotImplementedError

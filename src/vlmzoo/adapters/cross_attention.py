@@ -77,6 +77,7 @@ from einops import rearrange, repeat
 from vlmzoo.adapters.base import (
     Adapter,
     CallState,
+    PaddingSide,
     Prepared,
     TextLayout,
     current_state,
@@ -397,6 +398,8 @@ class FlamingoAdapter(Adapter):
         visual_tokens: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        *,
+        padding_side: PaddingSide | None = None,
     ) -> Prepared:
         """The ``input_ids`` as they are, and a conditioning context holding this call's images.
 
@@ -406,7 +409,8 @@ class FlamingoAdapter(Adapter):
         the context, a decoder call on an empty cache uses these images for the whole sequence,
         one continuing a cache appends them after the images it has seen. The ``<image>`` token
         is not a prediction target: its label becomes ``IGNORE_INDEX`` (as in OpenFlamingo's
-        training, open_flamingo/train/train_utils.py).
+        training, open_flamingo/train/train_utils.py). Rows keep their lengths, so
+        ``padding_side`` changes nothing.
         """
         layout = self.bound_layout()
         is_image = input_ids == layout.image_token_id

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from vlmzoo.adapters.base import Adapter, Prepared, TextLayout, placeholder_owners
+from vlmzoo.adapters.base import Adapter, PaddingSide, Prepared, TextLayout, placeholder_owners
 from vlmzoo.adapters.prefix import merged_length
 from vlmzoo.config import Config
 from vlmzoo.decoders.hf import IGNORE_INDEX
@@ -86,7 +86,7 @@ class EncoderDecoderAdapter(Adapter):
     def __init__(self, config: EncoderDecoderConfig):
         super().__init__()
         if config.in_dim is None or config.out_dim is None:
-            raise InputError(
+            raise ConfigError(
                 "EncoderDecoderAdapter needs in_dim and out_dim (a VisionLanguageModel fills them in)"
             )
         self.config = config
@@ -153,38 +153,41 @@ class EncoderDecoderAdapter(Adapter):
         visual_tokens: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        *,
+        padding_side: PaddingSide | None = None,
     ) -> Prepared:
         """The text without placeholders, and the images as ``encoder_hidden_states``.
 
         ``visual_tokens`` [n, N, in_dim] in placeholder order (one per sample, in batch order,
         without placeholders). Returns ``input_ids`` [B, L'], ``attention_mask`` / ``labels``
-        aligned with them, and ``extra``: ``encoder_hidden_states`` [B, K·N, out_dim], plus
-        ``encoder_attention_mask`` [B, K·N] (1 = image token) when samples hold different numbers
-        K of images.
+        aligned with them (rows that lose fewer placeholders are padded on ``padding_side``), and
+        ``extra``: ``encoder_hidden_states`` [B, K·N, out_dim], plus ``encoder_attention_mask``
+        [B, K·N] (1 = image token) when samples hold different numbers K of images.
         """
         layout = self.bound_layout()
         batch = input_ids.shape[0]
         if visual_tokens is None or visual_tokens.shape[0] == 0:
+            where = "its image placeholder(s) and " if layout.expand_image_tokens else ""
             raise InputError(
                 "an encoder-decoder model reads its images through cross-attention at every call: pass "
-                "pixel_values (also when continuing a KV cache; the decoder keeps the image keys cached)"
+                f"{where}pixel_values (also when continuing a KV cache, which keeps the image keys)"
             )
         n = visual_tokens.shape[0]
-        is_image = input_ids == layout.image_token_id
-        if layout.expand_image_tokens:
-            sample, rank = placeholder_owners(is_image, n)
-            input_ids, attention_mask, labels = _drop_placeholders(
-                input_ids, is_image, n, attention_mask, labels
-            )
-        else:
+        features = self.visual_features(visual_tokens)
+        if not layout.expand_image_tokens:
             if n != batch:
                 raise InputError(
                     f"{n} images for {batch} samples: without image placeholders in the text "
                     "(expand_image_tokens=False) an encoder-decoder model reads exactly one image per sample"
                 )
-            sample = torch.arange(batch, device=visual_tokens.device)
-            rank = torch.zeros_like(sample)
-        memory, memory_mask = _memory(self.visual_features(visual_tokens), sample, rank, batch)
+            memory, memory_mask = features.contiguous(), None
+        else:
+            is_image = input_ids == layout.image_token_id
+            sample, rank = placeholder_owners(is_image, n)
+            memory, memory_mask = _memory(features, sample, rank, is_image.sum(dim=1))
+            input_ids, attention_mask, labels = _drop_placeholders(
+                input_ids, is_image, n, attention_mask, labels, padding_side
+            )
         extra = {"encoder_hidden_states": memory}
         if memory_mask is not None:
             extra["encoder_attention_mask"] = memory_mask
@@ -197,25 +200,26 @@ def _drop_placeholders(
     num_images: int,
     attention_mask: torch.Tensor | None,
     labels: torch.Tensor | None,
+    padding_side: PaddingSide | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Remove the ``num_images`` placeholders from [B, L] ids (and the mask and labels aligned with them).
 
-    Rows lose different numbers of placeholders; shorter rows are padded on the side their
-    padding was on (:func:`~vlmzoo.adapters.prefix.merged_length`, so left padding survives for
-    generation). Data moves by scatters of static shape, as in the prefix splice.
+    Rows lose different numbers of placeholders; shorter rows are padded on ``padding_side``, or
+    on the side their padding was on (:func:`~vlmzoo.adapters.prefix.merged_length`). Data moves
+    by scatters of static shape, as in the prefix splice.
     """
     b = input_ids.shape[0]
     given_mask = attention_mask is not None
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     width = (~is_image).long()
-    total, offset = merged_length(is_image, width, attention_mask, num_images, 0)
+    total, offset = merged_length(is_image, width, attention_mask, num_images, 0, padding_side)
     # Kept tokens land at their rank among the kept, shifted by the row's offset; placeholders in
     # a dump column past the end that is cut off.
     position = torch.where(is_image, total, width.cumsum(dim=1) - 1 + offset[:, None])
 
     def moved(values: torch.Tensor, fill: int) -> torch.Tensor:
-        return values.new_full((b, total + 1), fill).scatter(1, position, values)[:, :total]
+        return values.new_full((b, total + 1), fill).scatter(1, position, values)[:, :total].contiguous()
 
     mask = moved(attention_mask, 0)
     if not given_mask and (torch.compiler.is_compiling() or bool(mask.all())):
@@ -226,12 +230,14 @@ def _drop_placeholders(
 
 
 def _memory(
-    features: torch.Tensor, sample: torch.Tensor, rank: torch.Tensor, batch: int
+    features: torch.Tensor, sample: torch.Tensor, rank: torch.Tensor, counts: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """[n, N, D] image memories of samples ``sample`` [n] (``rank`` [n] among their sample's) ->
-    ([B, K·N, D], mask [B, K·N] or None when every sample holds K images)."""
+    """[n, N, D] image memories of samples ``sample`` [n] (``rank`` [n] among their sample's;
+    ``counts`` [B] images per sample) -> ([B, K·N, D], mask [B, K·N] or None when every sample
+    holds K images). Under ``torch.compile`` every sample must hold the same number (asserted in
+    the graph), so the shapes are known from n and B alone."""
     n, tokens, width = features.shape
-    counts = torch.bincount(sample, minlength=batch)
+    batch = counts.shape[0]
 
     def empty_error() -> str:
         rows = (counts == 0).nonzero().flatten().tolist()
@@ -242,9 +248,15 @@ def _memory(
 
     require((counts > 0).all(), empty_error, "a sample holds no image")
     per_sample = n // batch
-    if n % batch == 0 and bool((counts == per_sample).all()):
+    if torch.compiler.is_compiling():
+        torch._assert_async(
+            (counts == per_sample).all() & (n % batch == 0),
+            "under torch.compile with expand_image_tokens=True every sample must hold the same "
+            "number of images (or use expand_image_tokens=False)",
+        )
+    if torch.compiler.is_compiling() or (n % batch == 0 and bool((counts == per_sample).all())):
         # Reading order groups images by sample, so a reshape keeps them in place.
-        return features.reshape(batch, per_sample * tokens, width), None
+        return features.reshape(batch, per_sample * tokens, width).contiguous(), None
     k = int(counts.max())
     memory = features.new_zeros(batch, k, tokens, width).index_put((sample, rank), features)
     valid = torch.zeros(batch, k, tokens, dtype=torch.long, device=features.device)

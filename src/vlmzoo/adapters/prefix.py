@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vlmzoo.adapters.base import Adapter, Prepared, TextLayout
+from vlmzoo.adapters.base import Adapter, PaddingSide, Prepared, TextLayout
 from vlmzoo.decoders.hf import IGNORE_INDEX
 from vlmzoo.errors import ConfigError, InputError
 
@@ -63,10 +63,14 @@ class PrefixAdapter(Adapter):
         visual_tokens: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        *,
+        padding_side: PaddingSide | None = None,
     ) -> Prepared:
         """``inputs_embeds`` with every image spliced in; no conditioning beyond the inputs."""
         features = None if visual_tokens is None else self(visual_tokens)
-        embeds, mask, labels = self.splice(decoder, input_ids, features, attention_mask, labels)
+        embeds, mask, labels = self.splice(
+            decoder, input_ids, features, attention_mask, labels, padding_side=padding_side
+        )
         return Prepared(attention_mask=mask, labels=labels, inputs_embeds=embeds)
 
     # --- the splice ---------------------------------------------------------------------------
@@ -77,12 +81,14 @@ class PrefixAdapter(Adapter):
         features: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        *,
+        padding_side: PaddingSide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Splice image embeddings into the text: returns (inputs_embeds, attention_mask, labels).
 
         ``features`` [n_img, M, hidden] in placeholder order; ``decoder`` embeds the text (its
         ``embed``). With ``expand_image_tokens``, each placeholder becomes M positions; padding
-        stays on the side it was on (left padding is kept for generation). Image positions get
+        stays on the side it was on, or goes left with ``padding_side="left"`` (generation). Image positions get
         label ``IGNORE_INDEX``. Without images the text embeddings come back with the mask as given.
         """
         layout = self.bound_layout()
@@ -108,7 +114,7 @@ class PrefixAdapter(Adapter):
             )
         width = torch.where(is_image, m, 1)
         start = width.cumsum(dim=1) - width  # first merged position of each input token
-        total, offset = merged_length(is_image, width, attention_mask, features.shape[0], m)
+        total, offset = merged_length(is_image, width, attention_mask, features.shape[0], m, padding_side)
         if layout.max_length is not None and total > layout.max_length:
             raise InputError(
                 f"with {m} tokens per image the sequence grows to {total} > max_length="
@@ -142,11 +148,13 @@ def merged_length(
     attention_mask: torch.Tensor,
     num_images: int,
     m: int,
+    padding_side: PaddingSide | None = None,
 ) -> tuple[int, torch.Tensor]:
-    """(merged length, per-row offset [B]) of the expanded sequence.
+    """(merged length, per-row offset [B]) of the expanded sequence (each placeholder ``m`` wide).
 
-    Eagerly: the longest row, and left-padded rows shifted right so that their padding stays on
-    the left (as generation needs). While ``torch.compile`` traces, the length must not depend on
+    Eagerly: the longest row, and shorter rows shifted right — their new padding on the left —
+    when ``padding_side="left"`` (generation: every row must end in its last token) or when the
+    input is left-padded; otherwise the new padding goes on the right. While ``torch.compile`` traces, the length must not depend on
     where the placeholders are, so every sample must hold the same number of images (asserted
     inside the graph): then every row has the same length and none is shifted.
     """
@@ -161,5 +169,8 @@ def merged_length(
         )
         return length + per_row * (m - 1), torch.zeros_like(new_len)
     total = int(new_len.max())
-    left_padded = bool((attention_mask[:, 0] == 0).any() and (attention_mask[:, -1] == 1).all())
-    return total, (total - new_len) if left_padded else torch.zeros_like(new_len)
+    left = padding_side == "left" or (
+        padding_side is None
+        and bool((attention_mask[:, 0] == 0).any() and (attention_mask[:, -1] == 1).all())
+    )
+    return total, (total - new_len) if left else torch.zeros_like(new_len)

@@ -1,18 +1,21 @@
 """BLIP-2's Querying Transformer (Li et al. 2023, "BLIP-2", Section 3.1) as a prefix adapter.
 
-    query_tokens [1, M, width] ─► LayerNorm ─► depth x QFormerLayer ─► language_projection ─► [B, M, out_dim]
+    query_tokens [1, M, width] ─► LayerNorm ─► depth x PostLNLayer ─► language_projection ─► [B, M, out_dim]
                                                    ▲ cross-attention (every k-th layer)
     visual tokens [B, N, in_dim] ──────────────────┘
 
 M learned queries (32 in BLIP-2) read the frozen image encoder's tokens through cross-attention
 and come out as M embeddings for the LLM, whatever the number N of visual tokens. The Q-Former
 is a BERT encoder (bert-base sizes: 768 wide, 12 layers, 12 heads, FFN 3072, LayerNorm eps
-1e-12), so its layers are **post-LN**, ``LN(x + sublayer(x))``, unlike the pre-LN ViT blocks.
+1e-12), so its layers are **post-LN**, ``LN(x + sublayer(x))``, unlike the pre-LN ViT blocks:
+:class:`vlmzoo.layers.post_ln.PostLNLayer`, the layer BLIP's MED text transformer is built of
+too. Layer ``i`` gets cross-attention parameters only when it reads the visual tokens, so the
+parameter set is exactly BLIP-2's. In each layer the query FFN is ``mlp`` (LAVIS's
+``intermediate_query`` / ``output_query``).
 
 Only the query path is modelled: the stage-2 (generative) BLIP-2 models drop the Q-Former's word
 and position embeddings, text FFNs and LM head (LAVIS blip2_opt.py sets them to None), and so
-does vlmzoo. Dropout (0.1 in
-BERT) is not modelled; outputs in eval mode are unaffected.
+does vlmzoo. Dropout (0.1 in BERT) is not modelled; outputs in eval mode are unaffected.
 
 Parameter names follow the structure, not BERT's; ``vlmzoo.convert.blip2`` maps the LAVIS keys
 (lavis/models/blip2_models/Qformer.py) and transformers' (models/blip_2/modeling_blip_2.py).
@@ -28,8 +31,8 @@ import torch.nn as nn
 from vlmzoo.adapters.prefix import PrefixAdapter
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, InputError
-from vlmzoo.layers import Activation, Attention, Mlp
-from vlmzoo.layers.attention import CrossAttention
+from vlmzoo.layers import Activation
+from vlmzoo.layers.post_ln import PostLNLayer
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register, register_architecture
 
@@ -73,39 +76,8 @@ class QFormerConfig(Config):
         return layer % self.cross_attention_freq == 0
 
 
-class QFormerLayer(nn.Module):
-    """One post-LN BERT layer of the query stream: [B, M, width] (+ visual tokens) -> [B, M, width].
-
-    ``x = attn_norm(x + attn(x))``; then, in cross-attention layers,
-    ``x = cross_norm(x + cross_attn(x, visual))``; then ``x = mlp_norm(x + mlp(x))``.
-    ``attn`` is BERT's ``attention`` (query/key/value fused into ``qkv``, ``output.dense`` as
-    ``proj``); ``mlp`` is the *query* FFN (``intermediate_query``, ``output_query``).
-    """
-
-    def __init__(
-        self,
-        width: int,
-        num_heads: int,
-        mlp_dim: int,
-        context_dim: int | None,
-        act: Activation = "gelu",
-        norm_eps: float = 1e-12,
-    ):
-        super().__init__()
-        self.attn = Attention(width, num_heads)
-        self.attn_norm = nn.LayerNorm(width, eps=norm_eps)
-        # Present only in cross-attention layers, so the parameter set is exactly BLIP-2's.
-        self.cross_attn = CrossAttention(width, num_heads, context_dim) if context_dim else None
-        self.cross_norm = nn.LayerNorm(width, eps=norm_eps) if context_dim else None
-        self.mlp = Mlp(width, mlp_dim, act=act)
-        self.mlp_norm = nn.LayerNorm(width, eps=norm_eps)
-
-    def forward(self, x: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        """x: [B, M, width] queries; visual: [B, N, context_dim] -> [B, M, width]."""
-        x = self.attn_norm(x + self.attn(x))
-        if self.cross_attn is not None:
-            x = self.cross_norm(x + self.cross_attn(x, visual))
-        return self.mlp_norm(x + self.mlp(x))
+# The Q-Former's layer is the shared post-LN BERT layer; the name stays public (vlmzoo.adapters).
+QFormerLayer = PostLNLayer
 
 
 class QFormerModel(BlockStack, nn.Module):
@@ -127,7 +99,7 @@ class QFormerModel(BlockStack, nn.Module):
         self.config = c
         self.layernorm = nn.LayerNorm(c.width, eps=c.norm_eps)  # BERT's embeddings.LayerNorm
         self.layers = nn.ModuleList(
-            QFormerLayer(
+            PostLNLayer(
                 c.width,
                 c.num_heads,
                 c.mlp_dim,
@@ -155,7 +127,7 @@ class QFormerModel(BlockStack, nn.Module):
         visual = visual.to(self.layernorm.weight.dtype)
         x = self.layernorm(query_embeds)  # BertEmbeddings' LayerNorm, on the queries alone (LAVIS Qformer.py)
         for layer in self.layers:
-            x = self.run_block(layer, x, visual)
+            x = self.run_block(layer, x, context=visual)
         return x
 
     def wrap_units(self) -> list[nn.Module]:

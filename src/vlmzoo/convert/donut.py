@@ -122,7 +122,12 @@ def _convert(
         strip_prefix({k: v for k, v in sd.items() if k.startswith(DECODER)}, DECODER), num_heads
     )
     config = VLMConfig(
-        encoder=encoder, adapter=EncoderDecoderConfig(), decoder=decoder, expand_image_tokens=False
+        encoder=encoder,
+        adapter=EncoderDecoderConfig(),
+        decoder=decoder,
+        expand_image_tokens=False,
+        train_encoder="full",
+        train_decoder="full",
     )
     state = {f"encoder.{k}": v for k, v in encoder_sd.items()}
     state |= {f"decoder.{k}": v for k, v in decoder_state.items()}

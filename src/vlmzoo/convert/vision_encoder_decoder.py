@@ -11,7 +11,8 @@ feature selection equals it, and an encoder class not listed is refused rather t
 The converted model takes the decoder's inputs as ``input_ids`` (``VisionEncoderDecoderModel``'s
 ``decoder_input_ids``; it builds them from ``labels`` by shifting them right behind
 ``decoder_start_token_id``, vlmzoo scores ``labels`` aligned with ``input_ids``) and one image per
-sample with no placeholder in the text (``expand_image_tokens=False``).
+sample with no placeholder in the text (``expand_image_tokens=False``), and trains every part, as
+these models are fine-tuned (Donut, Nougat, TrOCR).
 """
 
 from __future__ import annotations
@@ -82,7 +83,12 @@ def from_hf_vision_encoder_decoder(model: Any) -> VisionLanguageModel:
         bias=proj is None or proj.bias is not None,
     )
     config = VLMConfig(
-        encoder=encoder_config, adapter=adapter, decoder=decoder.config, expand_image_tokens=False
+        encoder=encoder_config,
+        adapter=adapter,
+        decoder=decoder.config,
+        expand_image_tokens=False,
+        train_encoder="full",
+        train_decoder="full",
     )
     state: dict[str, torch.Tensor] = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     state |= {f"decoder.{k}": v for k, v in decoder.state_dict().items()}

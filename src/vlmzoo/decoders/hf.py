@@ -14,6 +14,7 @@ The decoder also owns the loss convention: a label of :data:`IGNORE_INDEX` is no
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,10 +250,20 @@ class HFDecoder(BlockStack, HubMixin, nn.Module):
 
     @property
     def cross_attends(self) -> bool:
-        """Whether the decoder layers cross-attend to ``encoder_hidden_states`` (an encoder-decoder's
-        decoder), told by their sub-modules' names (:data:`CROSS_ATTENTION_NAMES`)."""
-        first = self.layers[0]
-        return any(name.rsplit(".", 1)[-1] in CROSS_ATTENTION_NAMES for name, _ in first.named_modules())
+        """Whether decoder layers cross-attend to ``encoder_hidden_states`` (an encoder-decoder's
+        decoder; some layers may not), told by their sub-modules' names (:data:`CROSS_ATTENTION_NAMES`)."""
+        return any(
+            name.rsplit(".", 1)[-1] in CROSS_ATTENTION_NAMES
+            for layer in self.layers
+            for name, _ in layer.named_modules()
+        )
+
+    @functools.cached_property
+    def takes_position_ids(self) -> bool:
+        """Whether the LM's forward takes ``position_ids`` (which transformers' generate derives
+        from the attention mask, so left padding leaves positions in place); mBART and BART number
+        positions from the first column whatever the mask."""
+        return "position_ids" in inspect.signature(self.lm.forward).parameters
 
     def cross_attention_modules(self) -> list[nn.Module]:
         """Every layer's cross-attention and its own LayerNorm (empty for a decoder-only LM)."""
@@ -282,6 +293,17 @@ class HFDecoder(BlockStack, HubMixin, nn.Module):
         else:
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    def resize_vocab(self, size: int) -> None:
+        """Grow (or cut) the token embeddings and an untied head to ``size`` rows, new rows the mean
+        of the old ones (transformers' ``resize_token_embeddings``), and record the size in the
+        config so that the model saves and loads as it now is. For tokens added to the tokenizer
+        (a Donut fine-tune's field tags)."""
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ConfigError(f"vocabulary size {size!r} must be a positive int")
+        self.lm.resize_token_embeddings(size)
+        key = "n_vocab" if "n_vocab" in self.config.hf_config else "vocab_size"
+        self.config = self.config.replace(hf_config={**self.config.hf_config, key: size})
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids -> [B, L, hidden] input embeddings (with the family's own scaling)."""
         return self.embed_tokens(input_ids)
@@ -303,11 +325,17 @@ class HFDecoder(BlockStack, HubMixin, nn.Module):
         the decoder then computes the cross-attention keys and values of the encoder's output at
         the first step and reuses them (with the causal LM's default cache it would recompute them
         at every step)."""
-        if "encoder_hidden_states" in kwargs and kwargs.get("cache", kwargs.get("past_key_values")) is None:
+        if "encoder_hidden_states" in kwargs:
             from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-            kwargs.pop("past_key_values", None)
-            kwargs["cache"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            cache = kwargs.pop("cache", kwargs.pop("past_key_values", None))
+            if cache is None:
+                cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            elif not isinstance(
+                cache, EncoderDecoderCache
+            ):  # a self-attention cache: add the image keys' own
+                cache = EncoderDecoderCache(cache, DynamicCache())
+            kwargs["cache"] = cache
         out = self.lm.generate(**kwargs)
         prompt = kwargs.get("input_ids")
         return out if prompt is None else out[:, prompt.shape[1] :]
@@ -474,6 +502,34 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
             pad_token_id=1,
             eos_token_id=2,
             decoder_start_token_id=0,
+        ),
+    ),
+    # Tiny decoders with cross-attention layers of two more families (for the encoder-decoder kind).
+    "tiny-bert-xattn": DecoderConfig(
+        "bert",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            vocab_size=512,
+            max_position_embeddings=512,
+            is_decoder=True,
+            add_cross_attention=True,
+            pad_token_id=0,
+        ),
+    ),
+    "tiny-gpt2-xattn": DecoderConfig(
+        "gpt2",
+        dict(
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            vocab_size=512,
+            n_positions=512,
+            add_cross_attention=True,
+            bos_token_id=1,
+            eos_token_id=2,
         ),
     ),
     "tiny-gpt2": DecoderConfig(

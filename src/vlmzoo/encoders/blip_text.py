@@ -1,6 +1,6 @@
 """BLIP's text transformer, the "multimodal mixture of encoder-decoder" (MED; Li et al. 2022, section 3.1).
 
-    ids [B, L] ─► word + position embeddings ─► LayerNorm ─► depth x MEDLayer ─► tokens [B, L, width]
+    ids [B, L] ─► word + position embeddings ─► LayerNorm ─► depth x PostLNLayer ─► tokens [B, L, width]
                                                               ▲ cross-attention (every layer)     │
     context [B, N, context_dim] (image tokens, or a question) ┘            lm_head (decoder) ─► logits
 
@@ -16,10 +16,9 @@ One BERT-base network (salesforce/BLIP's ``models/med.py``, configs/med_config.j
   ``[DEC]``, the LM head on top (med.py ``BertLMHeadModel``). VQA's answer decoder cross-attends
   the question encoding instead of the image.
 
-Layers are post-LN (``LN(x + sublayer(x))``) with the parameter layout of the Q-Former's layers
-(:mod:`vlmzoo.adapters.qformer`: fused ``attn.qkv``, ``cross_attn.q`` / ``cross_attn.kv``,
-``mlp.fc1`` / ``mlp.fc2`` and one norm after each sublayer), built from the same
-:mod:`vlmzoo.layers` blocks. ``lm_head.decoder.weight`` is tied to ``word_embeddings.weight``
+Layers are post-LN (``LN(x + sublayer(x))``): :class:`vlmzoo.layers.post_ln.PostLNLayer`, the
+layer BLIP-2's Q-Former is built of too (fused ``attn.qkv``, ``cross_attn.q`` / ``cross_attn.kv``,
+``mlp.fc1`` / ``mlp.fc2`` and one norm after each sublayer). ``lm_head.decoder.weight`` is tied to ``word_embeddings.weight``
 (BERT's tie, kept by BLIP and transformers). Dropout (0.1 in med_config.json) is not modelled;
 outputs in eval mode are unaffected.
 
@@ -37,12 +36,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError, require
-from vlmzoo.layers import Activation, Attention, Mlp, make_activation
-from vlmzoo.layers.attention import CrossAttention
+from vlmzoo.layers import Activation, make_activation
+from vlmzoo.layers.post_ln import LayerCache, PostLNLayer
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.registry import register_architecture
 from vlmzoo.weights.hub import HubMixin
@@ -87,17 +85,6 @@ class MEDConfig(Config):
 
 
 @dataclass
-class LayerCache:
-    """One layer's cached keys and values [B, h, T, head_dim] (self-attention) and
-    [B, h, N, head_dim] (cross-attention over the context)."""
-
-    self_k: torch.Tensor | None = None
-    self_v: torch.Tensor | None = None
-    cross_k: torch.Tensor | None = None
-    cross_v: torch.Tensor | None = None
-
-
-@dataclass
 class MEDCache:
     """The KV cache of one decoding pass; ``length`` is the number of positions already seen."""
 
@@ -115,76 +102,6 @@ class MEDCache:
             if layer.self_k is not None:
                 layer.self_k = layer.self_k.index_select(0, index)
                 layer.self_v = layer.self_v.index_select(0, index)
-
-
-def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    return rearrange(x, "b n (h d) -> b h n d", h=num_heads)
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    return rearrange(x, "b h n d -> b n (h d)")
-
-
-class MEDLayer(nn.Module):
-    """One post-LN BERT layer: [B, L, width] (+ context [B, N, context_dim]) -> [B, L, width].
-
-    ``x = attn_norm(x + attn(x))``; with a context, ``x = cross_norm(x + cross_attn(x, context))``;
-    then ``x = mlp_norm(x + mlp(x))`` (med.py ``BertLayer``; the names and the fused projections
-    are those of :class:`vlmzoo.adapters.qformer.QFormerLayer`).
-    """
-
-    def __init__(
-        self,
-        width: int,
-        num_heads: int,
-        mlp_dim: int,
-        context_dim: int | None,
-        act: Activation = "gelu",
-        norm_eps: float = 1e-12,
-    ):
-        super().__init__()
-        self.num_heads = num_heads
-        self.attn = Attention(width, num_heads)
-        self.attn_norm = nn.LayerNorm(width, eps=norm_eps)
-        self.cross_attn = CrossAttention(width, num_heads, context_dim) if context_dim else None
-        self.cross_norm = nn.LayerNorm(width, eps=norm_eps) if context_dim else None
-        self.mlp = Mlp(width, mlp_dim, act=act)
-        self.mlp_norm = nn.LayerNorm(width, eps=norm_eps)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        self_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-        cache: LayerCache | None = None,
-    ) -> torch.Tensor:
-        """x: [B, L, width]; masks are bool (True = attend), ``self_mask`` [B|1, 1, L, T],
-        ``context_mask`` [B, 1, 1, N]. ``cache`` (decoding) is extended in place."""
-        q, k, v = rearrange(
-            self.attn.project_qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads
-        )
-        if cache is not None:
-            if cache.self_k is not None:
-                k = torch.cat([cache.self_k, k], dim=2)
-                v = torch.cat([cache.self_v, v], dim=2)
-            cache.self_k, cache.self_v = k, v
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self_mask, is_causal=is_causal)
-        x = self.attn_norm(x + self.attn.proj(_merge(y)))
-        if context is not None and self.cross_attn is not None:
-            ca = self.cross_attn
-            if cache is not None and cache.cross_k is not None:
-                ck, cv = cache.cross_k, cache.cross_v
-            else:
-                ck, cv = rearrange(ca.kv(context), "b n (two h d) -> two b h n d", two=2, h=self.num_heads)
-                if cache is not None:
-                    cache.cross_k, cache.cross_v = ck, cv
-            y = F.scaled_dot_product_attention(
-                _heads(ca.q(x), self.num_heads), ck, cv, attn_mask=context_mask
-            )
-            x = self.cross_norm(x + ca.proj(_merge(y)))
-        return self.mlp_norm(x + self.mlp(x))
 
 
 class MEDLMHead(nn.Module):
@@ -215,7 +132,7 @@ class MEDText(BlockStack, HubMixin, nn.Module):
     """BLIP's MED text transformer: token ids [B, L] (+ context) -> :class:`MEDOutput`.
 
     Parameter names: ``word_embeddings``, ``position_embeddings``, ``layernorm`` (BERT's
-    ``embeddings.*``), ``layers.{i}.*`` (:class:`MEDLayer`), ``lm_head.*`` (:class:`MEDLMHead`).
+    ``embeddings.*``), ``layers.{i}.*`` (:class:`~vlmzoo.layers.post_ln.PostLNLayer`), ``lm_head.*`` (:class:`MEDLMHead`).
     """
 
     config_class = MEDConfig
@@ -228,7 +145,7 @@ class MEDText(BlockStack, HubMixin, nn.Module):
         self.position_embeddings = nn.Embedding(c.max_positions, c.width)
         self.layernorm = nn.LayerNorm(c.width, eps=c.norm_eps)
         self.layers = nn.ModuleList(
-            MEDLayer(c.width, c.num_heads, c.mlp_dim, c.context_dim, act=c.act, norm_eps=c.norm_eps)
+            PostLNLayer(c.width, c.num_heads, c.mlp_dim, c.context_dim, act=c.act, norm_eps=c.norm_eps)
             for _ in range(c.depth)
         )
         self.lm_head = MEDLMHead(c.width, c.vocab_size, c.act, c.norm_eps) if c.lm_head else None

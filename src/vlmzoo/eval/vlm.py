@@ -42,29 +42,40 @@ def generate_answers(
     max_new_tokens: int = 12,
     batch_size: int = 64,
 ) -> list[str]:
-    """Greedy answers, one image ([n, 3, H, W]) per prompt; text is cut at the first EOS."""
+    """Greedy answers, one image ([n, 3, H, W]) per prompt; text is cut at the first EOS.
+
+    Prompts are batched by their token length, so no row is padded: a decoder that takes no
+    ``position_ids`` (mBART's learned positions start at the first column) generates each row
+    as it would alone, and others simply waste nothing on padding.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    answers: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = list(prompts[i : i + batch_size])
-        batch = collate(
-            tokenizer, chunk, pixel_values=list(pixel_values[i : i + batch_size]), padding_side="left"
-        )
-        batch = batch.to(device)
-        out = model.generate(
-            batch.pixel_values,
-            batch.input_ids,
-            batch.attention_mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_id,
-            pad_token_id=tokenizer.pad_id,
-        )
-        for row in out.tolist():
-            if tokenizer.eos_id in row:
-                row = row[: row.index(tokenizer.eos_id)]
-            answers.append(tokenizer.decode(row).strip())
+    answers: list[str] = [""] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_length.setdefault(len(tokenizer.encode(prompt)), []).append(index)
+    for indices in by_length.values():
+        for i in range(0, len(indices), batch_size):
+            chunk = indices[i : i + batch_size]
+            batch = collate(
+                tokenizer,
+                [prompts[j] for j in chunk],
+                pixel_values=[pixel_values[j] for j in chunk],
+                padding_side="left",
+            ).to(device)
+            out = model.generate(
+                batch.pixel_values,
+                batch.input_ids,
+                batch.attention_mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_id,
+                pad_token_id=tokenizer.pad_id,
+            )
+            for j, row in zip(chunk, out.tolist(), strict=True):
+                if tokenizer.eos_id in row:
+                    row = row[: row.index(tokenizer.eos_id)]
+                answers[j] = tokenizer.decode(row).strip()
     model.train(was_training)
     return answers
 

@@ -33,12 +33,15 @@ def llava_features(config: ViTConfig) -> ViTConfig:
 
 def document_model(encoder: str, decoder: str) -> VLMConfig:
     """A Donut-style model: a Swin encoder preset read by an mBART decoder preset's cross-attention,
-    one page per sample and no placeholder in the text (the task prompt is the decoder's input)."""
+    one page per sample and no placeholder in the text (the task prompt is the decoder's input).
+    Everything trains, as Donut and Nougat fine-tune (clovaai/donut's train.py has no frozen part)."""
     return VLMConfig(
         encoder=DONUT_PRESETS[encoder],
         adapter=EncoderDecoderConfig(),
         decoder=DECODER_PRESETS[decoder],
         expand_image_tokens=False,
+        train_encoder="full",
+        train_decoder="full",
     )
 
 

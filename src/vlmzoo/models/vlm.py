@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from vlmzoo.adapters.base import Adapter, Prepared, TextLayout
+from vlmzoo.adapters.base import Adapter, PaddingSide, Prepared, TextLayout
 from vlmzoo.config import Config
 from vlmzoo.decoders.hf import IGNORE_INDEX, DecoderConfig, HFDecoder, cache_length, kv_cache
 from vlmzoo.errors import ConfigError, InputError, require
@@ -146,26 +146,31 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         later works (LLaVA's ``CLIPVisionTower.forward`` runs under ``torch.no_grad``, in
         llava/model/multimodal_encoder/clip_encoder.py, so its tower cannot be unfrozen by flags).
         Gated cross-attention blocks are the adapter's parameters (they run through hooks on the
-        decoder layers), so ``decoder="frozen"`` leaves them trainable; so are the decoder modules
-        the adapter claims (:meth:`~vlmzoo.adapters.base.Adapter.decoder_modules`: an
-        encoder-decoder's cross-attention layers), which follow ``adapter``.
+        decoder layers), so ``decoder="frozen"`` leaves them trainable. The decoder modules the
+        adapter claims (:meth:`~vlmzoo.adapters.base.Adapter.decoder_modules`: an encoder-decoder's
+        cross-attention layers) belong to both: they train when the adapter or the decoder does.
         """
-        owned = self.adapter.decoder_modules(self.decoder)
+        modes = getattr(self, "_modes", {})
         for part, mode in (("encoder", encoder), ("decoder", decoder), ("adapter", adapter)):
             if mode is None:
                 continue
             if mode not in ("frozen", "full"):
                 raise ConfigError(f"trainable mode for {part} must be 'frozen' or 'full', got {mode!r}")
-            modules = [getattr(self, part)] + (owned if part == "adapter" else [])
-            for module in modules:
-                for p in module.parameters():
-                    p.requires_grad_(mode == "full")
-            if part == "adapter":
-                self._adapter_mode = mode
-            elif part == "decoder" and adapter is None:  # the adapter's share of the decoder keeps its mode
-                for module in owned:
-                    for p in module.parameters():
-                        p.requires_grad_(self._adapter_mode == "full")
+            for p in getattr(self, part).parameters():
+                p.requires_grad_(mode == "full")
+            modes[part] = mode
+        self._modes = modes
+        shared = "full" in (modes.get("adapter"), modes.get("decoder"))
+        for module in self.adapter.decoder_modules(self.decoder):
+            for p in module.parameters():
+                p.requires_grad_(shared)
+
+    def resize_vocab(self, size: int) -> None:
+        """The decoder's vocabulary grown (or cut) to ``size`` tokens (:meth:`HFDecoder.resize_vocab`),
+        e.g. after adding a fine-tune's special tokens to the tokenizer; the config follows."""
+        self.decoder.resize_vocab(size)
+        self.config = self.config.replace(decoder=self.decoder.config)
+        self.set_trainable(**{part: mode for part, mode in self._modes.items()})  # new rows too
 
     def stack_parts(self) -> list[BlockStack]:
         """Encoder, adapter, decoder: ``wrap_units()`` is their blocks in that order (for FSDP2
@@ -290,10 +295,12 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         labels: torch.Tensor | None,
         new_tokens: int = 0,
         cache: Any = None,
+        padding_side: PaddingSide | None = None,
     ) -> Prepared:
         """Encode the images, let the adapter prepare the decoder's inputs, check their length."""
         tokens = self.encoder(pixel_values).tokens if num_images else None
-        prepared = self.adapter.prepare(self.decoder, input_ids, tokens, attention_mask, labels)
+        options = {} if padding_side is None else {"padding_side": padding_side}
+        prepared = self.adapter.prepare(self.decoder, input_ids, tokens, attention_mask, labels, **options)
         self._check_length(prepared.length, new_tokens, cache_length(cache))
         return prepared
 
@@ -345,14 +352,28 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
             )
         cache = _cache_of(generate_kwargs)
         prepared = self._prepare(
-            pixel_values, num_images, input_ids, attention_mask, None, max_new_tokens, cache
+            pixel_values, num_images, input_ids, attention_mask, None, max_new_tokens, cache, "left"
         )
+        self._check_padding_positions(prepared.attention_mask)
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("pad_token_id", self._pad_token_id())
         with prepared.conditioning:
             return self.decoder.generate(
                 **prepared.decoder_inputs(), max_new_tokens=max_new_tokens, **generate_kwargs
             )
+
+    def _check_padding_positions(self, mask: torch.Tensor | None) -> None:
+        """Refuse left padding for a decoder that numbers positions from the first column and takes
+        no ``position_ids`` (mBART, BART: their learned positions would shift with the padding, so
+        a padded row would not get the tokens it gets alone; transformers' generate has no way
+        around it either)."""
+        if mask is None or self.decoder.takes_position_ids or bool(mask.all()):
+            return
+        raise InputError(
+            f"the {self.decoder.lm.config.model_type} decoder takes no position_ids, so left padding "
+            "would shift its learned positions and change what a padded row generates; generate rows "
+            "of one prompt length together (DocumentProcessor.read groups them), or one at a time"
+        )
 
     def _pad_token_id(self) -> int:
         cfg = self.decoder.lm.config
