@@ -164,6 +164,8 @@ def test_a_checkpoint_without_its_canvas_size_is_refused():
     ("preset", "layers", "positions", "vocab", "tie", "canvas", "window"),
     [
         ("donut-base", 4, 1536, 57525, True, [2560, 1920], 10),
+        ("donut-docvqa", 4, 128, 57532, True, [2560, 1920], 10),
+        ("donut-rvlcdip", 4, 8, 57544, True, [2560, 1920], 10),
         ("nougat-small", 4, 3584, 50000, False, [896, 672], 7),
         ("nougat-base", 10, 4096, 50000, False, [896, 672], 7),
     ],

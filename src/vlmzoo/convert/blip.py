@@ -308,7 +308,7 @@ def _model_tensors(state_dict: Mapping[str, torch.Tensor]) -> _Reads:
         )
     if "query_tokens" in sd or any(k.startswith("Qformer.") for k in sd):
         raise ConversionError(
-            "a BLIP-2 checkpoint (query_tokens, Qformer.*): convert it with the 'lavis-blip2' layout"
+            "a BLIP-2 checkpoint (query_tokens, Qformer.bert.*): convert it with the 'lavis-blip2' layout"
         )
     if "visual_encoder.pos_embed" not in sd:
         raise ConversionError(

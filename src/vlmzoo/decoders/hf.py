@@ -451,6 +451,10 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
     # vocabulary of 50000): 0.1.0-small 4 layers and 3584 positions, 0.1.0-base 10 and 4096, head
     # not tied to the embeddings (transformers' convert_nougat_to_hf.py).
     "donut-base-decoder": mbart_config(layers=4, positions=1536, vocab=57525),
+    # The DocVQA and RVL-CDIP fine-tunes (naver-clova-ix/donut-base-finetuned-*): their task and field
+    # tokens added (vocabularies of 57532 and 57544), positions cut to their decoding lengths.
+    "donut-docvqa-decoder": mbart_config(layers=4, positions=128, vocab=57532),
+    "donut-rvlcdip-decoder": mbart_config(layers=4, positions=8, vocab=57544),
     "nougat-small-decoder": mbart_config(layers=4, positions=3584, vocab=50000, tie_word_embeddings=False),
     "nougat-base-decoder": mbart_config(layers=10, positions=4096, vocab=50000, tie_word_embeddings=False),
     # The `vlmzoo demo` LM (vocab_size and special ids are set from the trained tokenizer).

@@ -115,6 +115,8 @@ VLM_PRESETS: dict[str, VLMConfig] = {
     # mBART decoder's cross-attention (widths equal: no projection, as in the originals). The task
     # prompt (`<s_docvqa><s_question>...`) is the decoder's text; the page takes no position in it.
     "donut-base": document_model("donut-base-encoder", "donut-base-decoder"),
+    "donut-docvqa": document_model("donut-base-encoder", "donut-docvqa-decoder"),
+    "donut-rvlcdip": document_model("donut-base-encoder", "donut-rvlcdip-decoder"),
     "nougat-small": document_model("nougat-encoder", "nougat-small-decoder"),
     "nougat-base": document_model("nougat-encoder", "nougat-base-decoder"),
     "tiny-donut": document_model("donut-swin-tiny", "tiny-mbart"),

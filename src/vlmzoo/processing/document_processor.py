@@ -365,6 +365,7 @@ def donut(
     *,
     task: str = "synthdog",
     align_long_axis: bool = False,
+    max_length: int | None = None,
     tokenizer: str | None = "naver-clova-ix/donut-base",
 ) -> DocumentProcessorConfig:
     """Donut: its page recipe on ``canvas``, its task prompts, JSON output."""
@@ -375,6 +376,7 @@ def donut(
         task=task,
         output="json",
         lowercase_fields=True,
+        max_length=max_length,
         tokenizer=tokenizer,
     )
 

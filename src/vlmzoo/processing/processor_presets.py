@@ -178,6 +178,23 @@ _FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
     ("*openflamingo*", "model", lambda c: openflamingo(_encoder_size(c.encoder))),
     ("vary-base", "model", lambda c: vary_base(*_vary_sizes(c))),
     ("*vary*", "model", lambda c: vary_toy(*_vary_sizes(c))),
+    # The fine-tunes' config.json (official branch): align_long_axis false, max_length 128 / 8.
+    (
+        "donut-docvqa",
+        "model",
+        lambda c: donut(
+            _canvas(c), task="docvqa", max_length=128, tokenizer="naver-clova-ix/donut-base-finetuned-docvqa"
+        ),
+    ),
+    (
+        "donut-rvlcdip",
+        "model",
+        lambda c: donut(
+            _canvas(c), task="rvlcdip", max_length=8, tokenizer="naver-clova-ix/donut-base-finetuned-rvlcdip"
+        ),
+    ),
+    # donut-base's own config.json has align_long_axis true (the pre-training pages).
+    ("donut-base", "model", lambda c: donut(_canvas(c), align_long_axis=True)),
     ("*donut*", "model", lambda c: donut(_canvas(c))),
     ("nougat-*", "model", lambda c: nougat(_canvas(c))),
     ("clip-*", "encoder", lambda c: clip_encoder(_encoder_size(c))),

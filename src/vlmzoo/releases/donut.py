@@ -4,6 +4,9 @@
   (``DonutSwinModel`` + ``MBartForCausalLM``; ``pytorch_model.bin``), the default; its ``official``
   branch holds clovaai/donut's own ``DonutModel`` checkpoint and ``config.json`` (``input_size``),
   which donut-python loads with ``revision="official"`` — the alternative source.
+- ``naver-clova-ix/donut-base-finetuned-docvqa`` / ``-rvlcdip``: the DocVQA and RVL-CDIP
+  fine-tunes (transformers ports). The CORD-v2 fine-tune is not declared: its vocabulary size
+  (the tokens its receipts' fields add) is not known here, so no preset can have its sizes.
 - ``facebook/nougat-small`` / ``facebook/nougat-base``: transformers' port of the 0.1.0-small /
   0.1.0-base releases. The original files are GitHub release assets of facebookresearch/nougat,
   not on the Hub; convert a downloaded ``pytorch_model.bin`` with
@@ -38,6 +41,17 @@ MODELS = {
             description="Donut, clovaai/donut's own checkpoint (official branch)",
         ),
     ),
+    **{
+        f"donut-{task}": Release(
+            f"naver-clova-ix/donut-base-finetuned-{task}",
+            TRANSFORMERS_FILES,
+            "transformers",
+            "VisionEncoderDecoderModel",
+            licence=_DONUT_LICENCE,
+            description=f"Donut fine-tuned on {name}, transformers port",
+        )
+        for task, name in {"docvqa": "DocVQA", "rvlcdip": "RVL-CDIP"}.items()
+    },
     **{
         f"nougat-{size}": Release(
             f"facebook/nougat-{size}",
