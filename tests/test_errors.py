@@ -714,6 +714,13 @@ def _out_of_range(hint: Any, default: Any) -> list[Any]:
 # Generated values that are valid for one field, with the reason. Each field still gets at least one
 # refused value (checked by test_every_config_field_has_an_out_of_range_value).
 IN_RANGE = {
+    ("BLIPConfig", "label_smoothing", 0.0): "no smoothing (transformers' released configs)",
+    ("BLIPConfig", "bos_token_id", 0): "any id of the vocabulary",
+    ("BLIPConfig", "enc_token_id", 0): "any id of the vocabulary",
+    ("BLIPConfig", "sep_token_id", 0): "any id of the vocabulary",
+    ("BLIPConfig", "prompt_ids", ()): "no prompt (retrieval and VQA models)",
+    ("BLIPConfig", "prompt_ids", (0,)): "any ids of the vocabulary",
+    ("MEDConfig", "pad_token_id", 0): "any id of the vocabulary (BERT's [PAD] is 0)",
     ("TextTransformerConfig", "eos_token_id", 0): "any id of the vocabulary",
     ("ViTConfig", "num_registers", 0): "no register tokens",
     ("ViTConfig", "feature_layer", 0): "the embeddings (hidden_states[0])",

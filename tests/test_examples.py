@@ -51,3 +51,8 @@ def test_clip_zero_shot_runs():
 def test_donut_docvqa_runs():
     result = load("donut_docvqa").main(steps=2)
     assert [a["question"] for a in result["answers"]] == ["total?", "total?"]
+
+
+def test_blip_caption_runs():
+    result = load("blip_caption").main(steps=2, batch_size=8)
+    assert len(result["captions"]) == 12 and 0.0 <= result["R_mean"] <= 1.0

@@ -599,6 +599,7 @@ def test_corrupt_cached_checkpoint_is_converted_again(fake_hub, table, tmp_path)
 # --- every peer class the shipped table names, through a download ------------------------------
 def tiny_peer(class_name: str) -> torch.nn.Module:
     """A random tiny model of each transformers class a shipped release loads (the families' test helpers)."""
+    from test_blip import VQA_VISION, hf_blip
     from test_donut import peer as donut_peer
     from test_qformer import hf_blip2
     from test_sam_parity import hf_vision_config
@@ -626,7 +627,12 @@ def tiny_peer(class_name: str) -> torch.nn.Module:
         ),
         "Blip2ForConditionalGeneration": hf_blip2,
         "LlavaForConditionalGeneration": tiny_hf_llava,
-        "VisionEncoderDecoderModel": donut_peer,  # DonutSwinModel + MBartForCausalLM
+        "VisionEncoderDecoderModel": donut_peer,
+        "BlipForConditionalGeneration": lambda: hf_blip("BlipForConditionalGeneration"),
+        "BlipForImageTextRetrieval": lambda: hf_blip("BlipForImageTextRetrieval"),
+        "BlipForQuestionAnswering": lambda: hf_blip(
+            "BlipForQuestionAnswering", vision=VQA_VISION
+        ),  # DonutSwinModel + MBartForCausalLM
         "GotOcr2ForConditionalGeneration": lambda: transformers.GotOcr2ForConditionalGeneration(
             transformers.GotOcr2Config(vision_config=GOT_VISION, text_config=QWEN2_TINY, image_token_index=99)
         ),

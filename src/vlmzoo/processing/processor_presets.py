@@ -28,6 +28,10 @@ Each recipe states what the released pipeline does, with its source:
   models' evaluation): bicubic resize 256, centre crop 224, ImageNet mean/std.
 * **SAM** (segment_anything/utils/transforms.py ``ResizeLongestSide`` + ``Sam.preprocess``):
   bilinear longest side 1024, 0-255 normalisation, zero padding bottom/right to 1024 x 1024.
+* **BLIP** (salesforce/BLIP data/__init__.py ``transform_test``, models/blip.py ``init_tokenizer``):
+  bicubic resize to the preset's size (no crop), CLIP mean/std; bert-base-uncased + ``[DEC]`` /
+  ``[ENC]``; "a picture of " for the captioners. A
+  :class:`~vlmzoo.processing.blip_processor.BLIPProcessor`.
 * **Donut** and **Nougat**: a :class:`~vlmzoo.processing.document_processor.DocumentProcessor`
   (their page recipes, task prompts, JSON / markdown outputs; that module's docstring), on the
   model's own canvas.
@@ -45,6 +49,8 @@ from typing import Any
 
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, UnknownModelError
+from vlmzoo.models.blip import BLIPConfig
+from vlmzoo.processing.blip_processor import BLIPProcessor, BLIPProcessorConfig, blip_processor_config
 from vlmzoo.processing.document_processor import DocumentProcessor, DocumentProcessorConfig, donut, nougat
 from vlmzoo.processing.image import (
     CLIP_MEAN,
@@ -175,6 +181,7 @@ def _vary_sizes(config: Config) -> tuple[int, int]:
 _FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
     ("*llava*", "model", lambda c: llava(_encoder_size(c.encoder))),
     ("*blip2*", "model", lambda c: blip2(_encoder_size(c.encoder))),
+    ("*blip*", "model", blip_processor_config),  # BLIP: blip-*, tiny-blip* (after *blip2*: first match wins)
     ("*openflamingo*", "model", lambda c: openflamingo(_encoder_size(c.encoder))),
     ("vary-base", "model", lambda c: vary_base(*_vary_sizes(c))),
     ("*vary*", "model", lambda c: vary_toy(*_vary_sizes(c))),
@@ -205,13 +212,16 @@ _FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
 
 
 # The processor class of each kind of processor config.
-PROCESSORS: dict[type[Config], type[Processor] | type[DocumentProcessor]] = {
+PROCESSORS: dict[type[Config], type[Processor] | type[DocumentProcessor] | type[BLIPProcessor]] = {
     ProcessorConfig: Processor,
     DocumentProcessorConfig: DocumentProcessor,
+    BLIPProcessorConfig: BLIPProcessor,
 }
 
 
-def processor_for(name_or_config: str | Config | Any) -> ProcessorConfig | DocumentProcessorConfig:
+def processor_for(
+    name_or_config: str | Config | Any,
+) -> ProcessorConfig | DocumentProcessorConfig | BLIPProcessorConfig:
     """The :class:`ProcessorConfig` of a registered model or encoder: by ``name``, or by its config
     (or a module built from one: its ``.config``). The family's recipe is applied at the config's
     own image size, with its image token id. A config matches a preset it equals; a VLM config
@@ -231,6 +241,8 @@ def processor_for(name_or_config: str | Config | Any) -> ProcessorConfig | Docum
 
 
 def _same_family(preset: Config, config: Config, kind: str) -> bool:
+    if isinstance(preset, BLIPConfig) and isinstance(config, BLIPConfig):
+        return True  # one BLIP recipe, sized from the config itself (blip_processor_config)
     if preset == config:
         return True
     if kind != "model" or type(preset) is not type(config):
@@ -258,7 +270,7 @@ def _by_name(name: str) -> ProcessorConfig:
 
 def create_processor(
     name_or_path: str | os.PathLike, tokenizer: Any = None, **overrides: Any
-) -> Processor | DocumentProcessor:
+) -> Processor | DocumentProcessor | BLIPProcessor:
     """The processor of a registered model/encoder name, or one saved in a directory.
 
     ``tokenizer``: a transformers tokenizer, or a local directory / hub id for ``AutoTokenizer``
