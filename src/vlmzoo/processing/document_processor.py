@@ -288,11 +288,19 @@ class DocumentProcessor(TokenizedProcessor):
     # --- one call from page to answer ----------------------------------------------------------
     def generation_options(self) -> dict[str, Any]:
         """The originals' decoding settings: greedy, ``<unk>`` never generated (``bad_words_ids``
-        in ``DonutModel.inference`` and ``NougatModel.inference``), stopping at eos."""
+        in ``DonutModel.inference`` and ``NougatModel.inference``), stopping at eos, and for Nougat
+        its early stop on repeating pages (:mod:`vlmzoo.processing.nougat_stopping`; a fresh one
+        per call: it keeps state)."""
         tok = self.tokenizer
         options: dict[str, Any] = {"do_sample": False, "eos_token_id": tok.eos_token_id}
         if tok.unk_token_id is not None:
             options["bad_words_ids"] = [[tok.unk_token_id]]
+        if self.config.output == "markdown":  # NougatModel.inference's StoppingCriteriaScores
+            from vlmzoo.processing.nougat_stopping import NougatStopping
+
+            stopping = NougatStopping()
+            options["logits_processor"] = [stopping]
+            options["stopping_criteria"] = [stopping]
         return options
 
     def read(
