@@ -122,11 +122,12 @@ def test_the_vlm_forward_compiles_with_inductor_and_matches_eager():
         assert max_abs_diff(compiled(x, ids).logits, m(x, ids).logits) <= TOL
 
 
-def test_gpt2_graph_breaks_are_all_inside_transformers():
+def test_gpt2_graph_breaks_if_any_are_all_inside_transformers():
     m = vlm("tiny-llava", "tiny-gpt2")
     x, ids = prompt(m)
     explained = torch._dynamo.explain(m)(x, ids, labels=ids.clamp(min=0))
-    assert explained.graph_break_count > 0  # if transformers stops breaking, this list can shrink
+    # Since the decoder computes the loss itself, transformers' GPT-2 forward traces whole (0 breaks
+    # on transformers 5.25); whatever breaks an older version must lie inside transformers.
     places = {frame.filename for b in explained.break_reasons for frame in b.user_stack[-1:]}
     assert all("/transformers/" in p for p in places), places
 

@@ -650,6 +650,7 @@ def _config_classes() -> list[type[Config]]:
     _ensure_loaded()
     import vlmzoo.processing.image
     import vlmzoo.processing.processor
+    import vlmzoo.processing.processor_presets  # the document and BLIP processors' configs
     import vlmzoo.processing.templates
     import vlmzoo.train.trainer  # noqa: F401  (TrainConfig)
 
@@ -675,6 +676,12 @@ def _valid_instance(cls: type[Config]) -> Config:
         return processor_for("llava-1.5-7b").image
     if cls.__name__ == "TemplateConfig":
         return processor_for("llava-1.5-7b").template
+    if cls.__name__ == "DocumentProcessorConfig":
+        return processor_for("donut-docvqa")
+    if cls.__name__ == "DocumentImageConfig":
+        return processor_for("donut-docvqa").image
+    if cls.__name__ == "BLIPProcessorConfig":
+        return processor_for("blip-base-caption")
     return cls()
 
 
@@ -714,6 +721,9 @@ def _out_of_range(hint: Any, default: Any) -> list[Any]:
 # Generated values that are valid for one field, with the reason. Each field still gets at least one
 # refused value (checked by test_every_config_field_has_an_out_of_range_value).
 IN_RANGE = {
+    ("BLIPProcessorConfig", "bos_token_id", 0): "any id of the vocabulary",
+    ("BLIPProcessorConfig", "enc_token_id", 0): "any id of the vocabulary",
+    ("DocumentImageConfig", "mean", (0.0, 0.0, 0.0)): "no centring",
     ("BLIPConfig", "label_smoothing", 0.0): "no smoothing (transformers' released configs)",
     ("BLIPConfig", "bos_token_id", 0): "any id of the vocabulary",
     ("BLIPConfig", "enc_token_id", 0): "any id of the vocabulary",

@@ -100,6 +100,8 @@ class DocumentImageConfig(Config):
                 "canvas",
                 f"height and width must be multiples of stride={self.stride} (the Swin output stride)",
             )
+        if any(not 0.0 <= m <= 1.0 for m in self.mean):
+            self._fail("mean", "every channel mean must be in [0, 1] (pixels are rescaled to 0..1 first)")
         if any(s <= 0 for s in self.std):
             self._fail("std", "every channel std must be > 0 (it is a divisor)")
         if not 1 <= self.margin_threshold <= 255:
