@@ -197,3 +197,19 @@ def test_a_grown_vocabulary_saves_and_loads(tmp_path):
     vlmzoo.save(model, tmp_path / "m")
     back = vlmzoo.load(tmp_path / "m")
     assert back.decoder.vocab_size == 600 and back.config == model.config
+
+
+def test_vlmzoo_chat_reads_a_page_with_a_document_model(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from vlmzoo.cli import main
+
+    torch.manual_seed(0)
+    vlmzoo.save(vlmzoo.create_model("tiny-donut"), tmp_path / "donut")
+    processor(task="docvqa").save_pretrained(tmp_path / "donut")
+    Image.fromarray(page()).save(tmp_path / "page.png")
+    args = ["chat", str(tmp_path / "donut"), "--image", str(tmp_path / "page.png"), "--question", "Why?"]
+    assert main([*args, "--max-new-tokens", "3"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["question"] == "why?"

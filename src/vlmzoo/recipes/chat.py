@@ -6,10 +6,13 @@ NAME is a registered preset: its processor comes from :func:`vlmzoo.create_proce
 weights are random (a preset names an architecture; trained weights come from a checkpoint).
 With a question the answer is printed and the job ends; without one an interactive prompt keeps
 the conversation (each turn sees the earlier ones) until an empty line, ``exit`` or end of input.
+A document model (Donut, Nougat) reads each ``--image`` page once and prints its JSON or markdown;
+``--question`` fills DocVQA's question.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ import torch
 
 from vlmzoo.errors import ConfigError
 from vlmzoo.processing.chat import chat
+from vlmzoo.processing.document_processor import DocumentProcessor
 from vlmzoo.processing.processor import PROCESSOR_FILE, Processor
 from vlmzoo.processing.processor_presets import create_processor
 from vlmzoo.registry import create_model
@@ -31,7 +35,7 @@ _QUIT = {"", "exit", "quit"}
 
 def load_chat_model(
     model: str | os.PathLike, tokenizer: str | None = None, device: str = "cpu", dtype: str = "float32"
-) -> tuple[Any, Processor, bool]:
+) -> tuple[Any, Any, bool]:
     """(model in eval mode, its processor, whether the weights are random) for a directory or a name."""
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
@@ -80,6 +84,13 @@ def run_chat(
             f"note: {model} is a preset with random weights; pass a checkpoint directory for answers",
             file=output,
         )
+    if isinstance(processor, DocumentProcessor):  # Donut / Nougat read pages, they do not converse
+        return _read_pages(module, processor, images, question, max_new_tokens, output)
+    if not isinstance(processor, Processor):
+        raise ConfigError(
+            f"{model} has a {type(processor).__name__}, not a conversation pipeline: use its own "
+            "methods (BLIP: BLIPModel.caption / answer with BLIPProcessor)"
+        )
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
 
     def ask(text: str, history: list[tuple[str, str]]) -> str:
@@ -109,3 +120,28 @@ def run_chat(
         history += [("user", line.strip()), ("assistant", answer)]
         answers.append(answer)
     return answers
+
+
+def _read_pages(
+    module: Any,
+    processor: DocumentProcessor,
+    images: Sequence[str],
+    question: str | None,
+    max_new_tokens: int | None,
+    output: TextIO,
+) -> list[str]:
+    """A document model's answer per page, printed as JSON (Donut) or markdown (Nougat): the
+    question fills the task's ``{question}`` field (DocVQA); other tasks take none."""
+    if not images:
+        raise ConfigError(f"the {processor.config.family} model reads pages: pass at least one --image")
+    template = processor.config.tasks.get(processor.config.task or "", "")
+    fields = {"question": question} if question is not None and "{question}" in template else {}
+    if question is not None and not fields:
+        raise ConfigError(
+            f"the {processor.config.family} task {processor.config.task!r} takes no question; drop --question"
+        )
+    answers = processor.read(module, list(images), max_new_tokens=max_new_tokens, **fields)
+    texts = [a if isinstance(a, str) else json.dumps(a, ensure_ascii=False) for a in answers]
+    for text in texts:
+        print(text, file=output, flush=True)
+    return texts
