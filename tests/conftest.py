@@ -39,6 +39,7 @@ TINY_ENCODERS = [
     "flatten-swin-tiny",
     "pvt-tiny",
     "flatten-pvt-tiny",
+    "siglip-vit-tiny",
 ]
 
 

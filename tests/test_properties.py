@@ -41,6 +41,7 @@ from vlmzoo.encoders import (
     ViTConfig,
 )
 from vlmzoo.encoders.blip_text import MEDConfig
+from vlmzoo.encoders.siglip import SiglipTextConfig, SiglipVisionConfig
 from vlmzoo.errors import ConfigError
 from vlmzoo.layers.block_attention import BLOCK_ATTENTION_TYPES
 from vlmzoo.layers.mlp import Activation
@@ -233,6 +234,33 @@ def pvt_configs(draw: st.DrawFn) -> PvtConfig:
 
 
 @st.composite
+def siglip_vision_configs(draw: st.DrawFn) -> SiglipVisionConfig:
+    """SigLIP's ViT: any ViT option, but no CLS, no ViT pooling or projection; the MAP head or not."""
+    base = draw(vit_configs())
+    map_head = draw(st.booleans())
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(ViTConfig)}
+    fields |= dict(class_token=False, pool="none", embed_dim=None, map_head=map_head)
+    fields["final_norm"] = base.final_norm or map_head  # the head reads post_layernorm
+    return SiglipVisionConfig(**fields)
+
+
+@st.composite
+def siglip_text_configs(draw: st.DrawFn) -> SiglipTextConfig:
+    heads, width = heads_and_width(draw)
+    return SiglipTextConfig(
+        vocab_size=draw(st.integers(2, 40)),
+        context_length=draw(st.integers(1, 8)),
+        width=width,
+        depth=draw(st.integers(1, 2)),
+        num_heads=heads,
+        mlp_dim=draw(st.integers(1, 16)),
+        act=draw(st.sampled_from(ACTIVATIONS)),
+        norm_eps=draw(eps()),
+        embed_dim=draw(st.integers(1, 8)),
+    )
+
+
+@st.composite
 def text_configs(draw: st.DrawFn) -> TextTransformerConfig:
     heads, width = heads_and_width(draw)
     vocab = draw(st.integers(2, 40))
@@ -369,6 +397,8 @@ STRATEGIES: dict[type[Config], Callable[[], st.SearchStrategy]] = {
     SwinConfig: swin_configs,
     PvtConfig: pvt_configs,
     TextTransformerConfig: text_configs,
+    SiglipVisionConfig: siglip_vision_configs,
+    SiglipTextConfig: siglip_text_configs,
     FusedEncoderConfig: fused_configs,
     MLPProjectorConfig: mlp_configs,
     QFormerConfig: qformer_configs,
@@ -438,6 +468,8 @@ def example_input(config: Config, size: tuple[int, int] | None) -> Any:
         return torch.randn(BATCH, 3, config.in_dim)
     if isinstance(config, MEDConfig):
         return torch.randint(0, config.vocab_size, (BATCH, 5))
+    if isinstance(config, SiglipTextConfig):
+        return torch.randint(0, config.vocab_size, (BATCH, config.context_length))
     native = config.image_size
     h, w = size or (native, native)
     return image(config.in_channels, h, w)
@@ -452,6 +484,11 @@ def check_shapes(module: torch.nn.Module, config: Config, inputs: Any, out: Any)
         assert (out.embeds is None) == (config.embed_dim is None)
         if config.embed_dim is not None:
             assert out.embeds.shape == (BATCH, config.embed_dim)
+        return
+    if isinstance(config, SiglipTextConfig):
+        assert out.tokens.shape == (BATCH, inputs.shape[1], config.width)
+        assert out.pooled.shape == (BATCH, config.width)
+        assert out.embeds.shape == (BATCH, config.embed_dim)
         return
     if isinstance(config, MLPProjectorConfig):
         assert (
@@ -494,7 +531,8 @@ def check_shapes(module: torch.nn.Module, config: Config, inputs: Any, out: Any)
         assert out.grid == grid
         expected = grid[0] * grid[1] + (config.num_prefix_tokens if config.feature_tokens == "all" else 0)
         assert tokens.shape == (BATCH, expected, config.width)
-        assert (out.pooled is None) == (config.pool == "none")
+        pools = config.pool != "none" or getattr(config, "map_head", False)  # SigLIP's MAP head
+        assert (out.pooled is None) == (not pools)
         if out.pooled is not None:
             assert out.pooled.shape == (BATCH, config.width)
         assert (out.embeds is None) == (config.embed_dim is None)
@@ -649,6 +687,26 @@ def common_mutations(*fields: str) -> list[Mutation]:
 
 
 INVALID: dict[type[Config], list[Mutation]] = {
+    SiglipVisionConfig: [
+        *common_mutations("image_size", "patch_size", "in_channels", "width", "depth", "num_heads"),
+        lambda c: field_value("width", not_multiple_of(c.num_heads)),
+        lambda c: field_value("image_size", not_multiple_of(c.patch_size)),
+        lambda c: field_value("feature_layer", st.sampled_from([c.depth + 1, -(c.depth + 2), 99])),
+        lambda c: st.just({"class_token": True}),
+        lambda c: field_value("pool", st.sampled_from(["cls", "mean", "map"])),
+        lambda c: field_value("embed_dim", st.sampled_from([4, 0, -1])),
+        lambda c: st.just({"map_head": True, "final_norm": False}),
+        lambda c: field_value("map_head", wrong_type()),
+        lambda c: field_value("norm_eps", st.sampled_from([0.0, -1e-6])),
+    ],
+    SiglipTextConfig: [
+        *common_mutations(
+            "vocab_size", "context_length", "width", "depth", "num_heads", "mlp_dim", "embed_dim"
+        ),
+        lambda c: field_value("width", not_multiple_of(c.num_heads)),
+        lambda c: field_value("norm_eps", st.sampled_from([0.0, -1e-6, math.inf])),
+        lambda c: field_value("act", st.sampled_from(["gelu2", ""])),
+    ],
     ViTConfig: [
         *common_mutations("image_size", "patch_size", "in_channels", "width", "depth", "num_heads"),
         lambda c: field_value("width", not_multiple_of(c.num_heads)),
