@@ -79,12 +79,17 @@ class CLIPModel(BlockStack, HubMixin, nn.Module):
     """Dual encoder: ``visual`` (:class:`VisionTransformer`) and ``text`` (:class:`TextTransformer`)."""
 
     config_class = CLIPConfig
+    # What a dual encoder of another kind (SigLIP) changes: its towers, where the image embedding
+    # is read, how pair logits are made and scored.
+    vision_class: type[nn.Module] = VisionTransformer
+    text_class: type[nn.Module] = TextTransformer
+    image_output = "embeds"  # the VisionOutput field holding the image embedding
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
         self.config = config
-        self.visual = VisionTransformer(config.vision)
-        self.text = TextTransformer(config.text)
+        self.visual = self.vision_class(config.vision)
+        self.text = self.text_class(config.text)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
 
     def stack_parts(self) -> list[BlockStack]:
@@ -93,7 +98,7 @@ class CLIPModel(BlockStack, HubMixin, nn.Module):
 
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """[B, 3, H, W] -> [B, embed_dim] image embeddings (L2-normalised if ``normalize``)."""
-        embeds = self.visual(pixel_values).embeds
+        embeds = getattr(self.visual(pixel_values), self.image_output)
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def encode_text(
@@ -113,10 +118,19 @@ class CLIPModel(BlockStack, HubMixin, nn.Module):
         """Similarity logits between every image and every text; ITC loss when ``return_loss``."""
         image = self.encode_image(pixel_values, normalize=True)
         text = self.encode_text(input_ids, attention_mask, normalize=True)
-        logits_per_text = self.logit_scale.exp() * text @ image.t()
+        logits_per_text = self.pair_logits(text, image)
         logits_per_image = logits_per_text.t()
-        loss = contrastive_loss(logits_per_image) if return_loss else None
+        loss = self.loss(logits_per_image) if return_loss else None
         return CLIPOutput(logits_per_image, logits_per_text, image, text, loss)
+
+    def pair_logits(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """[B_txt, D] x [B_img, D] normalised embeddings -> [B_txt, B_img]: scale · cos."""
+        return self.logit_scale.exp() * text @ image.t()
+
+    @staticmethod
+    def loss(logits_per_image: torch.Tensor) -> torch.Tensor:
+        """The training loss of the pair logits: :func:`contrastive_loss`."""
+        return contrastive_loss(logits_per_image)
 
 
 # --- zero-shot classification ---------------------------------------------------------------

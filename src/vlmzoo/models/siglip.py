@@ -26,9 +26,8 @@ from vlmzoo.encoders.siglip import (
     siglip_text_config,
 )
 from vlmzoo.errors import InputError
-from vlmzoo.layers.stack import BlockStack
+from vlmzoo.models.clip import CLIPModel, CLIPOutput
 from vlmzoo.registry import register, register_architecture
-from vlmzoo.weights.hub import HubMixin
 
 
 @dataclass
@@ -67,17 +66,8 @@ class SigLIPConfig(Config):
         return self.vision.width
 
 
-@dataclass
-class SigLIPOutput:
-    """``logits_per_image`` [B_img, B_txt] (= exp(t') · cos + b), ``logits_per_text`` its transpose,
-    L2-normalised ``image_embeds`` [B_img, D] / ``text_embeds`` [B_txt, D], ``loss`` if asked.
-    Match probabilities are ``sigmoid(logits)``, not a softmax."""
-
-    logits_per_image: torch.Tensor
-    logits_per_text: torch.Tensor
-    image_embeds: torch.Tensor
-    text_embeds: torch.Tensor
-    loss: torch.Tensor | None = None
+# The outputs are CLIP's (match probabilities are sigmoid(logits), not a softmax).
+SigLIPOutput = CLIPOutput
 
 
 def sigmoid_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
@@ -98,50 +88,28 @@ def sigmoid_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
 
 
 @register_architecture
-class SigLIPModel(BlockStack, HubMixin, nn.Module):
-    """Dual encoder: ``visual`` (:class:`SiglipVisionTransformer`), ``text``
-    (:class:`SiglipTextTransformer`), ``logit_scale`` (t') and ``logit_bias`` (b)."""
+class SigLIPModel(CLIPModel):
+    """Dual encoder: ``visual`` (:class:`SiglipVisionTransformer`, the MAP head's output is the image
+    embedding), ``text`` (:class:`SiglipTextTransformer`), ``logit_scale`` (t') and ``logit_bias``
+    (b); pair logits exp(t') · cos + b scored by :func:`sigmoid_loss`."""
 
     config_class = SigLIPConfig
+    vision_class = SiglipVisionTransformer
+    text_class = SiglipTextTransformer
+    image_output = "pooled"
 
     def __init__(self, config: SigLIPConfig):
-        super().__init__()
-        self.config = config
-        self.visual = SiglipVisionTransformer(config.vision)
-        self.text = SiglipTextTransformer(config.text)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+        super().__init__(config)
         self.logit_bias = nn.Parameter(torch.tensor(float(config.logit_bias_init)))
 
-    def stack_parts(self) -> list[BlockStack]:
-        """The two towers: their blocks are the checkpointing and FSDP units."""
-        return [self.visual, self.text]
+    def pair_logits(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """[B_txt, D] x [B_img, D] normalised embeddings -> [B_txt, B_img]: exp(t') · cos + b."""
+        return super().pair_logits(text, image) + self.logit_bias
 
-    def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, D] image embeddings (the MAP head output; L2-normalised if ``normalize``)."""
-        embeds = self.visual(pixel_values).pooled
-        return F.normalize(embeds, dim=-1) if normalize else embeds
-
-    def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = False
-    ) -> torch.Tensor:
-        """[B, L] token ids -> [B, D] text embeddings (L2-normalised if ``normalize``)."""
-        embeds = self.text(input_ids, attention_mask).embeds
-        return F.normalize(embeds, dim=-1) if normalize else embeds
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        return_loss: bool = False,
-    ) -> SigLIPOutput:
-        """Logits between every image and every text; :func:`sigmoid_loss` when ``return_loss``."""
-        image = self.encode_image(pixel_values, normalize=True)
-        text = self.encode_text(input_ids, attention_mask, normalize=True)
-        logits_per_text = self.logit_scale.exp() * text @ image.t() + self.logit_bias
-        logits_per_image = logits_per_text.t()
-        loss = sigmoid_loss(logits_per_image) if return_loss else None
-        return SigLIPOutput(logits_per_image, logits_per_text, image, text, loss)
+    @staticmethod
+    def loss(logits_per_image: torch.Tensor) -> torch.Tensor:
+        """:func:`sigmoid_loss`."""
+        return sigmoid_loss(logits_per_image)
 
 
 # --- presets --------------------------------------------------------------------------------
