@@ -22,7 +22,6 @@ import torch
 import torch.nn as nn
 
 from vlmzoo.config import Config
-from vlmzoo.encoders.base import VisionOutput
 from vlmzoo.encoders.clip_text import TextOutput
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
 from vlmzoo.errors import InputError, require
@@ -104,37 +103,15 @@ class SiglipVisionTransformer(VisionTransformer):
             MAPHead(c.width, c.num_heads, c.mlp_hidden_dim, c.act, c.norm_eps) if c.map_head else None
         )
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool = False,
-        masks: torch.Tensor | None = None,
-    ) -> VisionOutput:
-        """[B, C, H, W] -> VisionOutput; H and W multiples of ``patch_size``."""
-        c = self.config
-        x, grid = self.embed(pixel_values, masks)
-        feature_index = c.feature_layer % (c.depth + 1)
-        last = c.depth if output_hidden_states or self.attn_pool is not None else feature_index
-        hidden = [x] if output_hidden_states else None
-        tokens = x
-        for index, block in enumerate(self.blocks[:last], start=1):
-            x = self.run_block(block, x, grid=grid)
-            if hidden is not None:
-                hidden.append(x)
-            if index == feature_index:
-                tokens = x
-        if c.feature_norm:
-            tokens = self.norm(tokens)
-        if c.feature_tokens == "patch":
-            tokens = tokens[:, c.num_prefix_tokens :]
-        pooled = self.attn_pool(self.norm(x)) if self.attn_pool is not None else None
-        return VisionOutput(
-            tokens=tokens,
-            grid=grid,
-            hidden_states=tuple(hidden) if hidden is not None else None,
-            pooled=pooled,
-            embeds=None,  # no projection: SigLIP's image embedding is ``pooled``
-        )
+    @property
+    def uses_last_block(self) -> bool:
+        """The MAP head reads the last block, whichever layer a VLM takes its features from."""
+        return self.attn_pool is not None
+
+    def pool_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(the MAP head over the final-normed tokens, None): no projection, SigLIP's image
+        embedding is ``pooled``."""
+        return (self.attn_pool(self.norm(x)) if self.attn_pool is not None else None), None
 
 
 # --- text -----------------------------------------------------------------------------------
@@ -264,10 +241,20 @@ SIGLIP_SIZES: dict[str, tuple[int, int, int, int]] = {
 
 
 def siglip_vision_config(size: str, image_size: int, patch_size: int) -> SiglipVisionConfig:
-    """The SigLIP vision tower of ``size`` ("base", "large", "so400m") at ``image_size``."""
+    """The SigLIP vision tower of ``size`` ("base", "large", "so400m") at ``image_size``.
+
+    Its ``tokens`` are transformers' ``last_hidden_state`` (the last block through
+    ``post_layernorm``); a VLM picks its own layer and norm (``feature_layer``, ``feature_norm``:
+    LLaVA-OneVision reads the last block before the norm)."""
     width, depth, heads, mlp = SIGLIP_SIZES[size]
     return SiglipVisionConfig(
-        image_size=image_size, patch_size=patch_size, width=width, depth=depth, num_heads=heads, mlp_dim=mlp
+        image_size=image_size,
+        patch_size=patch_size,
+        width=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_dim=mlp,
+        feature_norm=True,
     )
 
 
@@ -295,7 +282,7 @@ SIGLIP_VISION_PRESETS: dict[str, SiglipVisionConfig] = {
     "siglip-so400m-patch14-384": siglip_vision_config("so400m", 378, 14),
     # For tests: 32 px, 8 px patches (4x4 grid), 2 blocks of width 32.
     "siglip-vit-tiny": SiglipVisionConfig(
-        image_size=32, patch_size=8, width=32, depth=2, num_heads=4, mlp_dim=64
+        image_size=32, patch_size=8, width=32, depth=2, num_heads=4, mlp_dim=64, feature_norm=True
     ),
 }
 

@@ -306,6 +306,21 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
                 f"({grid[0]}x{grid[1]} patch grid), got {tuple(masks.shape)}"
             )
 
+    @property
+    def uses_last_block(self) -> bool:
+        """Whether the outputs need the last block even when the features come from an earlier one
+        (pooling; a subclass's own head)."""
+        return self.config.pool != "none"
+
+    def pool_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(pooled [B, width], embeds [B, embed_dim]) from the last block's output [B, N, width]."""
+        c = self.config
+        if c.pool == "none":
+            return None, None
+        final = self.norm(x)
+        pooled = final[:, 0] if c.pool == "cls" else final[:, c.num_prefix_tokens :].mean(dim=1)
+        return pooled, self.head(pooled) if self.head is not None else None
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -323,8 +338,7 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
         c = self.config
         x, grid = self.embed(pixel_values, masks)
         feature_index = c.feature_layer % (c.depth + 1)
-        needs_all = output_hidden_states or c.pool != "none"
-        last = c.depth if needs_all else feature_index
+        last = c.depth if output_hidden_states or self.uses_last_block else feature_index
         # Keep block outputs only when asked: holding all of them costs depth x [B, N, C] of peak
         # memory and page faults on every call (measured 2-3% of a CLIP-B/16 forward on CPU).
         hidden = [x] if output_hidden_states else None
@@ -339,11 +353,7 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
             tokens = self.norm(tokens)
         if c.feature_tokens == "patch":
             tokens = tokens[:, c.num_prefix_tokens :]
-        pooled = embeds = None
-        if c.pool != "none":
-            final = self.norm(x)
-            pooled = final[:, 0] if c.pool == "cls" else final[:, c.num_prefix_tokens :].mean(dim=1)
-            embeds = self.head(pooled) if self.head is not None else None
+        pooled, embeds = self.pool_outputs(x)
         return VisionOutput(
             tokens=tokens,
             grid=grid,
