@@ -24,11 +24,11 @@ import torch.nn as nn
 from vlmzoo.config import Config
 from vlmzoo.encoders.clip_text import TextOutput
 from vlmzoo.encoders.vit import VisionTransformer, ViTConfig
-from vlmzoo.errors import InputError, require
 from vlmzoo.layers import Activation, Block
 from vlmzoo.layers.attention import CrossAttention
 from vlmzoo.layers.mlp import Mlp
 from vlmzoo.layers.stack import BlockStack
+from vlmzoo.layers.token_input import check_token_ids
 from vlmzoo.registry import register, register_architecture
 from vlmzoo.weights.hub import HubMixin
 
@@ -165,32 +165,7 @@ class SiglipTextTransformer(BlockStack, HubMixin, nn.Module):
         return list(self.blocks)
 
     def _check(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        c = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
-            shape = (
-                tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-            )
-            raise InputError(f"input_ids must be a [B, L] tensor, got {shape}")
-        if input_ids.dtype not in (torch.int32, torch.int64):
-            raise InputError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise InputError(f"input_ids hold no tokens (shape {tuple(input_ids.shape)}): nothing to pool")
-        if input_ids.shape[1] > c.context_length:
-            raise InputError(
-                f"sequence length {input_ids.shape[1]} exceeds the context length {c.context_length}"
-            )
-        require(
-            (input_ids.min() >= 0) & (input_ids.max() < c.vocab_size),
-            lambda: (
-                f"token ids must be in [0, {c.vocab_size}), got range "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            ),
-            f"token ids outside [0, {c.vocab_size})",
-        )
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise InputError(
-                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
-            )
+        check_token_ids(input_ids, attention_mask, self.config.vocab_size, self.config.context_length)
 
     def forward(
         self,
