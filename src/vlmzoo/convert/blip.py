@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from vlmzoo.convert.activations import from_hf_activation
+from vlmzoo.convert.blip2 import vision_stem_state_dict
 from vlmzoo.convert.state_dict import BLOCK_KEYS, build_loaded, count_blocks, fuse_rows, moved, strip_prefix
 from vlmzoo.encoders.blip_text import MEDConfig
 from vlmzoo.encoders.vit import BLIP_VISION_PRESETS, VisionTransformer, ViTConfig, blip_vision_config
@@ -84,14 +85,7 @@ def vision_state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
     depth = count_blocks(sd, "encoder.layers.", _VISION_LAYER_KEYS, "encoder layer")
     if depth != config.depth:
         raise ConversionError(f"the state dict holds {depth} vision layers, the config {config.depth}")
-    out = {
-        "cls_token": sd["embeddings.class_embedding"],
-        "pos_embed": sd["embeddings.position_embedding"],
-        "patch_embed.proj.weight": sd["embeddings.patch_embedding.weight"],
-        "patch_embed.proj.bias": sd["embeddings.patch_embedding.bias"],
-        "norm.weight": sd["post_layernorm.weight"],
-        "norm.bias": sd["post_layernorm.bias"],
-    }
+    out = vision_stem_state_dict(sd)
     for i in range(depth):
         out |= moved(sd, f"encoder.layers.{i}.", f"blocks.{i}.", _VISION_LAYER_NAMES)
     return out

@@ -69,10 +69,10 @@ _VISION_LAYER_NAMES = {
 }
 
 
-def vision_state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
-    """Bare ``Blip2VisionModel`` keys (``embeddings.*``, ``encoder.layers.*``, ``post_layernorm``)
-    -> :class:`VisionTransformer` keys. The k third of ``qkv.bias`` is dropped (see module doc)."""
-    out = {
+def vision_stem_state_dict(sd: StateDict) -> StateDict:
+    """The embeddings and final norm of transformers' BLIP / BLIP-2 vision towers (the same keys in
+    ``BlipVisionModel`` and ``Blip2VisionModel``) -> :class:`VisionTransformer` keys."""
+    return {
         "cls_token": sd["embeddings.class_embedding"],
         "pos_embed": sd["embeddings.position_embedding"],
         "patch_embed.proj.weight": sd["embeddings.patch_embedding.weight"],
@@ -80,6 +80,12 @@ def vision_state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
         "norm.weight": sd["post_layernorm.weight"],
         "norm.bias": sd["post_layernorm.bias"],
     }
+
+
+def vision_state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
+    """Bare ``Blip2VisionModel`` keys (``embeddings.*``, ``encoder.layers.*``, ``post_layernorm``)
+    -> :class:`VisionTransformer` keys. The k third of ``qkv.bias`` is dropped (see module doc)."""
+    out = vision_stem_state_dict(sd)
     for i in range(config.depth):
         src, dst = f"encoder.layers.{i}.", f"blocks.{i}."
         out[f"{dst}attn.qkv.weight"] = sd[f"{src}self_attn.qkv.weight"]

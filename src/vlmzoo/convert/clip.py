@@ -90,8 +90,9 @@ HF_LAYER_NAMES = {
 }
 
 
-def _blocks(sd: StateDict, prefix: str, depth: int) -> StateDict:
-    """HF encoder layers (separate q/k/v) -> vlmzoo blocks (fused qkv, rows q, k, v)."""
+def hub_blocks(sd: StateDict, prefix: str, depth: int) -> StateDict:
+    """HF encoder layers (separate q/k/v) -> vlmzoo blocks (fused qkv, rows q, k, v); CLIP's and
+    SigLIP's towers share this layer layout."""
     out: StateDict = {}
     for i in range(depth):
         src, dst = f"{prefix}encoder.layers.{i}.", f"blocks.{i}."
@@ -111,7 +112,7 @@ def vision_state_dict_from_hf(sd: StateDict, config: ViTConfig) -> StateDict:
         "norm_pre.bias": sd[f"{p}pre_layrnorm.bias"],
         "norm.weight": sd[f"{p}post_layernorm.weight"],
         "norm.bias": sd[f"{p}post_layernorm.bias"],
-        **_blocks(sd, p, config.depth),
+        **hub_blocks(sd, p, config.depth),
     }
     if config.embed_dim is not None:
         out["head.weight"] = sd["visual_projection.weight"]
@@ -126,7 +127,7 @@ def text_state_dict_from_hf(sd: StateDict, config: TextTransformerConfig) -> Sta
         "pos_embed": sd[f"{p}embeddings.position_embedding.weight"].unsqueeze(0),
         "norm.weight": sd[f"{p}final_layer_norm.weight"],
         "norm.bias": sd[f"{p}final_layer_norm.bias"],
-        **_blocks(sd, p, config.depth),
+        **hub_blocks(sd, p, config.depth),
     }
     if config.embed_dim is not None:
         out["head.weight"] = sd["text_projection.weight"]

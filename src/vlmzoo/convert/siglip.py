@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from vlmzoo.convert.activations import from_hf_activation
-from vlmzoo.convert.clip import HF_LAYER_NAMES
-from vlmzoo.convert.state_dict import build_loaded, fuse_rows, moved
+from vlmzoo.convert.clip import hub_blocks
+from vlmzoo.convert.state_dict import build_loaded, moved
 from vlmzoo.encoders.siglip import (
     SiglipTextConfig,
     SiglipTextTransformer,
@@ -66,16 +66,6 @@ def text_config_from_hf(hf: Any) -> SiglipTextConfig:
     )
 
 
-def _blocks(sd: StateDict, prefix: str, depth: int) -> StateDict:
-    """HF encoder layers (separate q/k/v) -> vlmzoo blocks (fused qkv, rows q, k, v)."""
-    out: StateDict = {}
-    for i in range(depth):
-        src, dst = f"{prefix}encoder.layers.{i}.", f"blocks.{i}."
-        out |= fuse_rows(sd, [f"{src}self_attn.{n}_proj" for n in "qkv"], f"{dst}attn.qkv")
-        out |= moved(sd, src, dst, HF_LAYER_NAMES)
-    return out
-
-
 def vision_state_dict_from_hf(sd: StateDict, config: SiglipVisionConfig) -> StateDict:
     """Hub-format ``vision_model.*`` -> :class:`SiglipVisionTransformer` keys."""
     p = "vision_model."
@@ -85,7 +75,7 @@ def vision_state_dict_from_hf(sd: StateDict, config: SiglipVisionConfig) -> Stat
         "pos_embed": sd[f"{p}embeddings.position_embedding.weight"].unsqueeze(0),
         "norm.weight": sd[f"{p}post_layernorm.weight"],
         "norm.bias": sd[f"{p}post_layernorm.bias"],
-        **_blocks(sd, p, config.depth),
+        **hub_blocks(sd, p, config.depth),
     }
     if config.map_head:
         h, d = f"{p}head.", config.width
@@ -121,7 +111,7 @@ def text_state_dict_from_hf(sd: StateDict, config: SiglipTextConfig) -> StateDic
         "norm.bias": sd[f"{p}final_layer_norm.bias"],
         "head.weight": sd[f"{p}head.weight"],
         "head.bias": sd[f"{p}head.bias"],
-        **_blocks(sd, p, config.depth),
+        **hub_blocks(sd, p, config.depth),
     }
 
 
