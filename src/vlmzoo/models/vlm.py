@@ -76,13 +76,17 @@ class VLMConfig(Config):
 @dataclass
 class VLMOutput:
     """``logits`` [B, L', vocab] over the merged sequence (L' >= L after expansion), ``loss``
-    when labels were given, and the merged ``attention_mask`` / ``labels`` [B, L']."""
+    when labels were given, and the merged ``attention_mask`` / ``labels`` [B, L']. With
+    ``output_hidden_states=True``, ``hidden_states`` are the decoder's (embeddings, then each
+    layer; each [B, L', D]) over the merged sequence: what heads on top of the decoder read
+    (OneChart's number head, Emu's regression head)."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     cache: Any = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 def _num_images(pixel_values: Any) -> int:
@@ -318,7 +322,7 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         ``input_ids`` [B, L] with one placeholder per image (or
         M with ``expand_image_tokens=False``); ``attention_mask`` [B, L] 1 = token, 0 = padding
         (integers or floats; bool masks are refused, see docs/errors.md). ``decoder_kwargs`` go to
-        the decoder (``cache`` to continue a KV cache, ``use_cache``).
+        the decoder (``cache`` to continue a KV cache, ``use_cache``, ``output_hidden_states``).
         """
         if input_ids is None:
             raise InputError("input_ids are required")
@@ -327,7 +331,14 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         prepared = self._prepare(pixel_values, num_images, input_ids, attention_mask, labels, cache=cache)
         with prepared.conditioning:
             out = self.decoder(**prepared.decoder_inputs(), **decoder_kwargs)
-        return VLMOutput(out.logits, out.loss, prepared.attention_mask, prepared.labels, kv_cache(out))
+        return VLMOutput(
+            out.logits,
+            out.loss,
+            prepared.attention_mask,
+            prepared.labels,
+            kv_cache(out),
+            getattr(out, "hidden_states", None),
+        )
 
     @torch.no_grad()
     def generate(
