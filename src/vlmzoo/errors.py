@@ -49,6 +49,10 @@ class InsufficientMemoryError(VlmzooError, MemoryError):
     """
 
 
+class MissingDependencyError(VlmzooError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra to install."""
+
+
 class RunFolderError(CheckpointError):
     """A run folder cannot be used as asked, so the job refused to start (nothing ran, nothing was deleted).
 
