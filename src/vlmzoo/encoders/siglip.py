@@ -76,8 +76,11 @@ class MAPHead(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_hidden_dim, act=act)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.attn(self.probe.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens)
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``tokens`` [B, N, C]; ``mask`` [B, N] (1 = token, 0 = padding the probe must not see:
+        SigLIP 2's NaFlex sequences, transformers' ``key_padding_mask``), optional."""
+        attn_mask = mask.bool()[:, None, None, :] if mask is not None else None
+        h = self.attn(self.probe.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens, attn_mask)
         h = h + self.mlp(self.norm(h))
         return h[:, 0]
 
