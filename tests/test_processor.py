@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,14 @@ from PIL import Image
 from tiny_tokenizers import llama_tokenizer, opt_tokenizer, qwen_tokenizer
 
 from vlmzoo.errors import ConfigError, InputError, UnknownModelError, VlmzooError
-from vlmzoo.processing.image import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ImageProcessorConfig
+from vlmzoo.processing.image import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageProcessor,
+    ImageProcessorConfig,
+)
 from vlmzoo.processing.image_input import expand_to_square, load_image, mean_fill, to_rgb
 from vlmzoo.processing.processor import PROCESSOR_FILE, Processor
 from vlmzoo.processing.processor_presets import (
@@ -27,7 +35,7 @@ transformers = pytest.importorskip("transformers")
 
 # (width, height): landscape, portrait, square, tiny, thin, odd margins.
 SIZES = [(300, 200), (200, 333), (64, 64), (17, 9), (400, 31), (129, 250)]
-MODES = ["RGB", "RGBA", "L", "LA", "P", "I;16"]
+MODES = ["RGB", "RGBA", "L", "LA", "P"]
 
 
 def _pixels(width: int, height: int, seed: int) -> np.ndarray:
@@ -46,8 +54,6 @@ def _image(width: int, height: int, mode: str, seed: int = 0) -> Image.Image:
         return rgb.convert("LA")
     if mode == "P":
         return rgb.quantize(colors=64)
-    if mode == "I;16":
-        return Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 3)  # values up to 765
     return rgb.convert(mode)
 
 
@@ -87,6 +93,23 @@ def test_llava_default_reads_images_like_the_original_convert_rgb(mode):
     ours = Processor(llava()).pixel_values(image)
     theirs = _hf_llava_image_processor()(image.convert("RGB"), return_tensors="pt")["pixel_values"]
     assert _max_diff(ours, theirs) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)),  # I;16
+        Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)),  # F
+        Image.new("I", (8, 8), 70000),
+    ],
+    ids=["I;16", "F", "I"],
+)
+def test_images_deeper_than_8_bits_are_refused_not_clipped(image):
+    # Pillow's convert("RGB"), which every original pipeline uses, clips these values to 0..255.
+    with pytest.raises(InputError, match=rf"mode '{re.escape(image.mode)}'.*convert it to 8 bits"):
+        Processor(llava()).pixel_values(image)
+    with pytest.raises(InputError, match="clipped to 0..255"):
+        ImageProcessor(ImageProcessorConfig.clip(32))(image)
 
 
 def test_expand2square_centres_the_image_on_the_mean_colour():

@@ -34,6 +34,7 @@ from PIL import Image
 
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError
+from vlmzoo.processing.image_input import to_rgb
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -137,15 +138,16 @@ class ImageProcessor:
         """One image (PIL, uint8 HWC array, or float CHW tensor in [0, 1]) -> ``[3, crop, crop]``."""
         if isinstance(image, Image.Image):
             return self._from_pil(image)
-        if isinstance(image, np.ndarray):  # uint8 HWC, 3 or 4 channels, or HW
+        if isinstance(image, np.ndarray):  # uint8 HWC, 3 or 4 channels, or HW (floats were split as tensors)
             return self._from_pil(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image))
         return self._from_float(image)
 
     def _from_pil(self, image: Image.Image) -> torch.Tensor:
         w, h = image.size
         _check_extent(h, w)
-        # convert("RGB") replicates gray and drops alpha (no compositing), as HF and CLIP do.
-        image = image.convert("RGB")
+        # convert("RGB") replicates gray and drops alpha (no compositing), as CLIP does; 16-bit and
+        # float modes are refused rather than clipped (to_rgb).
+        image = to_rgb(image, "drop")
         new_h, new_w = self._resized_hw(h, w)
         # Pillow returns a copy when the size is unchanged, so no special case is needed.
         image = image.resize((new_w, new_h), resample=_PIL_RESAMPLE[self.config.resample])

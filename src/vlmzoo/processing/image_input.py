@@ -10,8 +10,13 @@ Three steps come before a model's resize/crop/normalise recipe, and the original
 * **Alpha.** ``Image.convert('RGB')`` drops the alpha channel (a transparent pixel keeps its
   colour); transformers' ``convert_to_rgb`` (image_transforms.py, 5.x) composites RGBA, LA and
   palette transparency onto white first. :func:`to_rgb` does either (``alpha="drop"`` or
-  ``"white"``). Grey (L), palette (P) and 16-bit grey (I;16) go through Pillow's conversion in
-  both: grey is replicated, I;16 values above 255 are clipped to 255.
+  ``"white"``). Grey (L), palette (P), CMYK and YCbCr go through Pillow's conversion in both:
+  grey is replicated.
+* **Bit depth.** Pillow converts 16-bit grey (``I;16``), 32-bit integer (``I``) and float (``F``)
+  images to RGB by *clipping* each value to 0..255, so a 16-bit scan (values up to 65535) becomes
+  an almost white image and a float image in [0, 1] an almost black one. Every original pipeline
+  would do exactly that, silently; :func:`to_rgb` refuses these modes instead and says how to
+  bring the image to 8 bits (the scaling is the user's knowledge, not vlmzoo's guess).
 * **Padding to a square.** LLaVA-1.5's ``image_aspect_ratio="pad"`` (llava/mm_utils.py
   ``expand2square``) pastes the image centred, offset ``(long - short) // 2``, on a square canvas
   filled with the image processor's mean colour ``tuple(int(m * 255) for m in image_mean)``
@@ -57,16 +62,41 @@ def load_image(source: str | os.PathLike | Image.Image, *, exif_transpose: bool 
     return ImageOps.exif_transpose(image) if exif_transpose else image
 
 
+# Modes whose values are not 0..255: Pillow's convert("RGB") clips them (see the module docstring).
+_HIGH_DEPTH = {
+    "I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16N": "16-bit", "I": "32-bit integer",
+    "F": "32-bit float",
+}  # fmt: skip
+
+
 def to_rgb(image: Image.Image, alpha: Alpha = "drop") -> Image.Image:
     """An RGB copy of ``image``: ``alpha="drop"`` is ``Image.convert('RGB')`` (the originals),
-    ``"white"`` composites any transparency onto white first (transformers' ``convert_to_rgb``)."""
+    ``"white"`` composites any transparency onto white first (transformers' ``convert_to_rgb``).
+
+    16-bit, 32-bit and float images are refused (Pillow would clip their values to 0..255), as
+    are modes Pillow cannot turn into RGB (LAB, HSV, multi-band TIFFs), each naming the fix."""
     if image.mode == "RGB":
         return image
+    if image.mode in _HIGH_DEPTH:
+        lo, hi = image.getextrema()
+        raise InputError(
+            f"image of mode {image.mode!r} ({_HIGH_DEPTH[image.mode]} values, here {lo:g}..{hi:g}) would "
+            "be clipped to 0..255 by the RGB conversion every released pipeline uses; convert it to 8 "
+            "bits first with the scaling your data needs, e.g. Image.fromarray((np.asarray(img) / 257)"
+            ".astype(np.uint8)) for 16-bit values or (np.asarray(img) * 255).round().astype(np.uint8) "
+            "for floats in [0, 1]"
+        )
     if alpha == "white" and ("A" in image.getbands() or image.info.get("transparency") is not None):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as e:
+        raise InputError(
+            f"Pillow cannot convert an image of mode {image.mode!r} to RGB ({e}); convert it to RGB "
+            "yourself (e.g. with ImageCms for LAB) before passing it"
+        ) from e
 
 
 def mean_fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:
