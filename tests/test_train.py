@@ -145,3 +145,8 @@ def test_nothing_trainable_is_a_clear_error(tok, tmp_path):
     model.set_trainable(encoder="frozen", adapter="frozen", decoder="frozen")
     with pytest.raises(ValueError, match="no trainable parameters"):
         Trainer(model, TrainConfig(steps=1), batch_fn_for(tok), loss_fn, tmp_path, progress=False)
+
+
+def test_a_warmup_as_long_as_the_run_warns_with_the_fix():
+    with pytest.warns(UserWarning, match=r"warmup_steps=50 >= steps=40.*e\.g\. 4"):
+        TrainConfig(steps=40)

@@ -13,6 +13,10 @@ Three kinds exist today, each a subclass:
 - :class:`~vlmzoo.adapters.prefix.PrefixAdapter` (LLaVA's MLP projector, BLIP-2's Q-Former) maps
   visual tokens [n, N, C_enc] to M embeddings [n, M, C_llm] and splices them into the text at the
   image placeholders: ``prepare`` returns ``inputs_embeds``; nothing else is conditioned.
+  Its any-resolution kind (:class:`~vlmzoo.adapters.anyres.AnyResProjector`, LLaVA-NeXT and
+  OneVision) reads several encoder inputs per image and gives each image as many embeddings as
+  its size asks: :meth:`Adapter.count_images` and :meth:`Adapter.image_positions` take the
+  callers' ``image_sizes``.
 - :class:`~vlmzoo.adapters.cross_attention.FlamingoAdapter` inserts gated cross-attention blocks
   into the decoder at ``bind``; the placeholder stays one real token, ``prepare`` returns the
   ``input_ids`` and a conditioning context in which those blocks see this call's images.
@@ -49,7 +53,7 @@ import torch
 import torch.nn as nn
 
 from vlmzoo.config import Config
-from vlmzoo.errors import ConfigError
+from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.weights.hub import HubMixin
 
@@ -240,6 +244,24 @@ class Adapter(BlockStack, HubMixin, nn.Module):
         """What the adapter makes of the images before the decoder: [n, N, in_dim] -> [n, M, D]."""
         raise NotImplementedError
 
+    def count_images(self, num_inputs: int, image_sizes: torch.Tensor | None) -> int:
+        """Images among ``num_inputs`` encoder inputs, given the callers' ``image_sizes`` [n, 2]
+        (height, width) or None. Every kind but any-resolution tiling reads one image per input
+        and takes no sizes; a tiling adapter reads several inputs (its views) per image."""
+        if image_sizes is not None:
+            raise InputError(
+                f"image_sizes were given but a {type(self).__name__} reads every input as one image at "
+                "the encoder's resolution; leave image_sizes out (they are for any-resolution tiling)"
+            )
+        return num_inputs
+
+    def image_positions(
+        self, num_encoder_tokens: int, num_images: int, image_sizes: torch.Tensor | None = None
+    ) -> list[int]:
+        """Positions each of ``num_images`` images takes in the decoder's sequence, in placeholder
+        order: :meth:`tokens_per_image` each, unless the kind's cost depends on the image's size."""
+        return [self.tokens_per_image(num_encoder_tokens)] * num_images
+
     # --- one call ---------------------------------------------------------------------------
     def prepare(
         self,
@@ -257,6 +279,8 @@ class Adapter(BlockStack, HubMixin, nn.Module):
         [n_img, N, in_dim] are the encoder tokens of the images in placeholder (reading) order,
         or None without images; ``attention_mask`` [B, L] 1 = token, 0 = padding; ``labels``
         [B, L] with ``IGNORE_INDEX`` where not scored. Inputs are checked by the caller.
+        A kind whose images have sizes (any-resolution tiling) also takes ``image_sizes=``
+        [n_img, 2]; the model passes it only when the caller gave it.
         ``padding_side``: where a kind that changes the rows' lengths (expanding or removing
         placeholders) puts the padding it makes: ``"left"`` for ``generate`` (every row must end
         in its last token), None to keep the side the input is padded on (the right when unpadded).

@@ -13,6 +13,7 @@ subclass only maps tokens to embeddings: ``forward`` [n, N, in_dim] -> [n, M, ou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -78,7 +79,7 @@ class PrefixAdapter(Adapter):
         self,
         decoder: Any,
         input_ids: torch.Tensor,
-        features: torch.Tensor | None,
+        features: torch.Tensor | Sequence[torch.Tensor] | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         *,
@@ -86,8 +87,10 @@ class PrefixAdapter(Adapter):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Splice image embeddings into the text: returns (inputs_embeds, attention_mask, labels).
 
-        ``features`` [n_img, M, hidden] in placeholder order; ``decoder`` embeds the text (its
-        ``embed``). With ``expand_image_tokens``, each placeholder becomes M positions; padding
+        ``features`` [n_img, M, hidden] in placeholder order, or one [M_i, hidden] tensor per image
+        when images take different numbers of positions (any-resolution tiling); ``decoder`` embeds
+        the text (its ``embed``). With ``expand_image_tokens``, each placeholder becomes M (M_i)
+        positions; padding
         stays on the side it was on, or goes left with ``padding_side="left"`` (generation). Image positions get
         label ``IGNORE_INDEX``. Without images the text embeddings come back with the mask as given.
         """
@@ -103,8 +106,14 @@ class PrefixAdapter(Adapter):
             return text_embeds, attention_mask, labels
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        lengths: list[int] | None = None
+        if isinstance(features, torch.Tensor):
+            num_images, m = features.shape[0], features.shape[1]
+        else:  # one [M_i, hidden] per image: flat in placeholder order, each placeholder M_i wide
+            lengths = [f.shape[0] for f in features]
+            num_images, m = len(lengths), None
+            features = torch.cat(list(features)) if lengths else text_embeds.new_zeros(0, text_embeds.shape[-1])
         features = features.to(text_embeds.dtype)
-        m = features.shape[1]
         if not layout.expand_image_tokens:
             embeds = text_embeds.masked_scatter(is_image[..., None], features.reshape(-1, features.shape[-1]))
             return (
@@ -112,12 +121,17 @@ class PrefixAdapter(Adapter):
                 attention_mask,
                 None if labels is None else labels.masked_fill(is_image, IGNORE_INDEX),
             )
-        width = torch.where(is_image, m, 1)
+        if lengths is None:
+            width = torch.where(is_image, m, 1)
+        else:
+            sizes = torch.tensor(lengths, dtype=input_ids.dtype, device=input_ids.device)
+            width = torch.ones_like(input_ids).masked_scatter(is_image, sizes)
         start = width.cumsum(dim=1) - width  # first merged position of each input token
-        total, offset = merged_length(is_image, width, attention_mask, features.shape[0], m, padding_side)
+        total, offset = merged_length(is_image, width, attention_mask, num_images, m, padding_side)
         if layout.max_length is not None and total > layout.max_length:
+            per_image = m if lengths is None else lengths
             raise InputError(
-                f"with {m} tokens per image the sequence grows to {total} > max_length="
+                f"with {per_image} tokens per image the sequence grows to {total} > max_length="
                 f"{layout.max_length}; truncating would cut an image span, shorten the text"
             )
         # Data movement by scatters of static shape (no boolean indexing), so that the splice traces
@@ -147,20 +161,22 @@ def merged_length(
     width: torch.Tensor,
     attention_mask: torch.Tensor,
     num_images: int,
-    m: int,
+    m: int | None,
     padding_side: PaddingSide | None = None,
 ) -> tuple[int, torch.Tensor]:
-    """(merged length, per-row offset [B]) of the expanded sequence (each placeholder ``m`` wide).
+    """(merged length, per-row offset [B]) of the expanded sequence (each placeholder ``m`` wide,
+    or as wide as ``width`` says when images differ: ``m`` None).
 
     Eagerly: the longest row, and shorter rows shifted right — their new padding on the left —
     when ``padding_side="left"`` (generation: every row must end in its last token) or when the
     input is left-padded; otherwise the new padding goes on the right. While ``torch.compile`` traces, the length must not depend on
     where the placeholders are, so every sample must hold the same number of images (asserted
-    inside the graph): then every row has the same length and none is shifted.
+    inside the graph): then every row has the same length and none is shifted. Images of
+    different widths (``m`` None) make the length a host-side number: eager only.
     """
     b, length = is_image.shape
     new_len = width.sum(dim=1)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and m is not None:
         per_row = num_images // b
         torch._assert_async(
             (is_image.sum(dim=1) == per_row).all() & (num_images % b == 0),

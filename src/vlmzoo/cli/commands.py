@@ -69,6 +69,7 @@ def demo(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         threads=args.threads,
+        task=args.task,
     )
     return 0
 

@@ -69,7 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="train a tiny VLM on built-in synthetic data and report held-out accuracy"
     )
-    p.add_argument("--steps", type=value.positive_int, default=2500, help="optimizer steps (default 2500)")
+    p.add_argument(
+        "--task",
+        choices=["vqa", "grounding"],
+        default="vqa",
+        help="vqa: questions about a shape, exact match (default); grounding: 'where is the red "
+        "square?' answered with its box as Shikra writes it, REC accuracy",
+    )
+    p.add_argument(
+        "--steps",
+        type=value.positive_int,
+        default=None,
+        help="optimizer steps (default 2500 for vqa, 1500 for grounding)",
+    )
     p.add_argument("--seed", type=value.seed, default=0)
     p.add_argument("--out", type=value.folder, default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--device", type=value.device, default="cpu", help="torch device, e.g. cpu or cuda")

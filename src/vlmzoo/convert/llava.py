@@ -28,9 +28,11 @@ from typing import Any, Literal
 
 import torch
 
+from vlmzoo.adapters.anyres import AnyResConfig
 from vlmzoo.adapters.mlp import MLPProjectorConfig
 from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.convert.clip import from_hf_clip, vision_config_from_hub_state_dict, vision_state_dict_from_hf
+from vlmzoo.convert.siglip import from_hf_siglip
 from vlmzoo.convert.parts import assemble_vlm, supplied_decoder, supplied_encoder
 from vlmzoo.convert.state_dict import build_loaded, count_blocks, strip_prefix
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder, llama_config
@@ -59,33 +61,42 @@ def decoder_from_hf_parts(
     return HFDecoder.from_hf(lm)
 
 
-def from_hf_llava(model: Any) -> VisionLanguageModel:
-    """Convert ``LlavaForConditionalGeneration`` (same weights, same logits)."""
+def _hf_tower(model: Any) -> torch.nn.Module:
+    """The vision tower of a transformers LLaVA-family model, converted (CLIP or SigLIP)."""
     cfg = model.config
     if not isinstance(cfg.vision_feature_layer, int):
         raise ConversionError(
             f"vision_feature_layer={cfg.vision_feature_layer!r}: multi-layer features are not supported"
         )
-    if type(model.model.vision_tower).__name__ != "CLIPVisionModel":
-        raise ConversionError(
-            f"vision tower {type(model.model.vision_tower).__name__} is not supported (CLIP only)"
-        )
-    encoder = from_hf_clip(model.model.vision_tower)
+    kind = type(model.model.vision_tower).__name__
+    converters = {"CLIPVisionModel": from_hf_clip, "SiglipVisionModel": from_hf_siglip}
+    if kind not in converters:
+        raise ConversionError(f"vision tower {kind} is not supported (CLIP or SigLIP)")
+    return converters[kind](model.model.vision_tower)
+
+
+def _hf_llava_family(model: Any, adapter: dict[str, Any] | None, source: str) -> VisionLanguageModel:
+    """LLaVA, LLaVA-NeXT and OneVision share this layout; ``adapter`` holds the tiling fields of
+    an any-resolution model (None: LLaVA's plain projector)."""
+    cfg = model.config
+    encoder = _hf_tower(model)
     encoder_config = encoder.config.replace(
         feature_layer=cfg.vision_feature_layer,
         feature_tokens="patch" if cfg.vision_feature_select_strategy == "default" else "all",
+        feature_norm=False,
         pool="none",
         embed_dim=None,
     )
     projector = model.model.multi_modal_projector
     act = from_hf_activation(cfg.projector_hidden_act, where="projector_hidden_act")
-    adapter_config = MLPProjectorConfig(
+    mlp = dict(
         in_dim=projector.linear_1.in_features,
         out_dim=projector.linear_2.out_features,
         depth=2,
         act=act,
         bias=projector.linear_1.bias is not None,
     )
+    adapter_config = MLPProjectorConfig(**mlp) if adapter is None else AnyResConfig(**mlp, **adapter)
     decoder = decoder_from_hf_parts(cfg.text_config, model.model.language_model, model.lm_head)
     config = VLMConfig(
         encoder=encoder_config,
@@ -104,8 +115,49 @@ def from_hf_llava(model: Any) -> VisionLanguageModel:
             "adapter.proj.0.bias": projector.linear_1.bias,
             "adapter.proj.2.bias": projector.linear_2.bias,
         }
+    if adapter is not None:
+        state["adapter.image_newline"] = model.model.image_newline
     state |= {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
-    return build_loaded(lambda: VisionLanguageModel(config), state, "converted LlavaForConditionalGeneration")
+    return build_loaded(lambda: VisionLanguageModel(config), state, f"converted {source}")
+
+
+def from_hf_llava(model: Any) -> VisionLanguageModel:
+    """Convert ``LlavaForConditionalGeneration`` (same weights, same logits)."""
+    return _hf_llava_family(model, None, "LlavaForConditionalGeneration")
+
+
+def _pinpoints(pairs: Any) -> tuple[tuple[int, int], ...]:
+    return tuple((int(h), int(w)) for h, w in pairs)
+
+
+def from_hf_llava_next(model: Any) -> VisionLanguageModel:
+    """Convert ``LlavaNextForConditionalGeneration``: same weights, logits and greedy tokens with
+    ``image_sizes`` and the views flat (transformers' padded [B, max_views, ...] ``pixel_values``
+    less their zero padding: :func:`vlmzoo.processing.anyres.flat_views`)."""
+    cfg = model.config
+    tiling = dict(tile_size=cfg.vision_config.image_size, grid_pinpoints=_pinpoints(cfg.image_grid_pinpoints))
+    return _hf_llava_family(model, tiling, "LlavaNextForConditionalGeneration")
+
+
+def from_hf_llava_onevision(model: Any) -> VisionLanguageModel:
+    """Convert ``LlavaOnevisionForConditionalGeneration`` (images; its video path is not converted).
+
+    ``vision_aspect_ratio="anyres_max_{k}"`` becomes ``max_tiles=k``. transformers tiles only the
+    image of a one-image sample (``batch_num_images``); the images of a multi-image sample are one
+    untiled view each, which vlmzoo reads from an ``image_sizes`` row of zeros.
+    """
+    cfg = model.config
+    aspect = re.fullmatch(r"anyres_max_(\d+)", str(cfg.vision_aspect_ratio))
+    if aspect is None:
+        raise ConversionError(
+            f"vision_aspect_ratio={cfg.vision_aspect_ratio!r}: only 'anyres_max_<k>' is supported"
+        )
+    tiling = dict(
+        tile_size=cfg.vision_config.image_size,
+        grid_pinpoints=_pinpoints(cfg.image_grid_pinpoints),
+        max_tiles=int(aspect.group(1)),
+    )
+    return _hf_llava_family(model, tiling, "LlavaOnevisionForConditionalGeneration")
 
 
 # --- the original release (haotian-liu/LLaVA) ---------------------------------------------------
@@ -239,5 +291,9 @@ def from_original_llava(
     )
 
 
-TRANSFORMERS = {"LlavaForConditionalGeneration": from_hf_llava}
+TRANSFORMERS = {
+    "LlavaForConditionalGeneration": from_hf_llava,
+    "LlavaNextForConditionalGeneration": from_hf_llava_next,
+    "LlavaOnevisionForConditionalGeneration": from_hf_llava_onevision,
+}
 ORIGINAL = {"llava": from_original_llava}

@@ -1,4 +1,5 @@
-"""transformers SigLIP -> vlmzoo (``SiglipModel``, ``SiglipVisionModel``, ``SiglipTextModel``).
+"""transformers SigLIP and SigLIP 2 -> vlmzoo (``SiglipModel``, ``SiglipVisionModel``,
+``SiglipTextModel``; ``Siglip2Model``, ``Siglip2VisionModel``, ``Siglip2TextModel``).
 
 Key names follow the serialised hub format of ``SiglipModel`` (``vision_model.*``,
 ``text_model.*``, ``logit_scale``, ``logit_bias``; transformers' ``siglip/convert_siglip_to_hf.py``).
@@ -6,6 +7,10 @@ transformers 5 keeps a bare tower without its prefix in memory, so the prefix is
 The encoder layers are CLIP's (separate q/k/v, ``layer_norm1``/``layer_norm2``, ``mlp.fc1``/``fc2``).
 The MAP head's ``nn.MultiheadAttention`` packs q, k, v in ``in_proj_weight`` rows [0:D], [D:2D],
 [2D:3D]: the probe's query projection is the first third, the tokens' key/value the rest.
+SigLIP 2's NaFlex tower has the same layers and head; its patch embedding is a Linear over
+flattened patches (``embeddings.patch_embedding`` [D, p·p·C]) and its position table
+``embeddings.position_embedding`` [num_patches, D] (transformers' ``modeling_siglip2.py``). Its
+text tower is SigLIP's.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from vlmzoo.encoders.siglip import (
     SiglipVisionConfig,
     SiglipVisionTransformer,
 )
+from vlmzoo.encoders.siglip2 import Siglip2VisionConfig, Siglip2VisionTransformer
 from vlmzoo.errors import ConversionError
-from vlmzoo.models.siglip import SigLIPConfig, SigLIPModel
+from vlmzoo.models.siglip import SigLIP2Config, SigLIP2Model, SigLIPConfig, SigLIPModel
 
 StateDict = dict[str, torch.Tensor]
 
@@ -66,12 +72,30 @@ def text_config_from_hf(hf: Any) -> SiglipTextConfig:
     )
 
 
-def vision_state_dict_from_hf(sd: StateDict, config: SiglipVisionConfig) -> StateDict:
-    """Hub-format ``vision_model.*`` -> :class:`SiglipVisionTransformer` keys."""
+def naflex_vision_config_from_hf(hf: Any) -> Siglip2VisionConfig:
+    """A :class:`Siglip2VisionConfig` equal to a transformers ``Siglip2VisionConfig``."""
+    return Siglip2VisionConfig(
+        num_patches=hf.num_patches,
+        patch_size=hf.patch_size,
+        in_channels=hf.num_channels,
+        width=hf.hidden_size,
+        depth=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        mlp_dim=hf.intermediate_size,
+        act=from_hf_activation(hf.hidden_act),
+        norm_eps=hf.layer_norm_eps,
+        map_head=bool(getattr(hf, "vision_use_head", True)),
+    )
+
+
+def vision_state_dict_from_hf(sd: StateDict, config: SiglipVisionConfig | Siglip2VisionConfig) -> StateDict:
+    """Hub-format ``vision_model.*`` -> :class:`SiglipVisionTransformer` (or, for a
+    :class:`Siglip2VisionConfig`, :class:`Siglip2VisionTransformer`) keys."""
     p = "vision_model."
+    patch = "patch_embed." if isinstance(config, Siglip2VisionConfig) else "patch_embed.proj."
     out = {
-        "patch_embed.proj.weight": sd[f"{p}embeddings.patch_embedding.weight"],
-        "patch_embed.proj.bias": sd[f"{p}embeddings.patch_embedding.bias"],
+        f"{patch}weight": sd[f"{p}embeddings.patch_embedding.weight"],
+        f"{patch}bias": sd[f"{p}embeddings.patch_embedding.bias"],
         "pos_embed": sd[f"{p}embeddings.position_embedding.weight"].unsqueeze(0),
         "norm.weight": sd[f"{p}post_layernorm.weight"],
         "norm.bias": sd[f"{p}post_layernorm.bias"],
@@ -118,9 +142,12 @@ def text_state_dict_from_hf(sd: StateDict, config: SiglipTextConfig) -> StateDic
 def _hub_state_dict(model: Any) -> StateDict:
     """The model's state dict with the hub-format tower prefix restored (transformers 5 drops it)."""
     sd = dict(model.state_dict())
-    prefix = {"SiglipVisionModel": "vision_model.", "SiglipTextModel": "text_model."}.get(
-        type(model).__name__
-    )
+    prefix = {
+        "SiglipVisionModel": "vision_model.",
+        "SiglipTextModel": "text_model.",
+        "Siglip2VisionModel": "vision_model.",
+        "Siglip2TextModel": "text_model.",
+    }.get(type(model).__name__)
     if prefix is not None and not any(k.startswith(prefix) for k in sd):
         sd = {f"{prefix}{k}": v for k, v in sd.items()}
     return sd
@@ -153,4 +180,32 @@ def from_hf_siglip(model: Any) -> torch.nn.Module:
     raise ConversionError(f"{name} is not a SigLIP model")
 
 
+def from_hf_siglip2(model: Any) -> torch.nn.Module:
+    """Convert ``Siglip2Model``, ``Siglip2VisionModel`` or ``Siglip2TextModel`` (NaFlex).
+
+    Returns a :class:`SigLIP2Model`, :class:`Siglip2VisionTransformer` or
+    :class:`SiglipTextTransformer` (SigLIP 2's text tower is SigLIP's).
+    """
+    name, cfg, sd = type(model).__name__, model.config, _hub_state_dict(model)
+    if name == "Siglip2Model":
+        config = SigLIP2Config(
+            vision=naflex_vision_config_from_hf(cfg.vision_config), text=text_config_from_hf(cfg.text_config)
+        )
+        state = {f"visual.{k}": v for k, v in vision_state_dict_from_hf(sd, config.vision).items()}
+        state |= {f"text.{k}": v for k, v in text_state_dict_from_hf(sd, config.text).items()}
+        state["logit_scale"] = sd["logit_scale"].reshape(())
+        state["logit_bias"] = sd["logit_bias"].reshape(())
+        return build_loaded(lambda: SigLIP2Model(config), state, f"converted {name}")
+    if name == "Siglip2VisionModel":
+        vision = naflex_vision_config_from_hf(cfg)
+        state = vision_state_dict_from_hf(sd, vision)
+        return build_loaded(lambda: Siglip2VisionTransformer(vision), state, f"converted {name}")
+    if name == "Siglip2TextModel":
+        text = text_config_from_hf(cfg)
+        state = text_state_dict_from_hf(sd, text)
+        return build_loaded(lambda: SiglipTextTransformer(text), state, f"converted {name}")
+    raise ConversionError(f"{name} is not a SigLIP 2 model")
+
+
 TRANSFORMERS = dict.fromkeys(("SiglipModel", "SiglipVisionModel", "SiglipTextModel"), from_hf_siglip)
+TRANSFORMERS |= dict.fromkeys(("Siglip2Model", "Siglip2VisionModel", "Siglip2TextModel"), from_hf_siglip2)

@@ -57,14 +57,24 @@ class Obj:
         return "center" if (self.row, self.col) == (1, 1) else f"{ROWS[self.row]} {COLS[self.col]}"
 
 
+Box = tuple[float, float, float, float]  # (x1, y1, x2, y2) in pixels of the canvas
+
+
 @dataclass
 class Sample:
-    """An image with its caption and question/answer pairs (``qa``: list of (question, answer))."""
+    """An image with its caption and question/answer pairs (``qa``: list of (question, answer)).
+
+    ``grounding`` (shapes only): referring questions with the pixel box ``(x1, y1, x2, y2)`` of
+    the shape they name, one per shape whose colour and shape no other shape in the scene shares
+    (``("where is the red square?", (2.0, 2.0, 14.0, 14.0))``); the text of the answer is the
+    model's format (:mod:`vlmzoo.processing.referring`), not the data set's.
+    """
 
     image: Image.Image
     caption: str
     qa: list[tuple[str, str]] = field(default_factory=list)
     scene: tuple = ()
+    grounding: list[tuple[str, Box]] = field(default_factory=list)
 
 
 def scene_split(scene: tuple, validation_fraction: float) -> Split:
@@ -73,11 +83,21 @@ def scene_split(scene: tuple, validation_fraction: float) -> Split:
     return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < validation_fraction else "train"
 
 
+def shape_box(obj: Obj, canvas: int) -> Box:
+    """The pixel box ``(x1, y1, x2, y2)`` a shape is drawn in on a ``canvas`` x ``canvas`` image:
+    centred in its grid cell, half-side 0.42 (large) or 0.24 (small) of the cell. Every kind
+    (circle, square, triangle, cross) touches all four sides of it."""
+    cell = canvas / 3
+    cx, cy = (obj.col + 0.5) * cell, (obj.row + 0.5) * cell
+    r = cell * (0.42 if obj.size == "large" else 0.24)
+    return (cx - r, cy - r, cx + r, cy + r)
+
+
 def _draw_shape(draw: ImageDraw.ImageDraw, obj: Obj, canvas: int) -> None:
     cell = canvas / 3
     cx, cy = (obj.col + 0.5) * cell, (obj.row + 0.5) * cell
     r = cell * (0.42 if obj.size == "large" else 0.24)
-    box = (cx - r, cy - r, cx + r, cy + r)
+    box = shape_box(obj, canvas)  # the same numbers: (cx - r, cy - r, cx + r, cy + r)
     color = COLORS[obj.color]
     if obj.shape == "circle":
         draw.ellipse(box, fill=color)
@@ -188,7 +208,13 @@ class SyntheticDataset:
         present = {o.shape for o in objs}
         asked = sorted(SHAPES)[(len(caption)) % len(SHAPES)]
         qa.append((f"is there a {asked}?", "yes" if asked in present else "no"))
-        return Sample(image, caption, qa, scene)
+        kinds = [(o.color, o.shape) for o in objs]
+        grounding = [
+            (f"where is the {o.color} {o.shape}?", shape_box(o, self.image_size))
+            for o, kind in zip(objs, kinds, strict=True)
+            if kinds.count(kind) == 1
+        ]
+        return Sample(image, caption, qa, scene, grounding)
 
     def _text(self, scene: tuple) -> Sample:
         _, word, color = scene

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+from vlmzoo.errors import ConfigError
 
 
 @dataclass
@@ -29,3 +33,53 @@ class VisionOutput:
     hidden_states: tuple[torch.Tensor, ...] | None = None
     pooled: torch.Tensor | None = None
     embeds: torch.Tensor | None = None
+
+
+# --- multi-layer features (timm's ``forward_intermediates`` contract) ------------------------
+# Every encoder offers ``forward_intermediates(pixel_values, indices=None, norm=False,
+# stop_early=False, output_fmt="NCHW", intermediates_only=False)`` with the semantics of timm
+# 1.0.31 (``timm/models/vision_transformer.py`` ``VisionTransformer.forward_intermediates``):
+# ``indices`` count blocks (ViT, SAM) or stages (Swin, PVT) from 0 — never the embeddings —
+# and the intermediates come back in block order, each index once.
+OutputFormat = Literal["NCHW", "NLC"]
+Indices = int | Sequence[int] | None
+OUTPUT_FORMATS: tuple[str, ...] = ("NCHW", "NLC")
+
+
+def take_indices(num_features: int, indices: Indices) -> tuple[list[int], int]:
+    """(absolute indices, largest) of the features to take, as timm's ``feature_take_indices``
+    (``timm/models/_features.py``): ``None`` = all, an int n = the last n, a sequence = those
+    indices (negative ones count from the end). Out-of-range indices are a :class:`ConfigError`.
+    """
+    if indices is None:
+        indices = num_features
+    if isinstance(indices, bool):
+        raise ConfigError(f"indices={indices!r}: expected an int (last n) or a sequence of indices")
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ConfigError(f"indices={indices}: the last n must be 1 .. {num_features}")
+        taken = list(range(num_features - indices, num_features))
+    else:
+        if not isinstance(indices, Sequence) or isinstance(indices, str) or not indices:
+            raise ConfigError(f"indices={indices!r}: expected an int (last n) or a non-empty sequence")
+        taken = []
+        for i in indices:
+            if isinstance(i, bool) or not isinstance(i, int) or not -num_features <= i < num_features:
+                raise ConfigError(
+                    f"indices={list(indices)!r}: {i!r} is not an index of {num_features} features "
+                    f"(-{num_features} .. {num_features - 1})"
+                )
+            taken.append(i % num_features)
+    return taken, max(taken)
+
+
+def check_output_fmt(output_fmt: str) -> bool:
+    """Whether ``output_fmt`` asks for maps ("NCHW") rather than tokens ("NLC"); else ConfigError."""
+    if output_fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"output_fmt={output_fmt!r}: must be one of {list(OUTPUT_FORMATS)}")
+    return output_fmt == "NCHW"
+
+
+def to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, H'·W', C] row-major patch tokens -> [B, C, H', W'] (contiguous, as timm returns them)."""
+    return tokens.unflatten(1, grid).permute(0, 3, 1, 2).contiguous()

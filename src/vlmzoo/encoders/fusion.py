@@ -33,6 +33,18 @@ input is one tensor per tower: a tuple/list in tower order, or a dict keyed by t
 ``pixel_values`` tensor) a single tensor is also accepted: each tower gets it resized
 (bicubic, antialiased) to the tower's native ``image_size`` when the sizes differ — an
 approximation of Vary's preprocessing, documented as such.
+
+Prismatic's DINO-SigLIP (Karamcheti et al. 2024, "Prismatic VLMs", section 4.3; TRI-ML/prismatic-vlms'
+``prismatic/models/backbones/vision/dinosiglip_vit.py``) is the same join of two towers at one
+grid: ``dinosiglip-vit-so-384px`` is timm's ``vit_large_patch14_reg4_dinov2.lvd142m`` and
+``vit_so400m_patch14_siglip_384``, both created at 384 px (a stride-14 patch grid of 27 x 27,
+so their native size here is 27 x 14 = 378), each read at the output of its **second-to-last**
+block (``get_intermediate_layers(n={depth - 2})``: no final norm, patch tokens only, DINOv2's CLS
+and 4 registers dropped), concatenated along channels: [B, 729, 1024 + 1152 = 2176]. Neither
+tower's head is used (DINOv2's CLS pooling, SigLIP's MAP head), so they are left out; each
+tower's last block is kept so that the released weights load, and never runs. Prismatic gives
+each tower its own image (``{"dino": ..., "siglip": ...}``: timm's transforms with ImageNet and
+0.5 mean/std), which is the dict input above.
 """
 
 from __future__ import annotations
@@ -48,9 +60,11 @@ from einops import rearrange
 
 from vlmzoo.config import Config
 from vlmzoo.encoders.base import VisionOutput
+from vlmzoo.encoders.dinov2 import DINOV2_SIZES, dinov2_config
+from vlmzoo.encoders.siglip import SIGLIP_VISION_PRESETS
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.layers.stack import BlockStack
-from vlmzoo.registry import build, get_entry, register_architecture
+from vlmzoo.registry import build, get_entry, register, register_architecture
 from vlmzoo.weights.hub import HubMixin
 
 Join = Literal["channel", "sequence"]
@@ -263,3 +277,32 @@ class FusedEncoder(BlockStack, HubMixin, nn.Module):
             second = rearrange(grid, "b c h w -> b (h w) c")
         tokens = torch.cat([self.projections[n1](o1.tokens), self.projections[n2](second)], dim=-1)
         return VisionOutput(tokens=tokens, grid=o1.grid)
+
+
+# --- presets --------------------------------------------------------------------------------
+def dinosiglip_config(image_size: int = 378, feature_layer: int = -2) -> FusedEncoderConfig:
+    """Prismatic's DINO-SigLIP pair at ``image_size`` (a multiple of 14): DINOv2 L/14 with 4
+    registers and SigLIP So400m/14, both read at ``feature_layer`` (-2: the second-to-last block's
+    output) without the final norm, channel-joined (module docstring)."""
+    width, depth, heads, _ = DINOV2_SIZES["l14"]
+    dino = dinov2_config(width, depth, heads, num_registers=4, image_size=image_size).replace(
+        pool="none", feature_layer=feature_layer, feature_tokens="patch", feature_norm=False
+    )
+    siglip = SIGLIP_VISION_PRESETS["siglip-so400m-patch14-384"].replace(
+        image_size=image_size, map_head=False, feature_layer=feature_layer, feature_norm=False
+    )
+    return FusedEncoderConfig(first=dino, second=siglip, join="channel", names=("dino", "siglip"))
+
+
+FUSED_PRESETS: dict[str, FusedEncoderConfig] = {
+    "dinosiglip-vit-so-384px": dinosiglip_config(),
+}
+
+for _name, _cfg in FUSED_PRESETS.items():
+    register(
+        _name,
+        "encoder",
+        _cfg,
+        FusedEncoder,
+        "Prismatic DINOv2 L/14-reg4 + SigLIP So400m/14 (penultimate blocks, channel join)",
+    )

@@ -36,7 +36,7 @@ Parameter names: ``patch_embeds.{i}.{proj,norm}``, ``pos_embeds.{i}``, ``cls_tok
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from vlmzoo.config import Config
-from vlmzoo.encoders.base import VisionOutput
+from vlmzoo.encoders.base import Indices, OutputFormat, VisionOutput, check_output_fmt, take_indices, to_map
 from vlmzoo.encoders.swin import NormedPatchEmbed
 from vlmzoo.errors import InputError
 from vlmzoo.layers import Block, ImageSize, check_drop_path_rate, check_image, drop_path_rates, image_hw
@@ -227,8 +227,13 @@ class PyramidVisionTransformer(BlockStack, HubMixin, nn.Module):
         patch = F.interpolate(patch.float(), size=grid, mode="bilinear", align_corners=False).to(pos.dtype)
         return torch.cat([pos[:, :prefix], rearrange(patch, "1 c h w -> 1 (h w) c")], dim=1)
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> VisionOutput:
-        """[B, C, H, W] -> VisionOutput; H and W multiples of the total stride (32)."""
+    def run_stages(self, pixel_values: torch.Tensor, last: int) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """Stages 0 .. ``last`` - 1 (each: patch embedding, position embedding, blocks) — the one
+        stage loop of :meth:`forward` and :meth:`forward_intermediates`.
+
+        Returns [(tokens [B, P + h·w, C], (h, w))]: entry 0 stage 1's embeddings, entry s + 1
+        stage s's output (``hidden_states``; the last stage's starts with CLS when it has one).
+        """
         c = self.config
         h, w = check_image(pixel_values, c.in_channels, 1, self.norm.weight.device)
         if h % c.stride or w % c.stride:
@@ -236,18 +241,26 @@ class PyramidVisionTransformer(BlockStack, HubMixin, nn.Module):
                 f"image size {h}x{w} is not a multiple of PVT's total stride {c.stride}; resize or pad to "
                 f"e.g. {max(h // c.stride, 1) * c.stride}x{max(w // c.stride, 1) * c.stride}"
             )
-        x, hidden = pixel_values, []
-        for s, (embed, blocks) in enumerate(zip(self.patch_embeds, self.stages, strict=True)):
+        x, outputs = pixel_values, []
+        num_stages = len(self.stages)
+        for s, (embed, blocks) in enumerate(zip(self.patch_embeds[:last], self.stages[:last], strict=True)):
             tokens, grid = embed(x)
-            if s == len(self.stages) - 1 and self.cls_token is not None:
+            if s == num_stages - 1 and self.cls_token is not None:
                 tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
             tokens = tokens + self.position_embedding(s, grid)
             if s == 0:
-                hidden.append(tokens)
+                outputs.append((tokens, grid))
             for block in blocks:
                 tokens = self.run_block(block, tokens, grid=grid)
-            hidden.append(tokens)
+            outputs.append((tokens, grid))
             x = rearrange(tokens[:, -grid[0] * grid[1] :], "b (h w) c -> b c h w", h=grid[0])
+        return outputs
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> VisionOutput:
+        """[B, C, H, W] -> VisionOutput; H and W multiples of the total stride (32)."""
+        c = self.config
+        outputs = self.run_stages(pixel_values, len(self.stages))
+        tokens, grid = outputs[-1]
         final = self.norm(tokens)
         prefix = int(self.cls_token is not None)
         pooled = None
@@ -258,9 +271,49 @@ class PyramidVisionTransformer(BlockStack, HubMixin, nn.Module):
         return VisionOutput(
             tokens=final[:, prefix:],
             grid=grid,
-            hidden_states=tuple(hidden) if output_hidden_states else None,
+            hidden_states=tuple(h for h, _ in outputs) if output_hidden_states else None,
             pooled=pooled,
         )
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: Indices = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: OutputFormat = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Any:
+        """Stage outputs with the arguments of timm 1.0.31's ``PyramidVisionTransformerV2.forward_intermediates``
+        (timm has no PVT v1).
+
+        ``indices`` count stages from 0 (index s = ``hidden_states[s + 1]``; ``None`` all, an int
+        n the last n, a sequence those, negative from the end), returned in stage order, CLS
+        dropped: [B, C_s, h_s, w_s] (``"NCHW"``) or [B, h_s·w_s, C_s] (``"NLC"``). ``norm``
+        applies the final norm to the last stage only (it is sized for it, as Swin's).
+        ``stop_early`` runs stages only up to the last index taken.
+
+        Returns the list (``intermediates_only``) or (final features [B, C, h, w] — the last stage
+        run, through the final norm when that is the last stage, CLS dropped —, intermediates).
+        """
+        reshape = check_output_fmt(output_fmt)
+        num_stages = len(self.stages)
+        take, max_index = take_indices(num_stages, indices)
+        last = max_index + 1 if stop_early else num_stages
+        outputs = self.run_stages(pixel_values, last)
+        intermediates = []
+        for s in sorted(set(take)):
+            y, grid = outputs[s + 1]
+            if norm and s == num_stages - 1:
+                y = self.norm(y)
+            y = y[:, y.shape[1] - grid[0] * grid[1] :]
+            intermediates.append(to_map(y, grid) if reshape else y)
+        if intermediates_only:
+            return intermediates
+        x, grid = outputs[-1]
+        if last == num_stages:
+            x = self.norm(x)
+        return to_map(x[:, x.shape[1] - grid[0] * grid[1] :], grid), intermediates
 
 
 # --- presets --------------------------------------------------------------------------------

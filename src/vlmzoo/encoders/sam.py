@@ -30,14 +30,16 @@ with the fourth power of the side (4x SAM's grid is already 17 GB per head and i
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 
 from vlmzoo.config import Config
-from vlmzoo.encoders.base import VisionOutput
+from vlmzoo.encoders.base import Indices, OutputFormat, VisionOutput, check_output_fmt, take_indices
 from vlmzoo.errors import InputError
 from vlmzoo.layers import (
     Activation,
@@ -264,6 +266,31 @@ class SamEncoder(BlockStack, HubMixin, nn.Module):
         flat = resize_pos_embed(flat, c.grid, grid, num_prefix_tokens=0, mode=c.pos_embed_resize)
         return rearrange(flat, "1 (h w) c -> 1 h w c", h=grid[0], w=grid[1])
 
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + absolute position embedding: [B, C, H, W] -> [B, H', W', width]."""
+        x, grid = self.patch_embed(pixel_values)
+        self.check_grid(grid)
+        x = rearrange(x, "b (h w) c -> b h w c", h=grid[0], w=grid[1])
+        if self.pos_embed is not None:
+            x = x + self.position_embedding(grid)
+        return x
+
+    def run_blocks(
+        self, x: torch.Tensor, keep: Collection[int], last: int
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run blocks 1 .. ``last`` on the embeddings ``x`` [B, H', W', width] — the one block
+        loop of :meth:`forward_blocks` and :meth:`forward_intermediates`.
+
+        Returns (block ``last``'s output, {``hidden_states`` index: [B, H', W', width]} for the
+        indices in ``keep``, ascending; 0 is the embeddings).
+        """
+        kept = {0: x} if 0 in keep else {}
+        for index, block in enumerate(self.blocks[:last], start=1):
+            x = self.run_block(block, x)
+            if index in keep:
+                kept[index] = x
+        return x, kept
+
     def forward_blocks(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
@@ -271,26 +298,83 @@ class SamEncoder(BlockStack, HubMixin, nn.Module):
 
         Hidden states are [B, H'·W', width]: the embeddings (entry 0) and every block's output.
         """
-        x, grid = self.patch_embed(pixel_values)
-        self.check_grid(grid)
-        x = rearrange(x, "b (h w) c -> b h w c", h=grid[0], w=grid[1])
-        if self.pos_embed is not None:
-            x = x + self.position_embedding(grid)
-        hidden = [x] if output_hidden_states else None
-        for block in self.blocks:
-            x = self.run_block(block, x)
-            if hidden is not None:
-                hidden.append(x)
-        flat = tuple(rearrange(h, "b y x c -> b (y x) c") for h in hidden) if hidden is not None else None
-        return x, flat
+        depth = len(self.blocks)
+        x, kept = self.run_blocks(
+            self.embed(pixel_values), range(depth + 1) if output_hidden_states else (), depth
+        )
+        if not output_hidden_states:
+            return x, None
+        return x, tuple(rearrange(h, "b y x c -> b (y x) c") for h in kept.values())
+
+    def head_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The output map [B, out_dim, H'', W''] from the last block's [B, width, H', W']: the
+        neck (if any; subclasses add what follows it)."""
+        return self.neck(x) if self.neck is not None else x
 
     def forward_map(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """[B, C, H, W] -> (output map [B, out_dim, H', W'] — the neck's, as SAM returns it, hidden states)."""
+        """[B, C, H, W] -> (output map [B, out_dim, H'', W''] — :meth:`head_map`'s, hidden states)."""
         x, hidden = self.forward_blocks(pixel_values, output_hidden_states)
-        x = rearrange(x, "b h w c -> b c h w")
-        return (self.neck(x) if self.neck is not None else x), hidden
+        return self.head_map(rearrange(x, "b h w c -> b c h w")), hidden
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: Indices = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: OutputFormat = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Any:
+        """Block outputs, as timm 1.0.31's ``VisionTransformerSAM.forward_intermediates``.
+
+        ``indices`` count blocks from 0 (index k = ``hidden_states[k + 1]``; ``None`` all, an
+        int n the last n, a sequence those, negative from the end), returned in block order.
+        Each is [B, width, H', W'] (``"NCHW"``) or [B, H'·W', width] (``"NLC"``, which timm's
+        SAM does not offer). ``norm`` passes each through the neck, as timm does (SAM has no final
+        norm: its neck's LayerNorm2d's are the nearest thing; the width becomes ``neck_dim``).
+        ``stop_early`` runs blocks only up to the last index taken.
+
+        Returns the list (``intermediates_only``) or (the output map of the last block run —
+        [B, out_dim, H'', W''] as :meth:`forward` makes it —, intermediates).
+        """
+        reshape = check_output_fmt(output_fmt)
+        take, max_index = take_indices(len(self.blocks), indices)
+        last = max_index + 1 if stop_early else len(self.blocks)
+        x, kept = self.run_blocks(self.embed(pixel_values), {i + 1 for i in take}, last)
+        intermediates = []
+        for y in kept.values():
+            y = rearrange(y, "b h w c -> b c h w")
+            if norm and self.neck is not None:
+                y = self.neck(y)
+            intermediates.append(y.contiguous() if reshape else rearrange(y, "b c h w -> b (h w) c"))
+        if intermediates_only:
+            return intermediates
+        return self.head_map(rearrange(x, "b h w c -> b c h w")), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Indices = None, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (timm 1.0.31's ``prune_intermediate_layers``
+        for SAM: the default ``None`` keeps every block); ``prune_norm`` drops the neck, which timm
+        treats as SAM's final norm (``neck_dim=None``: ``out_dim`` becomes ``width``). SAM has no
+        head, so ``prune_head`` changes nothing. The config follows (``depth``,
+        ``global_attn_indexes``). Returns the absolute indices kept.
+        """
+        take, max_index = take_indices(len(self.blocks), indices)
+        depth = max_index + 1
+        c = self.config
+        fields: dict[str, Any] = dict(
+            depth=depth, global_attn_indexes=tuple(i for i in c.global_attn_indexes if i < depth)
+        )
+        if prune_norm:
+            fields["neck_dim"] = None
+        self.config = c.replace(**fields)
+        self.blocks = self.blocks[:depth]
+        if prune_norm:
+            self.neck = None
+        return take
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> VisionOutput:
         """[B, C, H, W] -> VisionOutput: tokens [B, H'·W', out_dim] (row-major), grid (H', W').

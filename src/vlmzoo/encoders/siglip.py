@@ -215,6 +215,9 @@ SIGLIP_SIZES: dict[str, tuple[int, int, int, int]] = {
     "base": (768, 12, 12, 3072),
     "large": (1024, 24, 16, 4096),
     "so400m": (1152, 27, 16, 4304),
+    # SigLIP 2's g-opt (google/siglip2-giant-opt-*: width 1536 rather than ViT-g's 1408); its
+    # text tower is So400m's with a 1152 -> 1536 head (models/siglip.py).
+    "giant-opt": (1536, 40, 16, 6144),
 }
 
 
@@ -258,6 +261,20 @@ SIGLIP_VISION_PRESETS: dict[str, SiglipVisionConfig] = {
     # 384 px is not a multiple of 14: transformers' stride-14 convolution drops the last 6 pixel
     # rows and columns (27 x 27 = 729 patches), so the tower's native size is 27 x 14 = 378.
     "siglip-so400m-patch14-384": siglip_vision_config("so400m", 378, 14),
+    # The fixed-resolution SigLIP 2 towers (google/siglip2-*-patch*-<size>): SigLIP's architecture
+    # (their config.json is a SiglipConfig), SigLIP's sizes; g-opt is width 1536, 40 blocks.
+    **{
+        f"siglip2-{size}-patch{patch}-{image}": siglip_vision_config(size, image // patch * patch, patch)
+        for size, patch, images in (
+            ("base", 16, (224, 256, 384, 512)),
+            ("base", 32, (256,)),
+            ("large", 16, (256, 384, 512)),
+            ("so400m", 14, (224, 384)),
+            ("so400m", 16, (256, 384, 512)),
+            ("giant-opt", 16, (256, 384)),
+        )
+        for image in images
+    },
     # For tests: 32 px, 8 px patches (4x4 grid), 2 blocks of width 32.
     "siglip-vit-tiny": SiglipVisionConfig(
         image_size=32, patch_size=8, width=32, depth=2, num_heads=4, mlp_dim=64, feature_norm=True

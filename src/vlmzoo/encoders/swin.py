@@ -73,14 +73,14 @@ attn.relative_position_bias_table,norm2,mlp.fc1,mlp.fc2}`` (L blocks: ``attn.dwc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 
 from vlmzoo.config import Config
-from vlmzoo.encoders.base import VisionOutput
+from vlmzoo.encoders.base import Indices, OutputFormat, VisionOutput, check_output_fmt, take_indices, to_map
 from vlmzoo.layers import Block, ImageSize, PatchEmbed, check_drop_path_rate, drop_path_rates, image_hw
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.stack import BlockStack
@@ -319,23 +319,102 @@ class SwinTransformer(BlockStack, HubMixin, nn.Module):
         h, w = self.config.stage_grids(image_size)[-1]
         return h * w
 
+    def run_stages(self, pixel_values: torch.Tensor, last: int) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """The patch embedding, then stages 0 .. ``last`` - 1 — the one stage loop of
+        :meth:`forward` and :meth:`forward_intermediates`.
+
+        Returns [(tokens [B, h·w, C], (h, w))]: entry 0 the patch embeddings, entry s + 1 stage
+        s's output before its patch merging (``hidden_states``); no merging runs after stage
+        ``last`` - 1.
+        """
+        x, grid = self.patch_embed(pixel_values)
+        outputs = [(x, grid)]
+        for s, stage in enumerate(self.layers[:last]):
+            x = stage(x, grid)
+            outputs.append((x, grid))
+            if stage.downsample is not None and s + 1 < last:
+                x, grid = stage.downsample(x, grid)
+        return outputs
+
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> VisionOutput:
         """[B, C, H, W] -> VisionOutput; H and W multiples of ``patch_size``."""
-        x, grid = self.patch_embed(pixel_values)
-        hidden = [x]
-        for stage in self.layers:
-            x = stage(x, grid)
-            hidden.append(x)
-            if stage.downsample is not None:
-                x, grid = stage.downsample(x, grid)
+        outputs = self.run_stages(pixel_values, len(self.layers))
+        x, grid = outputs[-1]
         tokens = self.norm(x)
         pooled = tokens.mean(dim=1) if self.config.pool == "mean" else None
         return VisionOutput(
             tokens=tokens,
             grid=grid,
-            hidden_states=tuple(hidden) if output_hidden_states else None,
+            hidden_states=tuple(h for h, _ in outputs) if output_hidden_states else None,
             pooled=pooled,
         )
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: Indices = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: OutputFormat = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Any:
+        """Stage outputs, as timm 1.0.31's ``SwinTransformer.forward_intermediates``.
+
+        ``indices`` count stages from 0 (index s = ``hidden_states[s + 1]``: the stage's output
+        before the patch merging, which timm runs at the start of the next stage; ``None`` all,
+        an int n the last n, a sequence those, negative from the end), returned in stage order.
+        Each is [B, C_s, h_s, w_s] (``"NCHW"``) or [B, h_s·w_s, C_s] (``"NLC"``, which timm's
+        Swin does not offer). ``norm`` applies the final norm to the last stage only (it is
+        sized for it). ``stop_early`` runs stages only up to the last index taken.
+
+        Returns the list (``intermediates_only``) or (final features [B, h, w, C] — channels
+        last, as timm — of the last stage run, through the final norm when that is the last
+        stage, intermediates).
+        """
+        reshape = check_output_fmt(output_fmt)
+        num_stages = len(self.layers)
+        take, max_index = take_indices(num_stages, indices)
+        last = max_index + 1 if stop_early else num_stages
+        outputs = self.run_stages(pixel_values, last)
+        intermediates = []
+        for s in sorted(set(take)):
+            y, grid = outputs[s + 1]
+            if norm and s == num_stages - 1:
+                y = self.norm(y)
+            intermediates.append(to_map(y, grid) if reshape else y)
+        if intermediates_only:
+            return intermediates
+        x, grid = outputs[-1]
+        if last == num_stages:
+            x = self.norm(x)
+        return x.unflatten(1, grid), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Indices = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last of ``indices`` (timm 1.0.31's ``prune_intermediate_layers``):
+        the final norm goes with ``prune_norm`` or when stages go (it is sized for the last one),
+        the pooling (``pool="none"``) with ``prune_head`` or when stages go. The config follows
+        (``depths``, ``num_heads``, ``stage_attention``, ``final_norm``, ``pool``); the new last
+        stage loses its patch merging. Returns the absolute indices kept.
+        """
+        c = self.config
+        take, max_index = take_indices(len(self.layers), indices)
+        kept = max_index + 1
+        prune_end = kept < len(self.layers)
+        fields: dict[str, Any] = dict(
+            depths=c.depths[:kept], num_heads=c.num_heads[:kept], stage_attention=c.stage_attention[:kept]
+        )
+        if prune_norm or prune_end:
+            fields["final_norm"] = False
+        if prune_head or prune_end:
+            fields["pool"] = "none"
+        self.config = c.replace(**fields)
+        self.layers = self.layers[:kept]
+        self.layers[-1].downsample = None
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        return take
 
 
 # --- presets --------------------------------------------------------------------------------

@@ -39,12 +39,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from einops import rearrange
 
-from vlmzoo.encoders.base import VisionOutput
+from vlmzoo.encoders.base import Indices
 from vlmzoo.encoders.fusion import FusedEncoder, FusedEncoderConfig
 from vlmzoo.encoders.sam import SAM_PRESETS, SamConfig, SamEncoder
 from vlmzoo.encoders.vit import CLIP_VISION_PRESETS, ViTConfig
+from vlmzoo.errors import ConfigError
 from vlmzoo.layers import ImageSize
 from vlmzoo.registry import register, register_architecture
 
@@ -88,13 +88,25 @@ class VaryVocabEncoder(SamEncoder):
         h, w = self._grid_of(image_size)
         return math.ceil(math.ceil(h / 2) / 2) * math.ceil(math.ceil(w / 2) / 2)
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> VisionOutput:
-        """[B, C, H, W] -> VisionOutput: tokens [B, H''·W'', net_dims[1]], grid (H'', W'') = (H'/4, W'/4)."""
-        x, hidden = self.forward_map(pixel_values, output_hidden_states)
-        x = self.net_3(self.net_2(x))
-        return VisionOutput(
-            tokens=rearrange(x, "b c h w -> b (h w) c"), grid=(x.shape[-2], x.shape[-1]), hidden_states=hidden
-        )
+    def head_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's [B, width, H', W'] -> neck -> ``net_2`` -> ``net_3``: [B, net_dims[1], H'', W''].
+
+        :meth:`forward` (tokens [B, H''·W'', net_dims[1]], grid (H'', W'') = (H'/4, W'/4)) and
+        the final features of :meth:`forward_intermediates` both end here; the intermediates are
+        the SAM trunk's blocks.
+        """
+        return self.net_3(self.net_2(super().head_map(x)))
+
+    def prune_intermediate_layers(
+        self, indices: Indices = None, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """:meth:`SamEncoder.prune_intermediate_layers`, except the neck stays: ``net_2`` reads its channels."""
+        if prune_norm:
+            raise ConfigError(
+                "VaryVocabEncoder.prune_intermediate_layers(prune_norm=True): net_2 reads the neck's "
+                f"{self.config.neck_dim} channels, so the neck cannot be dropped"
+            )
+        return super().prune_intermediate_layers(indices, prune_norm=False, prune_head=prune_head)
 
 
 # --- presets --------------------------------------------------------------------------------

@@ -17,15 +17,22 @@ CLS and register tokens attend globally in every block and are visible to every 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 
 from vlmzoo.config import Config
-from vlmzoo.encoders.base import VisionOutput
+from vlmzoo.encoders.base import (
+    Indices,
+    OutputFormat,
+    VisionOutput,
+    check_output_fmt,
+    take_indices,
+    to_map,
+)
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.layers import (
     Activation,
@@ -56,8 +63,12 @@ class ViTConfig(Config):
     ``image_size`` is the native resolution the position embeddings are stored for; other
     sizes (multiples of ``patch_size``, non-square too) resize them with ``pos_embed_resize``.
     ``feature_layer`` indexes ``hidden_states`` (0 = embeddings, k = block k, -1 = last block,
-    -2 = penultimate as in LLaVA); ``feature_tokens`` keeps (``"all"``) or drops (``"patch"``)
-    the CLS/register tokens; ``feature_norm`` applies the final norm to the selected layer.
+    -2 = penultimate as in LLaVA); a tuple of indices selects several layers and concatenates
+    them along channels, in the order given (``out_dim`` = ``width`` x their number), as
+    transformers' ``LlavaModel.get_image_features`` does with a list-valued
+    ``vision_feature_layer`` (VipLLaVA's default is (-2, -5, -8, -11, 6)). ``feature_tokens``
+    keeps (``"all"``) or drops (``"patch"``) the CLS/register tokens of each selected layer;
+    ``feature_norm`` applies the final norm to each selected layer.
     ``mlp_dim`` sets the MLP hidden width exactly (for SwiGLU: the width of each half), overriding
     ``width * mlp_ratio`` (DINOv2-g's 4096 is not a round ratio of 1536: dinov2's
     ``layers/swiglu_ffn.py`` rounds 2/3 of 4 x 1536 up to a multiple of 8).
@@ -98,7 +109,7 @@ class ViTConfig(Config):
     pool: Literal["cls", "mean", "none"] = "cls"
     embed_dim: int | None = None
     proj_bias: bool = False
-    feature_layer: int = -1
+    feature_layer: int | tuple[int, ...] = -1
     feature_tokens: Literal["patch", "all"] = "patch"
     feature_norm: bool = False
     block_attention: tuple[BlockAttention, ...] = ()
@@ -129,9 +140,26 @@ class ViTConfig(Config):
             self._fail("pool", "'cls' pooling needs class_token=True")
         if self.embed_dim is not None and self.pool == "none":
             self._fail("embed_dim", "a projection head needs pooling (pool='cls' or 'mean')")
-        if not -(self.depth + 1) <= self.feature_layer <= self.depth:
-            self._fail("feature_layer", f"must index hidden_states: -{self.depth + 1} .. {self.depth}")
+        self._validate_feature_layer()
         self._validate_attention()
+
+    def _validate_feature_layer(self) -> None:
+        span = f"-{self.depth + 1} .. {self.depth}"
+        if isinstance(self.feature_layer, int):
+            if not -(self.depth + 1) <= self.feature_layer <= self.depth:
+                self._fail("feature_layer", f"must index hidden_states: {span}")
+            return
+        if not self.feature_layer:
+            self._fail("feature_layer", "needs at least one layer: an int or a non-empty tuple of indices")
+        bad = [i for i in self.feature_layer if not -(self.depth + 1) <= i <= self.depth]
+        if bad:
+            self._fail("feature_layer", f"every entry must index hidden_states ({span}); {bad} do not")
+
+    @property
+    def feature_indices(self) -> tuple[int, ...]:
+        """The ``hidden_states`` indices ``feature_layer`` selects, made absolute (0 .. depth), in order."""
+        layers = (self.feature_layer,) if isinstance(self.feature_layer, int) else self.feature_layer
+        return tuple(i % (self.depth + 1) for i in layers)
 
     def _validate_attention(self) -> None:
         if self.block_attention and len(self.block_attention) != self.depth:
@@ -253,8 +281,8 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
 
     @property
     def out_dim(self) -> int:
-        """Channel width of ``VisionOutput.tokens``."""
-        return self.config.width
+        """Channel width of ``VisionOutput.tokens``: ``width`` per selected layer."""
+        return self.config.width * len(self.config.feature_indices)
 
     def wrap_units(self) -> list[nn.Module]:
         return list(self.blocks)
@@ -321,6 +349,35 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
         pooled = final[:, 0] if c.pool == "cls" else final[:, c.num_prefix_tokens :].mean(dim=1)
         return pooled, self.head(pooled) if self.head is not None else None
 
+    def run_blocks(
+        self, x: torch.Tensor, grid: tuple[int, int], keep: Collection[int], last: int
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run blocks 1 .. ``last`` on the embeddings ``x`` [B, N, width] — the one block loop of
+        :meth:`forward` and :meth:`forward_intermediates`.
+
+        Returns (block ``last``'s output, {``hidden_states`` index: [B, N, width]} for the indices
+        in ``keep``, ascending; 0 is the embeddings). Other outputs are not held: keeping all of
+        them costs depth x [B, N, C] of peak memory and page faults on every call (measured 2-3%
+        of a CLIP-B/16 forward on CPU).
+        """
+        kept = {0: x} if 0 in keep else {}
+        for index, block in enumerate(self.blocks[:last], start=1):
+            x = self.run_block(block, x, grid=grid)
+            if index in keep:
+                kept[index] = x
+        return x, kept
+
+    def select_features(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """The selected layers [B, P + N, width] each -> ``VisionOutput.tokens`` [B, N', out_dim]:
+        each through the final norm (``feature_norm``), prefix tokens dropped (``feature_tokens="patch"``),
+        then concatenated along channels (transformers' ``LlavaModel.get_image_features``)."""
+        c = self.config
+        if c.feature_norm:
+            layers = [self.norm(y) for y in layers]
+        if c.feature_tokens == "patch":
+            layers = [y[:, c.num_prefix_tokens :] for y in layers]
+        return layers[0] if len(layers) == 1 else torch.cat(layers, dim=-1)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -332,35 +389,104 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
         ``masks``: optional bool [B, H'·W'] marking patches to replace by the mask token
         (needs ``mask_token=True``; DINOv2's iBOT-style masking, Oquab et al. 2023, section 4).
 
-        Blocks after the selected feature layer run only when they are needed (pooling, a
+        Blocks after the last selected feature layer run only when they are needed (pooling, a
         projection head, or ``output_hidden_states``).
         """
         c = self.config
         x, grid = self.embed(pixel_values, masks)
-        feature_index = c.feature_layer % (c.depth + 1)
-        last = c.depth if output_hidden_states or self.uses_last_block else feature_index
-        # Keep block outputs only when asked: holding all of them costs depth x [B, N, C] of peak
-        # memory and page faults on every call (measured 2-3% of a CLIP-B/16 forward on CPU).
-        hidden = [x] if output_hidden_states else None
-        tokens = x
-        for index, block in enumerate(self.blocks[:last], start=1):
-            x = self.run_block(block, x, grid=grid)
-            if hidden is not None:
-                hidden.append(x)
-            if index == feature_index:
-                tokens = x
-        if c.feature_norm:
-            tokens = self.norm(tokens)
-        if c.feature_tokens == "patch":
-            tokens = tokens[:, c.num_prefix_tokens :]
+        features = c.feature_indices
+        last = c.depth if output_hidden_states or self.uses_last_block else max(features)
+        x, kept = self.run_blocks(x, grid, range(last + 1) if output_hidden_states else features, last)
         pooled, embeds = self.pool_outputs(x)
         return VisionOutput(
-            tokens=tokens,
+            tokens=self.select_features([kept[i] for i in features]),
             grid=grid,
-            hidden_states=tuple(hidden) if hidden is not None else None,
+            hidden_states=tuple(kept.values()) if output_hidden_states else None,
             pooled=pooled,
             embeds=embeds,
         )
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: Indices = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: OutputFormat = "NCHW",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+    ) -> Any:
+        """Block outputs for dense heads and multi-layer features, as timm 1.0.31's
+        ``VisionTransformer.forward_intermediates`` (same arguments, order and results).
+
+        ``indices``: which blocks (0-based: index k is the output of block k, ``hidden_states[k + 1]``;
+        the embeddings are never returned): ``None`` all, an int n the last n, a sequence those
+        (negative from the end); returned in block order, each once. ``norm`` applies the final
+        norm to each. Prefix tokens (CLS, registers) are split off: each intermediate is
+        [B, width, H', W'] (``"NCHW"``) or [B, H'·W', width] (``"NLC"``), or a (spatial,
+        [B, P, width] prefix) pair with ``return_prefix_tokens``. ``stop_early`` runs blocks only
+        up to the last index taken.
+
+        Returns the list of intermediates (``intermediates_only``), or (final features
+        [B, P + H'·W', width] — the last block run, through the final norm — , intermediates), or
+        with ``output_dict`` a dict with ``"image_intermediates"``, ``"image_intermediates_prefix"``
+        (when ``return_prefix_tokens`` and the model has prefix tokens) and ``"image_features"``
+        (unless ``intermediates_only``).
+        """
+        c = self.config
+        reshape = check_output_fmt(output_fmt)
+        take, max_index = take_indices(len(self.blocks), indices)
+        x, grid = self.embed(pixel_values)
+        last = max_index + 1 if stop_early else len(self.blocks)
+        x, kept = self.run_blocks(x, grid, {i + 1 for i in take}, last)
+        intermediates = [self.norm(y) if norm else y for y in kept.values()]
+        prefix = None
+        if c.num_prefix_tokens:
+            prefix = [y[:, : c.num_prefix_tokens] for y in intermediates]
+            intermediates = [y[:, c.num_prefix_tokens :] for y in intermediates]
+        if reshape:
+            intermediates = [to_map(y, grid) for y in intermediates]
+        if output_dict:
+            out: dict[str, Any] = {"image_intermediates": intermediates}
+            if prefix is not None and return_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
+        if return_prefix_tokens and prefix is not None:
+            intermediates = list(zip(intermediates, prefix, strict=True))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Indices = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (timm 1.0.31's
+        ``prune_intermediate_layers``); ``prune_norm`` drops the final norm (``final_norm=False``),
+        ``prune_head`` the pooling and projection head (``pool="none"``, ``embed_dim=None``).
+
+        The config follows (``depth``, ``block_attention``), so the pruned module saves and
+        loads as what it is; a ``feature_layer`` that no longer indexes ``hidden_states`` is a
+        :class:`ConfigError` (negative ones count from the new last block). Returns the absolute
+        indices kept.
+        """
+        c = self.config
+        take, max_index = take_indices(len(self.blocks), indices)
+        depth = max_index + 1
+        fields: dict[str, Any] = dict(depth=depth, block_attention=c.block_attention[:depth])
+        if prune_norm:
+            fields["final_norm"] = False
+        if prune_head:
+            fields.update(pool="none", embed_dim=None)
+        self.config = c.replace(**fields)  # validated before anything changes
+        self.blocks = self.blocks[:depth]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.head = None
+        return take
 
 
 # --- presets --------------------------------------------------------------------------------

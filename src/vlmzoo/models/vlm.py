@@ -10,7 +10,11 @@ Vary); Flamingo's adapter conditions gated layers inside the decoder and the pla
 real token. The model runs one path for every adapter: check the inputs, encode the images,
 ``adapter.prepare``, check the length, run the decoder (or ``generate``) inside the prepared
 conditioning. Images are given flat, ``pixel_values`` [n_img, C, H, W], in reading order of their
-placeholders across the batch, so samples may hold several images or none.
+placeholders across the batch, so samples may hold several images or none. An any-resolution
+adapter (LLaVA-NeXT, OneVision) also takes ``image_sizes`` [n_img, 2]: ``pixel_values`` then hold
+each image's views (tiles + base) flat, and each image takes as many positions as its size asks;
+the adapter answers both questions (``count_images``, ``image_positions``), so images of different
+sizes, any number per sample, batch together.
 
 Placeholders are counted against images before any compute, and an image span is never cut:
 mismatches raise :class:`InputError` with both counts (transformers' modeling_llava.py finds the
@@ -189,10 +193,18 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         prefix adapter, 1 (its ``<image>`` token) for Flamingo."""
         return self.adapter.tokens_per_image(self.encoder.num_tokens())
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def image_features(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
         """[n_img, C, H, W] -> [n_img, M, D]: what the adapter makes of the images before the
-        decoder (the spliced embeddings of a prefix adapter, Flamingo's resampled latents)."""
-        return self.adapter.visual_features(self.encoder(pixel_values).tokens)
+        decoder (the spliced embeddings of a prefix adapter, Flamingo's resampled latents). With
+        ``image_sizes`` (any-resolution tiling: ``pixel_values`` are every image's views), one
+        [M_i, D] per image."""
+        tokens = self.encoder(pixel_values).tokens
+        if image_sizes is None:
+            return self.adapter.visual_features(tokens)
+        self.adapter.count_images(_num_images(pixel_values), image_sizes)
+        return self.adapter.visual_features(tokens, image_sizes)
 
     # --- checks -----------------------------------------------------------------------------
     def _check_inputs(
@@ -201,6 +213,7 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         labels: torch.Tensor | None,
+        image_sizes: torch.Tensor | None = None,
     ) -> int:
         """Shapes, devices and values of one call's inputs; returns the number of images."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
@@ -235,21 +248,33 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         if labels is not None:
             _check_labels(labels, is_image, vocab)
         placeholders = is_image.sum()
-        num_images = _num_images(pixel_values)
-        per_image = layout.placeholders_per_image(self.tokens_per_image)
+        # The adapter says how many images the inputs hold and what each costs (one input and M
+        # positions per image for every kind but any-resolution tiling, whose images have sizes).
+        num_images = self.adapter.count_images(_num_images(pixel_values), image_sizes)
+        positions = self.adapter.image_positions(self.encoder.num_tokens(), num_images, image_sizes)
+        wanted = [layout.placeholders_per_image(p) for p in positions]
+        expected = sum(wanted)
+        uniform = len(set(wanted)) <= 1
+        per_image = wanted[0] if wanted else layout.placeholders_per_image(self.tokens_per_image)
 
         def count_error() -> str:
+            if not uniform:
+                return (
+                    f"input_ids hold {int(placeholders)} image placeholders (id {image_id}) but the "
+                    f"{num_images} images given take {expected} ({wanted} per image, from image_sizes)"
+                )
             unit = "placeholder per image" if per_image == 1 else f"placeholders per image ({per_image} each)"
             return (
                 f"input_ids hold {int(placeholders)} image placeholders (id {image_id}) but "
                 f"{num_images} images were given; expected {per_image} {unit}"
             )
 
-        require(
-            placeholders == num_images * per_image,
-            count_error,
-            f"input_ids do not hold {per_image} image placeholder(s) (id {image_id}) per image given",
+        summary = (
+            f"input_ids do not hold {per_image} image placeholder(s) (id {image_id}) per image given"
+            if uniform
+            else f"input_ids do not hold the {expected} image placeholders (id {image_id}) image_sizes ask for"
         )
+        require(placeholders == expected, count_error, summary)
         return num_images
 
     def _check_device(self, input_ids: torch.Tensor) -> None:
@@ -300,10 +325,13 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         new_tokens: int = 0,
         cache: Any = None,
         padding_side: PaddingSide | None = None,
+        image_sizes: torch.Tensor | None = None,
     ) -> Prepared:
         """Encode the images, let the adapter prepare the decoder's inputs, check their length."""
         tokens = self.encoder(pixel_values).tokens if num_images else None
-        options = {} if padding_side is None else {"padding_side": padding_side}
+        options: dict[str, Any] = {} if padding_side is None else {"padding_side": padding_side}
+        if image_sizes is not None:  # only kinds whose images have sizes take them (count_images)
+            options["image_sizes"] = image_sizes
         prepared = self.adapter.prepare(self.decoder, input_ids, tokens, attention_mask, labels, **options)
         self._check_length(prepared.length, new_tokens, cache_length(cache))
         return prepared
@@ -314,6 +342,7 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
         **decoder_kwargs: Any,
     ) -> VLMOutput:
         """Loss (when ``labels`` [B, L] are given, -100 = ignore) and logits over the merged text.
@@ -323,12 +352,17 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         M with ``expand_image_tokens=False``); ``attention_mask`` [B, L] 1 = token, 0 = padding
         (integers or floats; bool masks are refused, see docs/errors.md). ``decoder_kwargs`` go to
         the decoder (``cache`` to continue a KV cache, ``use_cache``, ``output_hidden_states``).
+        ``image_sizes`` [n_img, 2] (height, width) for an any-resolution adapter: then
+        ``pixel_values`` hold every image's views (tiles + base) flat, in placeholder order, and
+        each image takes the positions its size asks (:mod:`vlmzoo.adapters.anyres`).
         """
         if input_ids is None:
             raise InputError("input_ids are required")
-        num_images = self._check_inputs(pixel_values, input_ids, attention_mask, labels)
+        num_images = self._check_inputs(pixel_values, input_ids, attention_mask, labels, image_sizes)
         cache = _cache_of(decoder_kwargs)
-        prepared = self._prepare(pixel_values, num_images, input_ids, attention_mask, labels, cache=cache)
+        prepared = self._prepare(
+            pixel_values, num_images, input_ids, attention_mask, labels, cache=cache, image_sizes=image_sizes
+        )
         with prepared.conditioning:
             out = self.decoder(**prepared.decoder_inputs(), **decoder_kwargs)
         return VLMOutput(
@@ -347,23 +381,25 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         max_new_tokens: int = 32,
+        image_sizes: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Greedy (default) or sampled continuation with the KV cache: returns new tokens [B, T].
 
         Batch prompts must be left-padded (``attention_mask`` 0 on the left). Image features are
         computed once, before decoding starts; every decoding step runs in the same conditioning.
+        ``image_sizes`` as in :meth:`forward`.
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive int")
-        num_images = self._check_inputs(pixel_values, input_ids, attention_mask, None)
+        num_images = self._check_inputs(pixel_values, input_ids, attention_mask, None, image_sizes)
         if attention_mask is not None and bool((attention_mask[:, -1] == 0).any()):
             raise InputError(
                 "generate() needs left padding: a prompt ends in padding (attention_mask[:, -1] == 0)"
             )
         cache = _cache_of(generate_kwargs)
         prepared = self._prepare(
-            pixel_values, num_images, input_ids, attention_mask, None, max_new_tokens, cache, "left"
+            pixel_values, num_images, input_ids, attention_mask, None, max_new_tokens, cache, "left", image_sizes
         )
         self._check_padding_positions(prepared.attention_mask)
         generate_kwargs.setdefault("do_sample", False)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
 from vlmzoo.processing.image_input import Alpha, expand_to_square, load_image, mean_fill, to_rgb
+from vlmzoo.processing.referring import PlainFormat, get_format
 from vlmzoo.processing.templates import History, TemplateConfig
 from vlmzoo.processing.tokenizer import SENTENCEPIECE_FILE, SentencePieceTokenizer
 from vlmzoo.weights.files import atomic_write_json, read_json
@@ -339,6 +340,66 @@ class Processor(TokenizedProcessor):
             text = text.replace(special, "")
         return text.strip()
 
+    # --- regions (referential dialogue) ------------------------------------------------------
+    def box_text(
+        self,
+        boxes: Sequence[float] | Sequence[Sequence[float]],
+        image_size: tuple[int, int],
+        format: str | PlainFormat = "shikra",
+    ) -> str:
+        """Pixel box(es) ``(x1, y1, x2, y2)`` of one mention in an image of ``image_size`` =
+        ``(width, height)`` (PIL's ``Image.size``) -> the text the model reads and writes, e.g.
+        ``[0.120,0.345,0.678,0.900]`` (:mod:`vlmzoo.processing.referring`), in the frame of the
+        pixels this processor makes (the padded square when it pads to square)."""
+        width, height = _size(image_size)
+        return self._frame_format(format, width, height).box_to_text(boxes, width=width, height=height)
+
+    def point_text(
+        self,
+        points: Sequence[float] | Sequence[Sequence[float]],
+        image_size: tuple[int, int],
+        format: str | PlainFormat = "shikra",
+    ) -> str:
+        """Pixel point(s) ``(x, y)`` of one mention -> its text, e.g. ``[0.500,0.250]``."""
+        width, height = _size(image_size)
+        return self._frame_format(format, width, height).point_to_text(points, width=width, height=height)
+
+    def boxes_from_text(
+        self, text: str, image_size: tuple[int, int], format: str | PlainFormat = "shikra"
+    ) -> list[list[tuple[float, float, float, float]]]:
+        """The box groups of generated ``text`` as pixel boxes of the original ``(width, height)``
+        image, one list per mention (:class:`InputError` for a group that is no box or point)."""
+        width, height = _size(image_size)
+        return self._frame_format(format, width, height).text_to_boxes(text, width=width, height=height)
+
+    def points_from_text(
+        self, text: str, image_size: tuple[int, int], format: str | PlainFormat = "shikra"
+    ) -> list[list[tuple[float, float]]]:
+        """The point groups of generated ``text`` as pixel points of the original image."""
+        width, height = _size(image_size)
+        return self._frame_format(format, width, height).text_to_points(text, width=width, height=height)
+
+    def _frame_format(self, format: str | PlainFormat, width: int, height: int) -> PlainFormat:
+        """The format with the frame of this processor's pixels: coordinates are fractions of
+        what the model sees. Padding to square gives Shikra's frame; a recipe that stretches a
+        non-square image keeps fractions of the image; one that crops it (or pads it on one side,
+        SAM's) cuts the frame apart from the image, and is refused."""
+        fmt = get_format(format)
+        stream = self.config.image
+        if stream is None or width == height:
+            return fmt
+        if stream.pad_to_square:
+            return replace(fmt, expand_to_square=True)
+        recipe = stream.recipe
+        if recipe.do_center_crop or recipe.longest_edge:
+            raise ConfigError(
+                f"the {self.config.family!r} processor {'crops' if recipe.do_center_crop else 'pads on one side'} "
+                f"a {width}x{height} image, so fractions of what the model sees are not fractions of the image; "
+                "use a processor that pads to square (Shikra's recipe: ImageStreamConfig(pad_to_square=True)) "
+                "or pass a square image"
+            )
+        return replace(fmt, expand_to_square=False)
+
     # --- adapting to a model ----------------------------------------------------------------
     def for_model(self, model: Any) -> Processor:
         """This processor with the image ids and counts and the context of ``model`` (a
@@ -445,6 +506,13 @@ def decoder_context(lm_config: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def _size(image_size: tuple[int, int]) -> tuple[int, int]:
+    """``(width, height)`` of an image, as PIL's ``Image.size`` gives it."""
+    if not isinstance(image_size, tuple | list) or len(image_size) != 2:
+        raise InputError(f"image_size={image_size!r}: pass (width, height), e.g. image.size")
+    return image_size[0], image_size[1]
 
 
 def _as_list(images: Any) -> list[Any]:

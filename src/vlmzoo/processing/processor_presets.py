@@ -32,6 +32,12 @@ Each recipe states what the released pipeline does, with its source:
   bicubic resize to the preset's size (no crop), CLIP mean/std; bert-base-uncased + ``[DEC]`` /
   ``[ENC]``; "a picture of " for the captioners. A
   :class:`~vlmzoo.processing.blip_processor.BLIPProcessor`.
+* **SigLIP** and **SigLIP 2** (transformers' ``SiglipProcessor`` / ``Siglip2Processor``): bicubic
+  resize to the tower's size (no crop), mean/std 0.5 (So400m/14: resized to 384, the tower reads
+  the top-left 378 x 378); NaFlex towers: aspect-preserving resize into the patch budget,
+  patches, padding (:mod:`~vlmzoo.processing.siglip_naflex`); text padded to 64 tokens as SigLIP
+  was trained, with the release's own tokenizer. A
+  :class:`~vlmzoo.processing.siglip_processor.SigLIPProcessor`.
 * **Donut** and **Nougat**: a :class:`~vlmzoo.processing.document_processor.DocumentProcessor`
   (their page recipes, task prompts, JSON / markdown outputs; that module's docstring), on the
   model's own canvas.
@@ -50,6 +56,7 @@ from typing import Any
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, UnknownModelError
 from vlmzoo.models.blip import BLIPConfig
+from vlmzoo.models.siglip import SIGLIP2_PRESETS, SIGLIP_PRESETS, SigLIPConfig
 from vlmzoo.processing.blip_processor import BLIPProcessor, BLIPProcessorConfig, blip_processor_config
 from vlmzoo.processing.document_processor import DocumentProcessor, DocumentProcessorConfig, donut, nougat
 from vlmzoo.processing.image import (
@@ -66,6 +73,7 @@ from vlmzoo.processing.processor import (
     ProcessorConfig,
     saved_config_class,
 )
+from vlmzoo.processing.siglip_processor import SigLIPProcessor, SigLIPProcessorConfig, siglip_processor_config
 from vlmzoo.processing.templates import TEMPLATES
 from vlmzoo.registry import get_entry, list_models
 
@@ -177,8 +185,23 @@ def _vary_sizes(config: Config) -> tuple[int, int]:
     return int(encoder.first.image_size), int(encoder.second.image_size)
 
 
+def _siglip_family(name: str) -> Callable[[Any], SigLIPProcessorConfig]:
+    """A published SigLIP preset: the tokenizer of its google/<name> repo; So400m/14 at 384 is
+    resized to 384 (its config.json's image_size) and read at 378."""
+    size = 384 if name.endswith("patch14-384") else None
+    return lambda c: siglip_processor_config(c, tokenizer=f"google/{name}", size=size)
+
+
+# SigLIP presets with a release (every name but the tiny ones is a google/<name> repo).
+_SIGLIP: list[tuple[str, str, Callable[[Any], Any]]] = [
+    (name, "model", _siglip_family(name)) for name in (*SIGLIP_PRESETS, *SIGLIP2_PRESETS) if "tiny" not in name
+]
+
 # name pattern -> (registry kind, config of the preset -> processor config). First match wins.
 _FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
+    *_SIGLIP,
+    ("siglip*", "model", siglip_processor_config),  # the tiny ones: no published tokenizer
+    ("siglip*", "encoder", siglip_processor_config),
     ("*llava*", "model", lambda c: llava(_encoder_size(c.encoder))),
     ("*blip2*", "model", lambda c: blip2(_encoder_size(c.encoder))),
     ("*blip*", "model", blip_processor_config),  # BLIP: blip-*, tiny-blip* (after *blip2*: first match wins)
@@ -212,16 +235,19 @@ _FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
 
 
 # The processor class of each kind of processor config.
-PROCESSORS: dict[type[Config], type[Processor] | type[DocumentProcessor] | type[BLIPProcessor]] = {
+PROCESSORS: dict[
+    type[Config], type[Processor] | type[DocumentProcessor] | type[BLIPProcessor] | type[SigLIPProcessor]
+] = {
     ProcessorConfig: Processor,
     DocumentProcessorConfig: DocumentProcessor,
     BLIPProcessorConfig: BLIPProcessor,
+    SigLIPProcessorConfig: SigLIPProcessor,
 }
 
 
 def processor_for(
     name_or_config: str | Config | Any,
-) -> ProcessorConfig | DocumentProcessorConfig | BLIPProcessorConfig:
+) -> ProcessorConfig | DocumentProcessorConfig | BLIPProcessorConfig | SigLIPProcessorConfig:
     """The :class:`ProcessorConfig` of a registered model or encoder: by ``name``, or by its config
     (or a module built from one: its ``.config``). The family's recipe is applied at the config's
     own image size, with its image token id. A config matches a preset it equals; a VLM config
@@ -245,6 +271,8 @@ def _same_family(preset: Config, config: Config, kind: str) -> bool:
         return True  # one BLIP recipe, sized from the config itself (blip_processor_config)
     if preset == config:
         return True
+    if isinstance(preset, SigLIPConfig):
+        return False  # one tokenizer per release: only the preset's own config has it
     if kind != "model" or type(preset) is not type(config):
         return False
     return preset.encoder == config.encoder and type(preset.adapter) is type(config.adapter)
@@ -270,7 +298,7 @@ def _by_name(name: str) -> ProcessorConfig:
 
 def create_processor(
     name_or_path: str | os.PathLike, tokenizer: Any = None, **overrides: Any
-) -> Processor | DocumentProcessor | BLIPProcessor:
+) -> Processor | DocumentProcessor | BLIPProcessor | SigLIPProcessor:
     """The processor of a registered model/encoder name, or one saved in a directory.
 
     ``tokenizer``: a transformers tokenizer, or a local directory / hub id for ``AutoTokenizer``

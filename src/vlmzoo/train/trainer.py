@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,14 @@ class TrainConfig(Config):
             self._fail("min_lr_ratio", "must be in [0, 1]")
         if not all(0 <= b < 1 for b in self.betas):
             self._fail("betas", "AdamW's betas must be in [0, 1)")
+        if self.warmup_steps >= self.steps:
+            warnings.warn(
+                f"TrainConfig: warmup_steps={self.warmup_steps} >= steps={self.steps}, so the learning "
+                f"rate never reaches lr={self.lr:g} and the cosine decay never starts; set warmup_steps "
+                f"below steps (e.g. {max(1, self.steps // 10)}, a tenth)",
+                UserWarning,
+                stacklevel=4,
+            )
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
