@@ -50,3 +50,40 @@ def test_multiple_choice_picks_the_highest_likelihood_continuation(tmp_path):
         start = out.logits.shape[1] - len(answer)
         scores.append(sum(logp[start - 1 + j, t].item() for j, t in enumerate(answer)))
     assert picked == max(range(3), key=scores.__getitem__)
+
+
+def test_multiple_choice_conditions_every_choice_on_all_of_the_samples_images(tmp_path):
+    from vlmzoo.processing.tokenizer import train_sentencepiece
+    from vlmzoo.recipes.shapes import build_model
+
+    tok = train_sentencepiece(["which is red? left right both"], vocab_size=40, cache_dir=tmp_path)
+    model = build_model(tok, image_size=32).eval()
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 32, 32)
+    prompt, choices = "<image> <image> which is red?", ["left", "right", "both"]
+
+    def scores(images: torch.Tensor) -> list[float]:
+        out = []
+        for choice in choices:  # plain reference: one sequence at a time, both images
+            ids = [tok.bos_id, *tok.encode(prompt)]
+            answer = [*tok.encode(choice), tok.eos_id]
+            with torch.no_grad():
+                logits = model(images, torch.tensor([ids + answer])).logits
+            logp, start = logits[0, :-1].log_softmax(-1), logits.shape[1] - len(answer)
+            out.append(sum(logp[start - 1 + j, t].item() for j, t in enumerate(answer)))
+        return out
+
+    reference = scores(pixels)
+    assert multiple_choice(model, tok, pixels, prompt, choices) == max(range(3), key=reference.__getitem__)
+    assert reference != scores(torch.stack([pixels[0], pixels[0]]))  # the second image matters
+
+
+def test_multiple_choice_refuses_images_that_do_not_match_the_placeholders(tmp_path):
+    from vlmzoo.errors import InputError
+    from vlmzoo.processing.tokenizer import train_sentencepiece
+    from vlmzoo.recipes.shapes import build_model
+
+    tok = train_sentencepiece(["what color is it? red blue"], vocab_size=40, cache_dir=tmp_path)
+    model = build_model(tok, image_size=32).eval()
+    with pytest.raises(InputError, match="1 image placeholders but 2 images"):
+        multiple_choice(model, tok, torch.randn(2, 3, 32, 32), "<image> what color is it?", ["red", "blue"])

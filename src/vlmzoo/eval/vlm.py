@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmzoo.decoders.hf import IGNORE_INDEX
+from vlmzoo.errors import InputError
 from vlmzoo.processing.prompts import collate
 from vlmzoo.processing.tokenizer import Tokenizer
 
@@ -120,23 +121,31 @@ def perplexity(
 def multiple_choice(
     model: torch.nn.Module,
     tokenizer: Tokenizer,
-    pixel_values: torch.Tensor,
+    pixel_values: torch.Tensor | None,
     prompt: str,
     choices: Sequence[str],
     length_normalize: bool = False,
 ) -> int:
-    """Index of the choice with the highest log-likelihood given the image ([1, 3, H, W]) and prompt.
+    """Index of the choice with the highest log-likelihood given the sample's images and prompt.
 
-    Every choice is scored as a continuation of the same prompt (sum of its tokens' log-probs,
-    EOS included; divided by its token count with ``length_normalize``).
+    ``pixel_values``: the sample's k images, [k, 3, H, W] ([3, H, W] for one; None for none); the
+    prompt holds one placeholder per image, and every image conditions every choice. Every choice
+    is scored as a continuation of the same prompt (sum of its tokens' log-probs, EOS included;
+    divided by its token count with ``length_normalize``).
     """
     if not choices:
-        raise ValueError("multiple_choice needs at least one choice")
+        raise InputError("multiple_choice needs at least one choice")
+    if pixel_values is not None and pixel_values.ndim not in (3, 4):
+        raise InputError(
+            f"pixel_values of shape {tuple(pixel_values.shape)}: expected the sample's images [k, 3, H, W]"
+        )
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     n = len(choices)
-    batch = collate(tokenizer, [prompt] * n, list(choices), [pixel_values[0]] * n).to(device)
+    k = 0 if pixel_values is None else (1 if pixel_values.ndim == 3 else pixel_values.shape[0])
+    images = None if pixel_values is None else [pixel_values] * n
+    batch = collate(tokenizer, [prompt] * n, list(choices), images, [k] * n).to(device)
     scores = _sequence_logprobs(model, batch)
     if length_normalize:
         scores = scores / (batch.labels != IGNORE_INDEX).sum(dim=1)
