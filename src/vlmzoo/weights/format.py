@@ -725,7 +725,9 @@ def load_directory(
     _check_fit(model, checkpoint)
     _check_records(checkpoint, architecture)
     check_memory(_stored_bytes(checkpoint, dtype), target, f"{architecture} from {directory}", dtype)
-    ties = tied_names(model)
+    # A group the config ties but the file stores twice was untied when it was saved (save keeps
+    # an alias once): a head trained apart from the embeddings must come back apart.
+    ties = [names for names in tied_names(model) if sum(n in checkpoint.shapes for n in names) < 2]
     _load_files(model, checkpoint, verify_enabled(verify), adopt_as=(dtype, target))
     retie(model, ties)
     left = meta_tensors(model)
