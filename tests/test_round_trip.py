@@ -24,10 +24,7 @@ def _inputs(model) -> tuple:
     pixels = [torch.randn(2, 3, *hw, generator=g) for hw in shaped]
     layout = model.config.layout
     placeholders = layout.placeholders_per_image(model.tokens_per_image)
-    if placeholders == 0 or not model.config.expand_image_tokens and model.tokens_per_image == 0:
-        image = []
-    else:
-        image = [model.config.image_token_id] * placeholders
+    image = [model.config.image_token_id] * placeholders  # none for an encoder-decoder
     ids = torch.tensor([[1, *image, 5, 6, 7], [1, *image, 8, 9, 10]])
     return (tuple(pixels) if towers else pixels[0]), ids
 
