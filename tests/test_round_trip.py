@@ -16,15 +16,15 @@ FAMILIES = ["tiny-llava", "tiny-blip2", "tiny-openflamingo", "tiny-vary", "tiny-
 
 def _inputs(model) -> tuple:
     """Two samples of one image each, at the encoder's native size, with the model's placeholders."""
-    encoder = model.encoder
+    encoder = model.get_base_model().encoder if hasattr(model, "get_base_model") else model.encoder
     towers = getattr(encoder, "towers", None)
     sizes = [t.config.image_size for t in towers.values()] if towers else [encoder.config.image_size]
     g = torch.Generator().manual_seed(0)
     shaped = [s if isinstance(s, tuple | list) else (s, s) for s in sizes]
     pixels = [torch.randn(2, 3, *hw, generator=g) for hw in shaped]
-    layout = model.config.layout
-    placeholders = layout.placeholders_per_image(model.tokens_per_image)
-    image = [model.config.image_token_id] * placeholders  # none for an encoder-decoder
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    placeholders = base.config.layout.placeholders_per_image(base.tokens_per_image)
+    image = [base.config.image_token_id] * placeholders  # none for an encoder-decoder
     ids = torch.tensor([[1, *image, 5, 6, 7], [1, *image, 8, 9, 10]])
     return (tuple(pixels) if towers else pixels[0]), ids
 
@@ -62,11 +62,24 @@ def test_an_lm_head_untied_and_trained_apart_comes_back_apart(name, tmp_path):
     _assert_same(model, _round_trip(model, tmp_path))
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_lora_merged_into_the_weights_comes_back_bit_for_bit(name, tmp_path):
+def _lora(name: str):
     peft = pytest.importorskip("peft")
     model = randomize_(vlmzoo.create_model(name)).eval()
-    targets = ["q_proj", "v_proj", "c_attn", "fc1"]
-    config = peft.LoraConfig(r=2, target_modules=targets, init_lora_weights=False)
-    merged = peft.get_peft_model(model, config).merge_and_unload().eval()
+    config = peft.LoraConfig(
+        r=2, target_modules=["q_proj", "v_proj", "c_attn", "fc1"], init_lora_weights=False
+    )
+    return peft.get_peft_model(model, config).eval()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_lora_merged_into_the_weights_comes_back_bit_for_bit(name, tmp_path):
+    merged = _lora(name).merge_and_unload().eval()
     _assert_same(merged, _round_trip(merged, tmp_path))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_lora_unmerged_comes_back_as_the_same_peft_model(name, tmp_path):
+    model = _lora(name)
+    loaded = _round_trip(model, tmp_path)
+    assert type(loaded) is type(model)
+    _assert_same(model, loaded)

@@ -62,6 +62,7 @@ from vlmzoo.weights.format import (
     read_config,
     save,
 )
+from vlmzoo.weights.peft import wrap as wrap_peft
 from vlmzoo.weights.swap import replace_directory
 
 STATE_NAME = "trainer_state.json"
@@ -560,8 +561,10 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 def _build(directory: Path) -> nn.Module:
     """The model ``config.json`` describes, freshly initialised on the CPU."""
-    cls, config = architecture_and_config(directory, read_config(directory))
-    return cls(config)
+    document = read_config(directory)
+    cls, config = architecture_and_config(directory, document)
+    model = cls(config)
+    return wrap_peft(model, document["peft"], str(directory / CONFIG_NAME)) if "peft" in document else model
 
 
 def full_state_dict(model: nn.Module, world: World) -> dict[str, torch.Tensor]:

@@ -40,6 +40,7 @@ from vlmzoo.train.run_dir import CHECKPOINT_DIR, HISTORY_NAME, RunDir, check_loc
 from vlmzoo.train.strategies import apply_strategy
 from vlmzoo.train.world import World
 from vlmzoo.weights.format import DEFAULT_MAX_SHARD_SIZE
+from vlmzoo.weights.peft import base_model
 
 # Fields a resumed run may change: they decide what is logged, evaluated and saved, never what is
 # computed (evaluation runs with the random generators set aside). ``steps`` may change too (see
@@ -167,7 +168,7 @@ class Trainer:
         self.max_shard_size = max_shard_size
         self.progress = progress and self.world.is_main
         # Read before wrapping: fully_shard swaps the model's class for an FSDP subclass.
-        self.architecture = type(model).__name__
+        self.architecture = type(base_model(model)).__name__  # a PeftModel: the model inside
         self.model_config = getattr(model, "config", None)
         self.module = apply_strategy(
             model, self.world, bf16=config.bf16, find_unused_parameters=find_unused_parameters

@@ -71,6 +71,8 @@ from vlmzoo.weights.materialize import (
     retie,
     tied_names,
 )
+from vlmzoo.weights.peft import base_model, is_peft_model, peft_document
+from vlmzoo.weights.peft import wrap as wrap_peft
 from vlmzoo.weights.swap import check_target, replace_directory
 
 CONFIG_NAME = "config.json"
@@ -250,18 +252,20 @@ def _write_json(path: Path, document: dict) -> None:
 
 
 def _config_document(module: nn.Module) -> dict:
-    config = getattr(module, "config", None)
+    base = base_model(module)  # a PeftModel is saved as its vlmzoo model plus its peft configs
+    config = getattr(base, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise CheckpointError(
             f"{type(module).__name__} has no vlmzoo config; only vlmzoo models can be saved"
         )
-    return {
+    document = {
         "format": "vlmzoo",
         "format_version": FORMAT_VERSION,
         "vlmzoo_version": __version__,
-        "architecture": type(module).__name__,
+        "architecture": type(base).__name__,
         "config": config.to_dict(),
     }
+    return {**document, "peft": peft_document(module)} if is_peft_model(module) else document
 
 
 def _digest(document: dict) -> str:
@@ -722,6 +726,9 @@ def load_directory(
     cls, config = architecture_and_config(directory, document, expected)
     checkpoint = _open_checkpoint(directory, document)  # bad files are refused before anything is built
     model = _build_checked(cls, config, checkpoint)  # parameters on meta: no memory yet
+    if "peft" in document:
+        with parameters_placed("meta"):  # the adapter layers hold no memory either
+            model = wrap_peft(model, document["peft"], str(directory / CONFIG_NAME))
     _check_fit(model, checkpoint)
     _check_records(checkpoint, architecture)
     check_memory(_stored_bytes(checkpoint, dtype), target, f"{architecture} from {directory}", dtype)
