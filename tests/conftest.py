@@ -40,6 +40,7 @@ TINY_ENCODERS = [
     "pvt-tiny",
     "flatten-pvt-tiny",
     "siglip-vit-tiny",
+    "siglip2-vit-tiny",
 ]
 
 

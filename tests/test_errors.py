@@ -706,6 +706,8 @@ def _out_of_range(hint: Any, default: Any) -> list[Any]:
         return values + ([""] if str in options else [])
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:  # per-stage / per-block tuples
+            # in a union (``int | tuple[int, ...]``: ViTConfig.feature_layer) the default may be the other type
+            default = default if isinstance(default, tuple) else ()
             n = max(len(default), 1)
             return [
                 (),
@@ -735,6 +737,15 @@ IN_RANGE = {
     ("ViTConfig", "num_registers", 0): "no register tokens",
     ("ViTConfig", "feature_layer", 0): "the embeddings (hidden_states[0])",
     ("ViTConfig", "feature_layer", -1): "the last block",
+    ("ViTConfig", "feature_layer", (0,)): "the embeddings, as a one-layer tuple",
+    ("ViTConfig", "feature_layer", (-1,)): "the last block, as a one-layer tuple",
+    ("Siglip2VisionConfig", "feature_layer", 0): "the embeddings (hidden_states[0])",
+    ("Siglip2VisionConfig", "feature_layer", -1): "the last block",
+    ("NaFlexConfig", "mean", (0.0, 0.0, 0.0)): "any finite mean",
+    ("NaFlexConfig", "mean", (-1.0, -1.0, -1.0)): "any finite mean",
+    ("EmuConfig", "image_start_token_id", 0): "any id of the vocabulary",
+    ("EmuConfig", "image_end_token_id", 0): "any id of the vocabulary",
+    ("OneChartConfig", "number_token_id", 0): "any id of the vocabulary",
     ("ViTConfig", "block_attention", ()): "() means every block is global",
     ("SamConfig", "window_size", 0): "0 makes every block global",
     ("SamConfig", "global_attn_indexes", ()): "no global block",

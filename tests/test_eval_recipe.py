@@ -107,3 +107,27 @@ def test_run_eval_prints_a_table_and_writes_the_predictions(tmp_path, llava, cap
     assert "| t.jsonl | exact_match | 1 |" in capsys.readouterr().out
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["predictions"] == list(result.predictions) and saved["count"] == 1
+
+
+def test_vlmzoo_eval_command_prints_the_table(tmp_path, llava, capsys):
+    from vlmzoo.cli import main
+
+    model, processor = llava
+    vlmzoo.save(model, tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    _image(0).save(tmp_path / "a.png")
+    (tmp_path / "t.jsonl").write_text(
+        json.dumps({"image": "a.png", "question": "Q", "answer": ["a", "b"]}) + "\n"
+    )
+    code = main(
+        ["eval", str(tmp_path / "ckpt"), "--task", str(tmp_path / "t.jsonl"), "--metric", "vqa_accuracy"]
+    )
+    assert code == 0 and "| t.jsonl | vqa_accuracy | 1 |" in capsys.readouterr().out
+
+
+def test_vlmzoo_eval_command_names_a_missing_task_file_in_one_line(tmp_path, capsys):
+    from vlmzoo.cli import main
+
+    assert main(["eval", "tiny-llava", "--task", str(tmp_path / "none.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.jsonl" in err[0]

@@ -599,15 +599,21 @@ def test_corrupt_cached_checkpoint_is_converted_again(fake_hub, table, tmp_path)
 # --- every peer class the shipped table names, through a download ------------------------------
 def tiny_peer(class_name: str) -> torch.nn.Module:
     """A random tiny model of each transformers class a shipped release loads (the families' test helpers)."""
+    from test_anyres import hf_next, hf_onevision
     from test_blip import VQA_VISION, hf_blip
     from test_donut import peer as donut_peer
     from test_qformer import hf_blip2
     from test_sam_parity import hf_vision_config
+    from test_siglip_release import tiny_siglip, tiny_siglip2
     from test_vary import GOT_VISION, QWEN2_TINY
 
     dinov2 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14)
     build = {
         "CLIPModel": tiny_clip,
+        "SiglipModel": tiny_siglip,
+        "Siglip2Model": tiny_siglip2,
+        "LlavaNextForConditionalGeneration": hf_next,
+        "LlavaOnevisionForConditionalGeneration": hf_onevision,
         "Dinov2Model": lambda: transformers.Dinov2Model(transformers.Dinov2Config(**dinov2)),
         "Dinov2WithRegistersModel": lambda: transformers.Dinov2WithRegistersModel(
             transformers.Dinov2WithRegistersConfig(**dinov2, num_register_tokens=4)

@@ -30,6 +30,9 @@ from hypothesis import strategies as st
 
 import vlmzoo
 from vlmzoo.adapters import EncoderDecoderConfig, FlamingoConfig, MLPProjectorConfig, QFormerConfig
+from vlmzoo.adapters.anyres import AnyResConfig
+from vlmzoo.adapters.causal_former import CausalFormerConfig
+from vlmzoo.adapters.pixel_shuffle import PixelShuffleConfig
 from vlmzoo.config import Config
 from vlmzoo.encoders import (
     FusedEncoderConfig,
@@ -42,6 +45,7 @@ from vlmzoo.encoders import (
 )
 from vlmzoo.encoders.blip_text import MEDConfig
 from vlmzoo.encoders.siglip import SiglipTextConfig, SiglipVisionConfig
+from vlmzoo.encoders.siglip2 import Siglip2VisionConfig
 from vlmzoo.errors import ConfigError
 from vlmzoo.layers.block_attention import BLOCK_ATTENTION_TYPES
 from vlmzoo.layers.mlp import Activation
@@ -326,6 +330,82 @@ def mlp_configs(draw: st.DrawFn) -> MLPProjectorConfig:
 
 
 @st.composite
+def anyres_configs(draw: st.DrawFn) -> AnyResConfig:
+    tile = draw(st.sampled_from([8, 16]))
+    cells = draw(
+        st.lists(st.tuples(st.integers(1, 3), st.integers(1, 3)), min_size=1, max_size=4, unique=True)
+    )
+    in_dim = draw(st.integers(1, 12))
+    return AnyResConfig(
+        in_dim=in_dim,
+        out_dim=draw(st.integers(1, 12)),
+        depth=draw(st.integers(1, 3)),
+        act=draw(st.sampled_from(ACTIVATIONS)),
+        bias=draw(st.booleans()),
+        tile_size=tile,
+        grid_pinpoints=tuple((h * tile, w * tile) for h, w in cells),
+        max_tiles=draw(st.none() | st.integers(1, 9)),
+    )
+
+
+@st.composite
+def siglip2_vision_configs(draw: st.DrawFn) -> Siglip2VisionConfig:
+    """SigLIP 2's NaFlex tower: a square position table of 1 to 3 patches a side, any patch size."""
+    heads, width = heads_and_width(draw)
+    depth = draw(st.integers(1, 2))
+    side = draw(st.integers(1, 3))
+    return Siglip2VisionConfig(
+        num_patches=side * side,
+        patch_size=draw(st.sampled_from([2, 4])),
+        in_channels=draw(st.sampled_from([1, 3])),
+        width=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_dim=draw(st.integers(1, 16)),
+        act=draw(st.sampled_from(ACTIVATIONS)),
+        norm_eps=draw(eps()),
+        map_head=draw(st.booleans()),
+        feature_layer=draw(st.integers(-(depth + 1), depth)),
+        feature_norm=draw(st.booleans()),
+    )
+
+
+@st.composite
+def causal_former_configs(draw: st.DrawFn) -> CausalFormerConfig:
+    buckets = draw(st.integers(2, 8))
+    return CausalFormerConfig(
+        num_query_tokens=draw(st.integers(1, 5)),
+        width=draw(st.integers(1, 12)),
+        depth=draw(st.integers(1, 2)),
+        num_heads=draw(st.integers(1, 3)),
+        head_dim=draw(st.integers(1, 4)),
+        mlp_dim=draw(st.integers(1, 16)),
+        act=draw(st.sampled_from(ACTIVATIONS)),
+        norm_eps=draw(eps()),
+        num_buckets=buckets,
+        max_distance=draw(st.integers(buckets // 2 + 1, 16)),
+        input_norm=draw(st.booleans()),
+        input_norm_eps=draw(eps()),
+        in_dim=draw(st.integers(1, 12)),
+        out_dim=draw(st.none() | st.integers(1, 12)),
+    )
+
+
+@st.composite
+def pixel_shuffle_configs(draw: st.DrawFn) -> PixelShuffleConfig:
+    return PixelShuffleConfig(
+        in_dim=draw(st.integers(1, 8)),
+        out_dim=draw(st.integers(1, 12)),
+        scale_factor=draw(st.integers(1, 3)),
+        norm=draw(st.booleans()),
+        depth=draw(st.integers(1, 3)),
+        act=draw(st.sampled_from(ACTIVATIONS)),
+        bias=draw(st.booleans()),
+        transposed=draw(st.booleans()),
+    )
+
+
+@st.composite
 def qformer_configs(draw: st.DrawFn) -> QFormerConfig:
     heads, width = heads_and_width(draw)
     return QFormerConfig(
@@ -401,6 +481,10 @@ STRATEGIES: dict[type[Config], Callable[[], st.SearchStrategy]] = {
     SiglipTextConfig: siglip_text_configs,
     FusedEncoderConfig: fused_configs,
     MLPProjectorConfig: mlp_configs,
+    PixelShuffleConfig: pixel_shuffle_configs,
+    AnyResConfig: anyres_configs,
+    Siglip2VisionConfig: siglip2_vision_configs,
+    CausalFormerConfig: causal_former_configs,
     QFormerConfig: qformer_configs,
     FlamingoConfig: flamingo_configs,
     EncoderDecoderConfig: encoder_decoder_configs,
@@ -432,6 +516,8 @@ def other_size(draw: st.DrawFn, config: Config) -> tuple[int, int] | None:
             return None
     elif isinstance(config, SwinConfig):
         step, limit = config.patch_size, 8
+    elif isinstance(config, Siglip2VisionConfig):  # any whole number of patches, either side
+        step, limit = config.patch_size, 6
     elif isinstance(config, PvtConfig):
         # Multiples of the total stride whose reduction stages' maps are not smaller than sr.
         step = config.stride
@@ -464,8 +550,13 @@ def example_input(config: Config, size: tuple[int, int] | None) -> Any:
             name: image(tower.in_channels, tower.image_size, tower.image_size)
             for name, tower in zip(config.names, (config.first, config.second), strict=True)
         }
-    if isinstance(config, MLPProjectorConfig | QFormerConfig | FlamingoConfig | EncoderDecoderConfig):
+    if isinstance(
+        config,
+        MLPProjectorConfig | QFormerConfig | FlamingoConfig | EncoderDecoderConfig | CausalFormerConfig,
+    ):
         return torch.randn(BATCH, 3, config.in_dim)
+    if isinstance(config, PixelShuffleConfig):  # a square grid of 2s x 2s tokens
+        return torch.randn(BATCH, (2 * config.scale_factor) ** 2, config.in_dim)
     if isinstance(config, MEDConfig):
         return torch.randint(0, config.vocab_size, (BATCH, 5))
     if isinstance(config, SiglipTextConfig):
@@ -490,6 +581,13 @@ def check_shapes(module: torch.nn.Module, config: Config, inputs: Any, out: Any)
         assert out.pooled.shape == (BATCH, config.width)
         assert out.embeds.shape == (BATCH, config.embed_dim)
         return
+    if isinstance(config, AnyResConfig):  # untiled inputs: the tokens and one image_newline
+        assert (
+            out.shape
+            == (BATCH, inputs.shape[1] + 1, config.out_dim)
+            == (BATCH, module.num_tokens(3), module.out_dim)
+        )
+        return
     if isinstance(config, MLPProjectorConfig):
         assert (
             out.shape
@@ -497,7 +595,15 @@ def check_shapes(module: torch.nn.Module, config: Config, inputs: Any, out: Any)
             == (BATCH, module.num_tokens(3), module.out_dim)
         )
         return
-    if isinstance(config, QFormerConfig):
+    if isinstance(config, PixelShuffleConfig):
+        n = inputs.shape[1]
+        assert (
+            out.shape
+            == (BATCH, n // config.scale_factor**2, config.out_dim)
+            == (BATCH, module.num_tokens(n), module.out_dim)
+        )
+        return
+    if isinstance(config, QFormerConfig | CausalFormerConfig):
         width = config.out_dim if config.out_dim is not None else config.width
         assert (
             out.shape
@@ -557,6 +663,12 @@ def check_shapes(module: torch.nn.Module, config: Config, inputs: Any, out: Any)
         assert out.grid == grid
         assert tokens.shape == (BATCH, grid[0] * grid[1], config.widths[-1])
         assert (out.pooled is None) == (config.pool == "none")
+    elif isinstance(config, Siglip2VisionConfig):  # plain images: one grid, no padding
+        grid = (size[0] // config.patch_size, size[1] // config.patch_size)
+        assert out.grid == grid
+        assert tokens.shape == (BATCH, grid[0] * grid[1], config.width)
+        assert out.mask.shape == (BATCH, grid[0] * grid[1]) and bool(out.mask.all())
+        assert (out.pooled is None) == (not config.map_head)
     else:  # pragma: no cover - a new architecture needs its shapes written down here
         raise AssertionError(f"no documented shapes for {type(config).__name__}")
 
@@ -771,10 +883,49 @@ INVALID: dict[type[Config], list[Mutation]] = {
         lambda c: st.just({"join": "sequence", "resample": "bilinear"}),
         lambda c: field_value("join", st.just("stack")),
     ],
+    AnyResConfig: [
+        lambda c: field_value("tile_size", non_positive()),
+        lambda c: field_value("grid_pinpoints", st.just(((c.tile_size + 1, c.tile_size),))),
+        lambda c: field_value("max_tiles", st.sampled_from([0, -1])),
+        lambda c: field_value("in_dim", non_positive()),
+    ],
+    Siglip2VisionConfig: [
+        *common_mutations(
+            "num_patches", "patch_size", "in_channels", "width", "depth", "num_heads", "mlp_dim"
+        ),
+        lambda c: field_value("num_patches", st.sampled_from([2, 3, 5, 8, 15])),
+        lambda c: field_value("width", not_multiple_of(c.num_heads)),
+        lambda c: field_value("feature_layer", st.sampled_from([c.depth + 1, -(c.depth + 2), 99])),
+        lambda c: field_value("norm_eps", st.sampled_from([0.0, -1e-6, math.inf])),
+        lambda c: field_value("act", st.sampled_from(["gelu2", ""])),
+        lambda c: field_value("map_head", wrong_type()),
+    ],
     MLPProjectorConfig: [
         lambda c: field_value("depth", st.sampled_from([-1, -3])),
         lambda c: field_value("in_dim", non_positive()),
         lambda c: field_value("out_dim", wrong_type().filter(lambda v: v is not None)),
+    ],
+    CausalFormerConfig: [
+        *common_mutations(
+            "num_query_tokens",
+            "width",
+            "depth",
+            "num_heads",
+            "head_dim",
+            "mlp_dim",
+            "num_buckets",
+            "max_distance",
+        ),
+        lambda c: field_value("max_distance", st.integers(-2, c.num_buckets // 2)),
+        lambda c: st.just({"num_buckets": 1, "max_distance": 4}),
+        lambda c: field_value("in_dim", non_positive()),
+        lambda c: field_value("norm_eps", st.sampled_from([0.0, -1e-6, math.inf])),
+        lambda c: field_value("input_norm", wrong_type().filter(lambda v: not isinstance(v, bool))),
+    ],
+    PixelShuffleConfig: [
+        *common_mutations("scale_factor", "depth"),
+        lambda c: field_value("in_dim", non_positive()),
+        lambda c: field_value("norm_eps", st.sampled_from([0.0, -1e-5, float("nan")])),
     ],
     QFormerConfig: [
         *common_mutations(

@@ -1,7 +1,9 @@
 """Ways of conditioning a language decoder on images: the contract (``base``), the prefix splice
-(``prefix``: MLP projector, Q-Former), Flamingo's gated cross-attention and its Perceiver Resampler,
-and the encoder-decoder kind (the decoder's own cross-attention reads the image tokens)."""
+(``prefix``: MLP projector, Q-Former, and ``anyres``: LLaVA-NeXT / OneVision's tiled images),
+Flamingo's gated cross-attention and its Perceiver Resampler, and the encoder-decoder kind (the
+decoder's own cross-attention reads the image tokens)."""
 
+from vlmzoo.adapters.anyres import AnyResConfig, AnyResProjector
 from vlmzoo.adapters.base import Adapter, Prepared, TextLayout
 from vlmzoo.adapters.cross_attention import (
     FlamingoAdapter,
@@ -17,6 +19,8 @@ from vlmzoo.adapters.resampler import PerceiverResampler
 
 __all__ = [
     "Adapter",
+    "AnyResConfig",
+    "AnyResProjector",
     "EncoderDecoderAdapter",
     "EncoderDecoderConfig",
     "FlamingoAdapter",

@@ -112,7 +112,9 @@ class PrefixAdapter(Adapter):
         else:  # one [M_i, hidden] per image: flat in placeholder order, each placeholder M_i wide
             lengths = [f.shape[0] for f in features]
             num_images, m = len(lengths), None
-            features = torch.cat(list(features)) if lengths else text_embeds.new_zeros(0, text_embeds.shape[-1])
+            features = (
+                torch.cat(list(features)) if lengths else text_embeds.new_zeros(0, text_embeds.shape[-1])
+            )
         features = features.to(text_embeds.dtype)
         if not layout.expand_image_tokens:
             embeds = text_embeds.masked_scatter(is_image[..., None], features.reshape(-1, features.shape[-1]))

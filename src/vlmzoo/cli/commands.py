@@ -18,6 +18,7 @@ from vlmzoo.recipes.chat import run_chat
 from vlmzoo.recipes.demo import run_demo
 from vlmzoo.recipes.download import download as download_release
 from vlmzoo.recipes.download import pretrained_text
+from vlmzoo.recipes.evaluate import run_eval
 from vlmzoo.recipes.train import TrainJob, train
 from vlmzoo.recipes.zoo import summary_text, zoo_markdown
 from vlmzoo.registry import KINDS, list_models
@@ -114,6 +115,22 @@ def zoo(args: argparse.Namespace) -> int:
         atomic_write_text(args.out, text)
     else:
         print(text)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    run_eval(
+        args.model,
+        args.task,
+        args.metric,
+        count=args.count,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        dtype=args.dtype,
+        out=args.out,
+    )
     return 0
 
 

@@ -71,16 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--task",
-        choices=["vqa", "grounding"],
+        choices=["vqa", "grounding", "chart"],
         default="vqa",
         help="vqa: questions about a shape, exact match (default); grounding: 'where is the red "
-        "square?' answered with its box as Shikra writes it, REC accuracy",
+        "square?' answered with its box as Shikra writes it, REC accuracy; chart: OneChart's "
+        "auxiliary number token on bar charts, number accuracy and the reliability score",
     )
     p.add_argument(
         "--steps",
         type=value.positive_int,
         default=None,
-        help="optimizer steps (default 2500 for vqa, 1500 for grounding)",
+        help="optimizer steps (default 2500 for vqa, 1500 for grounding, 1200 for chart)",
     )
     p.add_argument("--seed", type=value.seed, default=0)
     p.add_argument("--out", type=value.folder, default="runs/demo", help="run folder (default runs/demo)")
@@ -185,6 +186,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=value.device, default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.set_defaults(func=commands.chat)
+
+    p = sub.add_parser(
+        "eval",
+        help="score a model's answers on the built-in data or a JSONL file (image, question, answer)",
+    )
+    p.add_argument("model", help="a checkpoint folder (with its processor files) or a registered model name")
+    p.add_argument(
+        "--task",
+        required=True,
+        help="shapes, text or chart (the built-in held-out scenes), or a .jsonl file of "
+        '{"image": path, "question": ..., "answer": str or [str, ...]} lines',
+    )
+    p.add_argument("--metric", choices=["exact_match", "vqa_accuracy", "anls"], default="exact_match")
+    p.add_argument("--count", type=value.positive_int, default=200, help="built-in scenes (default 200)")
+    p.add_argument("--seed", type=value.seed, default=0)
+    p.add_argument("--batch-size", type=value.positive_int, default=32)
+    p.add_argument("--max-new-tokens", type=value.positive_int, default=32)
+    p.add_argument("--device", type=value.device, default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument(
+        "--out", type=value.output_file, default=None, help="write the result and predictions as JSON"
+    )
+    p.set_defaults(func=commands.evaluate)
 
     p = sub.add_parser("zoo", help="the model-zoo table (markdown) of every registered name")
     p.add_argument("--out", type=value.output_file, default=None, help="write to this file instead of stdout")

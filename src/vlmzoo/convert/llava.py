@@ -23,7 +23,7 @@ expanded to the image's features.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -32,8 +32,8 @@ from vlmzoo.adapters.anyres import AnyResConfig
 from vlmzoo.adapters.mlp import MLPProjectorConfig
 from vlmzoo.convert.activations import from_hf_activation
 from vlmzoo.convert.clip import from_hf_clip, vision_config_from_hub_state_dict, vision_state_dict_from_hf
-from vlmzoo.convert.siglip import from_hf_siglip
 from vlmzoo.convert.parts import assemble_vlm, supplied_decoder, supplied_encoder
+from vlmzoo.convert.siglip import from_hf_siglip
 from vlmzoo.convert.state_dict import build_loaded, count_blocks, strip_prefix
 from vlmzoo.decoders.hf import DecoderConfig, HFDecoder, llama_config
 from vlmzoo.encoders.vit import ViTConfig
@@ -240,25 +240,38 @@ def from_original_llava(
     decoder: HFDecoder | DecoderConfig | None = None,
     vision_select_layer: int = -2,
     vision_select_feature: Literal["patch", "cls_patch"] = "patch",
+    image_grid_pinpoints: Sequence[Sequence[int]] | None = None,
+    image_aspect_ratio: str | None = None,
+    mm_patch_merge_type: str | None = None,
 ) -> VisionLanguageModel:
-    """An original LLaVA / LLaVA-1.5 checkpoint (``LlavaLlamaForCausalLM`` state dict) -> VLM.
+    """An original LLaVA / LLaVA-1.5 / LLaVA-NeXT (v1.6) checkpoint (``LlavaLlamaForCausalLM``
+    or ``LlavaMistralForCausalLM`` state dict) -> VLM.
 
     ``vision_select_layer`` / ``vision_select_feature`` are the checkpoint's
     ``mm_vision_select_layer`` / ``mm_vision_select_feature`` (LLaVA-1.5: -2 and ``patch``,
     i.e. the penultimate layer without CLS). The tower comes from the checkpoint or ``encoder=``;
     the LM from the checkpoint (Vicuna conventions, :func:`vicuna_config_from_state_dict`) or
-    ``decoder=``, which also gives the architecture when the checkpoint's LM is not a Vicuna.
+    ``decoder=``, which also gives the architecture when the checkpoint's LM is not a Vicuna
+    (Mistral: ``decoder=DECODER_PRESETS["mistral-7b"]``).
+
+    A checkpoint with ``model.image_newline`` is LLaVA-NeXT's any-resolution model
+    (:mod:`vlmzoo.adapters.anyres`): ``image_grid_pinpoints`` is its config's list, read as
+    (width, height) pairs as llava/mm_utils.py does and stored swapped, in the same order, so ties
+    pick the original's grid; ``image_aspect_ratio`` ``"anyres"`` (or ``"anyres_max_<k>"``: the cap
+    of k tiles' worth of tokens) and ``mm_patch_merge_type`` ``"spatial_unpad"`` are the only
+    packing converted (llava/model/llava_arch.py).
     """
     sd = dict(state_dict)
-    if "model.image_newline" in sd:
-        raise ConversionError(
-            "model.image_newline: a LLaVA-NeXT (anyres) checkpoint; only LLaVA / LLaVA-1.5 are supported"
-        )
     if vision_select_feature not in ("patch", "cls_patch"):
         raise ConversionError(
             f"vision_select_feature={vision_select_feature!r}: LLaVA has 'patch' or 'cls_patch'"
         )
     adapter = _projector(sd)
+    anyres = "model.image_newline" in sd
+    if anyres:
+        max_tiles = _original_tiling(image_aspect_ratio, mm_patch_merge_type)
+        adapter_config, adapter_state = adapter
+        adapter_state = adapter_state | {"image_newline": sd["model.image_newline"]}
 
     def features(config: ViTConfig) -> ViTConfig:
         return config.replace(
@@ -279,7 +292,26 @@ def from_original_llava(
         vision = vision_config, vision_state_dict_from_hf(tower, vision_config)
     else:
         vision = supplied_encoder(encoder, features, f"no {VISION_TOWER}* keys")
-    lm_state = {k: v for k, v in sd.items() if not k.startswith((PROJECTOR, "model.vision_tower."))}
+    if anyres:
+        tile = int(vision[0].image_size)
+        pins = _NEXT_ORIGINAL_PINPOINTS if image_grid_pinpoints is None else image_grid_pinpoints
+        if isinstance(pins, str):  # OneVision's "(1x1),...,(6x6)" form
+            raise ConversionError(
+                f"image_grid_pinpoints={pins!r}: give the list of (width, height) pairs it stands for"
+            )
+        mlp = {k: getattr(adapter_config, k) for k in ("in_dim", "out_dim", "depth", "act", "bias")}
+        tiled = AnyResConfig(
+            **mlp,
+            tile_size=tile,
+            grid_pinpoints=tuple((int(h), int(w)) for w, h in pins),
+            max_tiles=max_tiles,
+        )
+        adapter = tiled, adapter_state
+    lm_state = {
+        k: v
+        for k, v in sd.items()
+        if not k.startswith((PROJECTOR, "model.vision_tower.")) and k != "model.image_newline"
+    }
     if decoder is None and "model.embed_tokens.weight" in lm_state:
         decoder = vicuna_config_from_state_dict(lm_state)
     language = supplied_decoder(decoder, lm_state, "no model.embed_tokens / model.layers.* keys")
@@ -289,6 +321,27 @@ def from_original_llava(
         image_token_id=-200,  # IMAGE_TOKEN_INDEX: one per image, replaced by its features
         expand_image_tokens=True,
     )
+
+
+# LLaVA-NeXT's v1.6 config.json list, (width, height) pairs as the original reads them.
+_NEXT_ORIGINAL_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+
+
+def _original_tiling(image_aspect_ratio: str | None, merge: str | None) -> int | None:
+    """``max_tiles`` of an original any-resolution config (None: LLaVA-NeXT's uncapped ``anyres``)."""
+    if merge not in (None, "spatial_unpad"):
+        raise ConversionError(
+            f"mm_patch_merge_type={merge!r}: only 'spatial_unpad' (the v1.6 release's) is converted"
+        )
+    if image_aspect_ratio in (None, "anyres"):
+        return None
+    capped = re.fullmatch(r"anyres_max_(\d+)", image_aspect_ratio)
+    if capped is None:
+        raise ConversionError(
+            f"image_aspect_ratio={image_aspect_ratio!r}: a checkpoint with model.image_newline needs "
+            "'anyres' or 'anyres_max_<k>'"
+        )
+    return int(capped.group(1))
 
 
 TRANSFORMERS = {

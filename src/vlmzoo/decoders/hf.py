@@ -140,6 +140,22 @@ class DecoderConfig(Config):
             self._fail("pretrained", "must be a local directory or hub id, or None for random init")
 
 
+def portable_config(lm: nn.Module) -> DecoderConfig:
+    """The :class:`DecoderConfig` that rebuilds ``lm``'s architecture from its fields alone (no
+    ``pretrained`` path, no record of where it was loaded from or in which dtype)."""
+    hf_config = lm.config.to_diff_dict()
+    for key in (
+        "model_type",
+        "architectures",
+        "transformers_version",
+        "_name_or_path",
+        "dtype",
+        "torch_dtype",
+    ):
+        hf_config.pop(key, None)
+    return DecoderConfig(model_type=lm.config.model_type, hf_config=hf_config)
+
+
 def _get_path(root: nn.Module, path: str) -> Any:
     return functools.reduce(getattr, path.split("."), root)
 
@@ -161,6 +177,9 @@ class HFDecoder(BlockStack, HubMixin, nn.Module):
         self.config = config
         if config.pretrained is not None:
             self.lm = transformers.AutoModelForCausalLM.from_pretrained(config.pretrained, **config.hf_config)
+            # The config now describes the architecture the weights came in, not where they came
+            # from: a saved model must not depend on the base model's folder staying in place.
+            self.config = portable_config(self.lm)
         else:
             try:
                 hf_config = transformers.AutoConfig.for_model(config.model_type, **config.hf_config)
@@ -172,19 +191,9 @@ class HFDecoder(BlockStack, HubMixin, nn.Module):
     @classmethod
     def from_hf(cls, lm: nn.Module) -> HFDecoder:
         """Wrap an existing transformers causal LM (its weights are shared, not copied)."""
-        hf_config = lm.config.to_diff_dict()
-        for key in (
-            "model_type",
-            "architectures",
-            "transformers_version",
-            "_name_or_path",
-            "dtype",
-            "torch_dtype",
-        ):
-            hf_config.pop(key, None)
         decoder = cls.__new__(cls)
         nn.Module.__init__(decoder)
-        decoder.config = DecoderConfig(model_type=lm.config.model_type, hf_config=hf_config)
+        decoder.config = portable_config(lm)
         decoder.lm = lm
         return decoder
 
@@ -457,6 +466,58 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
     "donut-rvlcdip-decoder": mbart_config(layers=4, positions=8, vocab=57544),
     "nougat-small-decoder": mbart_config(layers=4, positions=3584, vocab=50000, tie_word_embeddings=False),
     "nougat-base-decoder": mbart_config(layers=10, positions=4096, vocab=50000, tie_word_embeddings=False),
+    # --- LLaVA-NeXT (v1.6) and LLaVA-OneVision LLMs (the any-resolution presets' decoders) ------
+    # Mistral-7B-Instruct-v0.2 (llava-v1.6-mistral-7b): GQA 32/8 heads, SwiGLU 14336, rope theta 1e6,
+    # context 32768, no sliding window, untied head.
+    "mistral-7b": DecoderConfig(
+        "mistral",
+        dict(
+            hidden_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=14336,
+            vocab_size=32000,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-5,
+            rope_theta=1e6,
+            sliding_window=None,
+            tie_word_embeddings=False,
+        ),
+    ),
+    # Qwen2-0.5B / Qwen2-7B-Instruct (llava-onevision-qwen2-{0.5b,7b}): qkv bias, GQA, rope theta 1e6,
+    # RMSNorm 1e-6; the 0.5B ties its head to the embeddings, the 7B does not.
+    "qwen2-0.5b": DecoderConfig(
+        "qwen2",
+        dict(
+            hidden_size=896,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            intermediate_size=4864,
+            vocab_size=151936,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            rope_theta=1e6,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "qwen2-7b": DecoderConfig(
+        "qwen2",
+        dict(
+            hidden_size=3584,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            intermediate_size=18944,
+            vocab_size=152064,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            rope_theta=1e6,
+            tie_word_embeddings=False,
+        ),
+    ),
+    # --- end of the any-resolution block --------------------------------------------------------
     # The `vlmzoo demo` LM (vocab_size and special ids are set from the trained tokenizer).
     "demo-llama": llama_config(64, 2, 2, 128, vocab=128, num_key_value_heads=2, max_position_embeddings=256),
     # Tiny decoders of four families for tests and CPU demos.

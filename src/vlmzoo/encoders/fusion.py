@@ -34,7 +34,7 @@ input is one tensor per tower: a tuple/list in tower order, or a dict keyed by t
 (bicubic, antialiased) to the tower's native ``image_size`` when the sizes differ — an
 approximation of Vary's preprocessing, documented as such.
 
-Prismatic's DINO-SigLIP (Karamcheti et al. 2024, "Prismatic VLMs", section 4.3; TRI-ML/prismatic-vlms'
+Prismatic's DINO-SigLIP (Karamcheti et al. 2024, "Prismatic VLMs"; TRI-ML/prismatic-vlms'
 ``prismatic/models/backbones/vision/dinosiglip_vit.py``) is the same join of two towers at one
 grid: ``dinosiglip-vit-so-384px`` is timm's ``vit_large_patch14_reg4_dinov2.lvd142m`` and
 ``vit_so400m_patch14_siglip_384``, both created at 384 px (a stride-14 patch grid of 27 x 27,

@@ -112,7 +112,9 @@ def recall_at_k(scores: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, f
     partner does not count against it.
     """
     if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
-        raise InputError(f"recall needs square [n, n] scores (pair i is image i, text i), got {tuple(scores.shape)}")
+        raise InputError(
+            f"recall needs square [n, n] scores (pair i is image i, text i), got {tuple(scores.shape)}"
+        )
     scores = scores.float()
     target = torch.arange(scores.shape[0], device=scores.device)
     out = {}

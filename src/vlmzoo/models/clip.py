@@ -152,8 +152,9 @@ class ZeroShotClassifier(nn.Module):
 
     ``weights`` [embed_dim, K]: for each class every template is encoded and L2-normalised, the
     results averaged and normalised again (the prompt-ensembling of openai/CLIP's
-    ``notebooks/Prompt_Engineering_for_ImageNet.ipynb``). ``forward`` gives [B, K] logits, scaled by
-    the model's ``exp(logit_scale)`` (≈100 for the released weights).
+    ``notebooks/Prompt_Engineering_for_ImageNet.ipynb``). ``forward`` gives [B, K] logits, the model's
+    pair logits: ``exp(logit_scale)`` (≈100 for the released CLIP weights) times the cosine, plus
+    SigLIP's learned bias.
     """
 
     def __init__(self, model: CLIPModel, weights: torch.Tensor, classnames: Sequence[str]):
@@ -186,9 +187,9 @@ class ZeroShotClassifier(nn.Module):
         return cls(model, torch.stack(columns, dim=1), classnames)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, K] logits."""
+        """[B, 3, H, W] -> [B, K] logits: the model's own pair logits (SigLIP's bias included)."""
         image = self.model.encode_image(pixel_values, normalize=True)
-        return self.model.logit_scale.exp() * image @ self.weights
+        return self.model.pair_logits(self.weights.t(), image).t()
 
 
 # --- presets --------------------------------------------------------------------------------

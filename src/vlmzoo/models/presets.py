@@ -10,12 +10,15 @@ llava-1.5-7b`` can build it on the meta device and count its parameters exactly.
 
 from __future__ import annotations
 
+from vlmzoo.adapters.anyres import ONEVISION_PINPOINTS, AnyResConfig
 from vlmzoo.adapters.cross_attention import FLAMINGO_PRESETS
 from vlmzoo.adapters.encoder_decoder import EncoderDecoderConfig
 from vlmzoo.adapters.mlp import MLPProjectorConfig
+from vlmzoo.adapters.pixel_shuffle import PixelShuffleConfig
 from vlmzoo.adapters.qformer import QFormerConfig
-from vlmzoo.decoders.hf import DECODER_PRESETS
+from vlmzoo.decoders.hf import DECODER_PRESETS, llama_config
 from vlmzoo.encoders.eva import EVA_PRESETS
+from vlmzoo.encoders.siglip import SIGLIP_VISION_PRESETS
 from vlmzoo.encoders.swin import DONUT_PRESETS
 from vlmzoo.encoders.vary import VARY_FUSED_PRESETS
 from vlmzoo.encoders.vit import CLIP_VISION_PRESETS, ViTConfig
@@ -28,6 +31,36 @@ def llava_features(config: ViTConfig) -> ViTConfig:
     (``mm_vision_select_layer=-2``, ``mm_vision_select_feature="patch"``; LLaVA's ``clip_encoder.py``)."""
     return config.replace(
         feature_layer=-2, feature_tokens="patch", feature_norm=False, pool="none", embed_dim=None
+    )
+
+
+def onevision_features(config: ViTConfig) -> ViTConfig:
+    """LLaVA-OneVision's SigLIP features: the output of block 26 of 27 without the final norm, all
+    729 tokens (no CLS to drop); the last block and the MAP head are dropped, as the original's
+    llava/model/multimodal_encoder/siglip_encoder.py does (transformers' config: 26 layers,
+    ``vision_use_head=False``, ``vision_feature_layer=-1``)."""
+    return config.replace(
+        depth=26, map_head=False, feature_layer=-1, feature_tokens="all", feature_norm=False
+    )
+
+
+def llava_next(decoder: str, width: int) -> VLMConfig:
+    """LLaVA-NeXT (v1.6): LLaVA-1.5's CLIP-L/14-336 features, any-resolution projector, ``decoder``."""
+    return VLMConfig(
+        encoder=llava_features(CLIP_VISION_PRESETS["clip-vit-l14-336"]),
+        adapter=AnyResConfig(in_dim=1024, out_dim=width),
+        decoder=DECODER_PRESETS[decoder],
+    )
+
+
+def llava_onevision(decoder: str, width: int) -> VLMConfig:
+    """LLaVA-OneVision: SigLIP-so400m/14 (384 px views, 378 read) into a Qwen2 LLM, ``anyres_max_9``."""
+    return VLMConfig(
+        encoder=onevision_features(SIGLIP_VISION_PRESETS["siglip-so400m-patch14-384"]),
+        adapter=AnyResConfig(
+            in_dim=1152, out_dim=width, tile_size=384, grid_pinpoints=ONEVISION_PINPOINTS, max_tiles=9
+        ),
+        decoder=DECODER_PRESETS[decoder],
     )
 
 
@@ -60,6 +93,32 @@ VLM_PRESETS: dict[str, VLMConfig] = {
         encoder=llava_features(CLIP_VISION_PRESETS["clip-vit-tiny"]),
         adapter=MLPProjectorConfig(depth=2),
         decoder=DECODER_PRESETS["tiny-llama"],
+    ),
+    # LLaVA-NeXT (v1.6, liuhaotian/llava-v1.6-*): tiles of 336 px on the 1x2, 2x1, 2x2, 3x1, 1x3
+    # grids + a base view, unpadded, one image_newline per row (llava/model/llava_arch.py).
+    "llava-v1.6-vicuna-7b": llava_next("vicuna-7b", 4096),
+    "llava-v1.6-vicuna-13b": llava_next("vicuna-13b", 5120),
+    "llava-v1.6-mistral-7b": llava_next("mistral-7b", 4096),
+    # LLaVA-OneVision (lmms-lab/llava-onevision-qwen2-*-ov): up to 6x6 tiles of 384 px, capped at
+    # about 9 tiles' worth of tokens (anyres_max_9).
+    "llava-onevision-qwen2-0.5b": llava_onevision("qwen2-0.5b", 896),
+    "llava-onevision-qwen2-7b": llava_onevision("qwen2-7b", 3584),
+    # Tiny: 32 px views (4x4 tokens), grids of 32 px tiles.
+    "tiny-llava-next": VLMConfig(
+        encoder=llava_features(CLIP_VISION_PRESETS["clip-vit-tiny"]),
+        adapter=AnyResConfig(tile_size=32, grid_pinpoints=((32, 64), (64, 32), (64, 64), (96, 32), (32, 96))),
+        decoder=DECODER_PRESETS["tiny-llama"],
+    ),
+    "tiny-llava-onevision": VLMConfig(
+        encoder=SIGLIP_VISION_PRESETS["siglip-vit-tiny"].replace(
+            map_head=False, feature_layer=-1, feature_norm=False
+        ),
+        adapter=AnyResConfig(
+            tile_size=32,
+            grid_pinpoints=tuple((32 * i, 32 * j) for i in (1, 2, 3) for j in (1, 2, 3)),
+            max_tiles=2,
+        ),
+        decoder=DECODER_PRESETS["tiny-qwen2"],
     ),
     # BLIP-2: EVA ViT-g/14 (257 tokens, ln_vision) -> Q-Former (32 queries) -> OPT-2.7B; the 32
     # projected queries go in front of the text, i.e. at one placeholder (LAVIS's blip2_opt.py).
@@ -120,6 +179,33 @@ VLM_PRESETS: dict[str, VLMConfig] = {
     "nougat-small": document_model("nougat-encoder", "nougat-small-decoder"),
     "nougat-base": document_model("nougat-encoder", "nougat-base-decoder"),
     "tiny-donut": document_model("donut-swin-tiny", "tiny-mbart"),
+    # Shikra (shikras/shikra: config/_base_/model/shikra.py, mllm/models/shikra/shikra.py): CLIP ViT-L/14
+    # at 224, the penultimate block's 256 patch tokens (mm_vision_select_layer=-2, CLS dropped) -> one
+    # Linear (mm_projector) -> LLaMA-7B/13B (Vicuna, context 2048). <im_patch>, <im_start>, <im_end> are
+    # added to the 32000-token vocabulary (32000-32002); <im_patch> is the placeholder, expanded to 256.
+    "shikra-7b": VLMConfig(
+        encoder=llava_features(CLIP_VISION_PRESETS["clip-vit-l14"]),
+        adapter=MLPProjectorConfig(in_dim=1024, out_dim=4096, depth=1),
+        decoder=llama_config(
+            4096, 32, 32, 11008, vocab=32003, max_position_embeddings=2048, rms_norm_eps=1e-6
+        ),
+        image_token_id=32000,
+    ),
+    "shikra-13b": VLMConfig(
+        encoder=llava_features(CLIP_VISION_PRESETS["clip-vit-l14"]),
+        adapter=MLPProjectorConfig(in_dim=1024, out_dim=5120, depth=1),
+        decoder=llama_config(
+            5120, 40, 40, 13824, vocab=32003, max_position_embeddings=2048, rms_norm_eps=1e-6
+        ),
+        image_token_id=32000,
+    ),
+    # Idefics3 / SmolVLM at tiny size: SigLIP patch tokens (no MAP head) pixel-shuffled into a
+    # bias-free Linear (transformers' Idefics3Connector / SmolVLMConnector).
+    "tiny-idefics3": VLMConfig(  # 4x4 tokens -> 4
+        encoder=SIGLIP_VISION_PRESETS["siglip-vit-tiny"].replace(map_head=False),
+        adapter=PixelShuffleConfig(scale_factor=2),
+        decoder=DECODER_PRESETS["tiny-llama"],
+    ),
 }
 
 for _name, _cfg in VLM_PRESETS.items():

@@ -181,7 +181,9 @@ for _name, _vision in SIGLIP_VISION_PRESETS.items():
     if _name.startswith("siglip2-"):
         _size = _name.removeprefix("siglip2-").split("-patch")[0]
         SIGLIP_PRESETS[_name] = SigLIPConfig(_vision, siglip2_text_config(_size))
-        register(_name, "model", SIGLIP_PRESETS[_name], SigLIPModel, "SigLIP 2 dual encoder, fixed resolution")
+        register(
+            _name, "model", SIGLIP_PRESETS[_name], SigLIPModel, "SigLIP 2 dual encoder, fixed resolution"
+        )
 
 
 @dataclass
@@ -211,7 +213,9 @@ class SigLIP2Model(SigLIPModel):
         spatial_shapes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Images or a NaFlex batch -> [B, embed_dim] image embeddings (the masked MAP head)."""
-        out = self.visual(pixel_values, pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes)
+        out = self.visual(
+            pixel_values, pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes
+        )
         return F.normalize(out.pooled, dim=-1) if normalize else out.pooled
 
     def forward(

@@ -122,6 +122,8 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         super().__init__()
         encoder = build(config.encoder)
         decoder = HFDecoder(config.decoder)
+        if decoder.config != config.decoder:  # loaded from a path: keep its architecture, not the path
+            config = config.replace(decoder=decoder.config)
         kind = architecture_for(config.adapter)
         if not issubclass(kind, Adapter):
             raise ConfigError(
@@ -399,7 +401,15 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
             )
         cache = _cache_of(generate_kwargs)
         prepared = self._prepare(
-            pixel_values, num_images, input_ids, attention_mask, None, max_new_tokens, cache, "left", image_sizes
+            pixel_values,
+            num_images,
+            input_ids,
+            attention_mask,
+            None,
+            max_new_tokens,
+            cache,
+            "left",
+            image_sizes,
         )
         self._check_padding_positions(prepared.attention_mask)
         generate_kwargs.setdefault("do_sample", False)

@@ -83,10 +83,13 @@ def chat_batch(
         raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive int, or None")
     processor = processor.for_model(model)
     images_of = [_images(c.images) for c in conversations]
-    rows = []
-    for c, images in zip(conversations, images_of, strict=True):
-        text = processor.prompt(c.question, c.history, len(images))
-        rows.append(processor.encode(text, len(images)))
+    texts = [
+        processor.prompt(c.question, c.history, len(im))
+        for c, im in zip(conversations, images_of, strict=True)
+    ]
+    # The pixels and what else the model reads of the images (an any-resolution model's image_sizes).
+    pixel_values, image_inputs = processor.model_image_inputs(images_of)
+    rows = processor.encode_rows(texts, images_of, image_inputs)
     if max_new_tokens is None:  # what the longest prompt leaves of the context, at most the default
         context = processor.config.context
         longest = max(processor.sequence_length(r, len(im)) for r, im in zip(rows, images_of, strict=True))
@@ -95,7 +98,6 @@ def chat_batch(
     for ids, images in zip(rows, images_of, strict=True):
         processor.check_length(ids, len(images), max_new_tokens)
     batch = processor.pad(rows, "left")
-    pixel_values = processor.pixel_values([im for images in images_of for im in images])
     device = model.decoder.embed_tokens.weight.device
     dtype = next(model.encoder.parameters()).dtype
     watcher = AnswerStream(processor, len(rows), stream)
@@ -111,6 +113,7 @@ def chat_batch(
         batch["input_ids"].to(device),
         attention_mask=batch["attention_mask"].to(device),
         max_new_tokens=max_new_tokens,
+        **{k: v.to(device) for k, v in image_inputs.items()},
         **generate_kwargs,
     )
     answers = [processor.answer(row) for row in new.cpu()]

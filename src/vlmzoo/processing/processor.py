@@ -217,6 +217,18 @@ class Processor(TokenizedProcessor):
         ]
         return out[0] if len(out) == 1 else (out[0], out[1])
 
+    def model_image_inputs(self, images_of: Sequence[Sequence[Any]]) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Every conversation's images -> (``pixel_values`` for the model, further image inputs the
+        model's ``forward``/``generate`` take: none here; an any-resolution processor adds
+        ``image_sizes``)."""
+        return self.pixel_values([im for images in images_of for im in images]), {}
+
+    def encode_rows(
+        self, texts: Sequence[str], images_of: Sequence[Sequence[Any]], image_inputs: dict[str, torch.Tensor]
+    ) -> list[list[int]]:
+        """Token ids of each prompt (:meth:`encode`), given what :meth:`model_image_inputs` made."""
+        return [self.encode(t, len(im)) for t, im in zip(texts, images_of, strict=True)]
+
     def _read(self, item: Any, index: int) -> Image.Image:
         if isinstance(item, np.ndarray):
             if item.dtype != np.uint8:

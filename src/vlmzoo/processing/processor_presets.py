@@ -33,7 +33,7 @@ Each recipe states what the released pipeline does, with its source:
   ``[ENC]``; "a picture of " for the captioners. A
   :class:`~vlmzoo.processing.blip_processor.BLIPProcessor`.
 * **SigLIP** and **SigLIP 2** (transformers' ``SiglipProcessor`` / ``Siglip2Processor``): bicubic
-  resize to the tower's size (no crop), mean/std 0.5 (So400m/14: resized to 384, the tower reads
+  (SigLIP 2: bilinear) resize to the tower's size (no crop), mean/std 0.5 (So400m/14: resized to 384, the tower reads
   the top-left 378 x 378); NaFlex towers: aspect-preserving resize into the patch budget,
   patches, padding (:mod:`~vlmzoo.processing.siglip_naflex`); text padded to 64 tokens as SigLIP
   was trained, with the release's own tokenizer. A
@@ -57,6 +57,7 @@ from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, UnknownModelError
 from vlmzoo.models.blip import BLIPConfig
 from vlmzoo.models.siglip import SIGLIP2_PRESETS, SIGLIP_PRESETS, SigLIPConfig
+from vlmzoo.processing.anyres import AnyResProcessor, AnyResProcessorConfig, llava_next, llava_onevision
 from vlmzoo.processing.blip_processor import BLIPProcessor, BLIPProcessorConfig, blip_processor_config
 from vlmzoo.processing.document_processor import DocumentProcessor, DocumentProcessorConfig, donut, nougat
 from vlmzoo.processing.image import (
@@ -187,14 +188,17 @@ def _vary_sizes(config: Config) -> tuple[int, int]:
 
 def _siglip_family(name: str) -> Callable[[Any], SigLIPProcessorConfig]:
     """A published SigLIP preset: the tokenizer of its google/<name> repo; So400m/14 at 384 is
-    resized to 384 (its config.json's image_size) and read at 378."""
+    resized to 384 (its config.json's image_size) and read at 378; SigLIP 2 resizes bilinearly."""
     size = 384 if name.endswith("patch14-384") else None
-    return lambda c: siglip_processor_config(c, tokenizer=f"google/{name}", size=size)
+    resample = "bilinear" if name.startswith("siglip2-") else "bicubic"  # their preprocessor_config.json
+    return lambda c: siglip_processor_config(c, tokenizer=f"google/{name}", size=size, resample=resample)
 
 
 # SigLIP presets with a release (every name but the tiny ones is a google/<name> repo).
 _SIGLIP: list[tuple[str, str, Callable[[Any], Any]]] = [
-    (name, "model", _siglip_family(name)) for name in (*SIGLIP_PRESETS, *SIGLIP2_PRESETS) if "tiny" not in name
+    (name, "model", _siglip_family(name))
+    for name in (*SIGLIP_PRESETS, *SIGLIP2_PRESETS)
+    if "tiny" not in name
 ]
 
 # name pattern -> (registry kind, config of the preset -> processor config). First match wins.
@@ -202,6 +206,25 @@ _FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
     *_SIGLIP,
     ("siglip*", "model", siglip_processor_config),  # the tiny ones: no published tokenizer
     ("siglip*", "encoder", siglip_processor_config),
+    (
+        "*llava-onevision*",
+        "model",
+        lambda c: llava_onevision(
+            c.adapter.tile_size,
+            c.encoder.image_size // c.encoder.patch_size,
+            trim_to=None if c.encoder.image_size == c.adapter.tile_size else c.encoder.image_size,
+        ),
+    ),
+    (
+        "*llava-next*",
+        "model",
+        lambda c: llava_next(c.adapter.tile_size, c.encoder.image_size // c.encoder.patch_size),
+    ),
+    (
+        "llava-v1.6-*",
+        "model",
+        lambda c: llava_next(c.adapter.tile_size, c.encoder.image_size // c.encoder.patch_size),
+    ),
     ("*llava*", "model", lambda c: llava(_encoder_size(c.encoder))),
     ("*blip2*", "model", lambda c: blip2(_encoder_size(c.encoder))),
     ("*blip*", "model", blip_processor_config),  # BLIP: blip-*, tiny-blip* (after *blip2*: first match wins)
@@ -242,6 +265,7 @@ PROCESSORS: dict[
     DocumentProcessorConfig: DocumentProcessor,
     BLIPProcessorConfig: BLIPProcessor,
     SigLIPProcessorConfig: SigLIPProcessor,
+    AnyResProcessorConfig: AnyResProcessor,
 }
 
 

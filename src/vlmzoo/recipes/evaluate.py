@@ -87,7 +87,9 @@ class EvalResult:
 def synthetic_items(variant: str, count: int = 200, seed: int = 0) -> list[EvalItem]:
     """Every question of ``count`` held-out scenes of a built-in variant (distinct scenes)."""
     if variant not in SYNTHETIC_TASKS:
-        raise ConfigError(f"task {variant!r}: the built-in tasks are {list(SYNTHETIC_TASKS)}, or a .jsonl file")
+        raise ConfigError(
+            f"task {variant!r}: the built-in tasks are {list(SYNTHETIC_TASKS)}, or a .jsonl file"
+        )
     if count <= 0:
         raise ConfigError(f"count={count} scenes must be positive")
     data = SyntheticDataset(variant, "validation", count, seed=seed, unique=True)

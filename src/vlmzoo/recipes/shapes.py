@@ -100,11 +100,12 @@ def check_parts(encoder: str, adapter: str, decoder: str, image_size: int = IMAG
     try:
         config = build_config(SIZING_VOCABULARY, encoder, adapter, decoder, image_size)
         with torch.device("meta"):
-            VisionLanguageModel(config)
+            model = VisionLanguageModel(config)
+        model.tokens_per_image  # noqa: B018 - the adapter reads the encoder's grid (a pixel shuffle refuses one it cannot fold)
     except ConfigError as e:
         raise ConfigError(
             f"{encoder} + {adapter} + {decoder} do not fit together: {e}; adapters without fixed widths "
-            "(mlp2x_gelu, linear, qformer, tiny-flamingo) fit any encoder and decoder, encoder-decoder "
+            "(mlp2x_gelu, linear, qformer, tiny-flamingo) fit any encoder and decoder, pixel-shuffle-linear any square grid its scale divides, encoder-decoder "
             "any decoder with cross-attention layers (tiny-mbart)"
         ) from e
 
