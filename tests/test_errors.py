@@ -682,6 +682,8 @@ def _valid_instance(cls: type[Config]) -> Config:
         return processor_for("donut-docvqa").image
     if cls.__name__ == "BLIPProcessorConfig":
         return processor_for("blip-base-caption")
+    if cls.__name__ == "AnyResProcessorConfig":
+        return processor_for("llava-v1.6-vicuna-7b")
     return cls()
 
 

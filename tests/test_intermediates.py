@@ -310,3 +310,20 @@ def test_vit_forward_intermediates_compiles_into_one_graph():
     with torch.no_grad():
         assert_close(compiled(x), run(x))
     torch._dynamo.reset()
+
+
+def test_a_fused_encoder_gives_each_towers_intermediates_by_name():
+    from conftest import pixels_for
+
+    import vlmzoo
+
+    encoder = vlmzoo.create_encoder("vary-toy-encoder-tiny").eval()
+    pixels = pixels_for(encoder, batch=1)
+    out = encoder.forward_intermediates(pixels, indices=1, intermediates_only=True)
+    assert set(out) == set(encoder.towers)
+    for name, maps in out.items():
+        tower_pixels = encoder.split_inputs(pixels)[name]
+        expected = encoder.towers[name].forward_intermediates(
+            tower_pixels, indices=1, intermediates_only=True
+        )
+        assert len(maps) == 1 and torch.equal(maps[0], expected[0])

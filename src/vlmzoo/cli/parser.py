@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=value.positive_int,
         default=None,
-        help="optimizer steps (default 2500 for vqa, 1500 for grounding, 1200 for chart)",
+        help="optimizer steps (default 2500 for vqa and grounding, 1200 for chart)",
     )
     p.add_argument("--seed", type=value.seed, default=0)
     p.add_argument("--out", type=value.folder, default="runs/demo", help="run folder (default runs/demo)")

@@ -4,7 +4,8 @@ Three variants, all drawn with PIL on demand:
 
 - ``"shapes"``: one to ``max_objects`` coloured shapes (circle, square, triangle, cross) of two
   sizes at positions on a 3x3 grid of the canvas, with a caption and question/answer pairs
-  (colour, shape, position, count, "is there a ...").
+  (colour, shape, position, count, "is there a ..."), and referring questions ("where is the red
+  square?") with the pixel box of the shape they name (``Sample.grounding``).
 - ``"text"``: a short word drawn in a colour (OCR-style, as in Vary / Donut); answers are the word.
 - ``"chart"``: a bar chart of 3-5 bars whose answers are the numbers (OneChart-style).
 

@@ -245,6 +245,20 @@ class FusedEncoder(BlockStack, HubMixin, nn.Module):
             n: tower(inputs[n], output_hidden_states=output_hidden_states) for n, tower in self.towers.items()
         }
 
+    def forward_intermediates(
+        self, pixel_values: PixelInput, indices: Mapping[str, Any] | Any = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Each tower's ``forward_intermediates`` (its own indices and semantics: timm's), keyed by
+        tower name; ``indices`` one value for both towers or a dict by tower name. Only ``norm``,
+        ``stop_early``, ``output_fmt`` and ``intermediates_only`` are common to every tower. There is
+        no fused pruning: the projections read each tower's full output width."""
+        inputs = self.split_inputs(pixel_values)
+        per = indices if isinstance(indices, Mapping) else dict.fromkeys(self.towers, indices)
+        self._check_names(per, "indices")
+        return {
+            n: t.forward_intermediates(inputs[n], indices=per[n], **kwargs) for n, t in self.towers.items()
+        }
+
     def forward(self, pixel_values: PixelInput, output_hidden_states: bool = False) -> VisionOutput:
         """Per-tower images (see module docstring) -> fused VisionOutput (tokens [B, N, out_dim]).
 
