@@ -35,9 +35,8 @@ import torch
 from vlmzoo.data import SyntheticDataset
 from vlmzoo.data.shapes import SIZES, Obj, shape_box
 from vlmzoo.errors import ConfigError, InputError
-from vlmzoo.eval import exact_match, generate_answers, rec_scores
+from vlmzoo.eval import generate_answers, rec_scores
 from vlmzoo.models.vlm import VisionLanguageModel
-from vlmzoo.processing.chat import Conversation, chat_batch
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
 from vlmzoo.processing.processor import PROCESSOR_FILE, ImageStreamConfig, Processor, ProcessorConfig
 from vlmzoo.processing.prompts import collate
@@ -49,6 +48,7 @@ from vlmzoo.processing.tokenizer import (
     SentencePieceTokenizer,
     default_cache_dir,
 )
+from vlmzoo.recipes.evaluate import EvalItem, EvalResult, evaluate_items
 from vlmzoo.recipes.plots import plot_losses
 from vlmzoo.recipes.shapes import IMAGE_SIZE, QUESTION_TEMPLATE, TaskData, build_config, task_train_config
 from vlmzoo.recipes.train import TrainJob, prepare_run_folder, train
@@ -92,19 +92,22 @@ def held_out_images(task: TaskData, seed: int, max_objects: int = 1) -> list[Any
     return [val[i].image for i in range(len(val))]
 
 
+def held_out_evaluation(
+    model, processor: Processor, images: list[Any], task: TaskData, max_new_tokens: int = MAX_NEW_TOKENS
+) -> EvalResult:
+    """Greedy answers to every held-out question, scored by exact match, through ``vlmzoo eval``'s
+    loop (:func:`vlmzoo.recipes.evaluate.evaluate_items`: ``chat_batch``, ``BATCH_SIZE`` at a time)."""
+    items = [EvalItem((images[i],), q.replace(IMAGE_TOKEN, "", 1).strip(), (a,)) for i, q, a in task.val_qa]
+    return evaluate_items(
+        model, processor, items, "exact_match", "held-out", BATCH_SIZE, max_new_tokens, progress=False
+    )
+
+
 def chat_answers(
     model, processor: Processor, images: list[Any], task: TaskData, max_new_tokens: int = MAX_NEW_TOKENS
 ) -> list[str]:
-    """Greedy answers to every held-out question through ``chat_batch``, ``BATCH_SIZE`` at a time."""
-    model.eval()
-    conversations = [
-        Conversation(q.replace(IMAGE_TOKEN, "", 1).strip(), images[i]) for i, q, _ in task.val_qa
-    ]
-    answers: list[str] = []
-    for start in range(0, len(conversations), BATCH_SIZE):
-        chunk = conversations[start : start + BATCH_SIZE]
-        answers += chat_batch(model, processor, chunk, max_new_tokens=max_new_tokens)
-    return answers
+    """The answers of :func:`held_out_evaluation`."""
+    return list(held_out_evaluation(model, processor, images, task, max_new_tokens).predictions)
 
 
 def sample_lines(task: TaskData, answers: list[str], scenes: int = 8) -> list[str]:
@@ -197,8 +200,8 @@ def run_demo(
     processor = demo_processor(task.tokenizer)
     run.record(PROCESSOR_FILE, SENTENCEPIECE_FILE)
     processor.save_pretrained(run.path)
-    answers = chat_answers(outcome.model, processor, held_out_images(task, seed), task)
-    val_exact_match = exact_match(answers, [a for _, _, a in task.val_qa])
+    evaluation = held_out_evaluation(outcome.model, processor, held_out_images(task, seed), task)
+    answers, val_exact_match = list(evaluation.predictions), evaluation.score
     lines = sample_lines(task, answers)
     run.write_text("samples.txt", "\n".join(lines) + "\n")
     curves = {"tiny-llava": (outcome.history["step"], outcome.history["loss"])}
