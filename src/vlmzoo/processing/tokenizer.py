@@ -131,9 +131,11 @@ def train_sentencepiece(
     vocab_size: int = 256,
     model_type: str = "bpe",
     cache_dir: str | os.PathLike | None = None,
+    user_defined_symbols: Sequence[str] = (),
 ) -> SentencePieceTokenizer:
     """Train (or reuse from the cache) a sentencepiece model on ``texts``.
 
+    ``user_defined_symbols`` become single pieces wherever they occur (``<image>`` always is).
     The cache key hashes the settings and the text, so changing either trains a new model. The
     model file is written atomically (trained into a temporary directory, then renamed).
     """
@@ -142,7 +144,9 @@ def train_sentencepiece(
     corpus = "\n".join(t.strip() for t in texts if t.strip())
     if not corpus:
         raise ValueError("cannot train a tokenizer on empty text")
-    key = hashlib.sha256(f"{vocab_size}|{model_type}|{corpus}".encode()).hexdigest()[:16]
+    symbols = [IMAGE_TOKEN, *user_defined_symbols]
+    settings = f"{vocab_size}|{model_type}|" + (f"{symbols}|" if user_defined_symbols else "")
+    key = hashlib.sha256(f"{settings}{corpus}".encode()).hexdigest()[:16]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     model_file = cache / "tokenizers" / f"spm-{model_type}-{vocab_size}-{key}.model"
     if not model_file.is_file():
@@ -158,7 +162,7 @@ def train_sentencepiece(
                 unk_id=1,
                 bos_id=2,
                 eos_id=3,
-                user_defined_symbols=[IMAGE_TOKEN],
+                user_defined_symbols=symbols,
                 hard_vocab_limit=False,  # small corpora may not support the full size
                 character_coverage=1.0,
                 minloglevel=2,

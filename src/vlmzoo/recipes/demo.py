@@ -20,11 +20,8 @@ decimals: :mod:`vlmzoo.processing.referring`), and reports held-out REC accuracy
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +43,7 @@ from vlmzoo.processing.tokenizer import (
     IMAGE_TOKEN,
     SENTENCEPIECE_FILE,
     SentencePieceTokenizer,
-    default_cache_dir,
+    train_sentencepiece,
 )
 from vlmzoo.recipes.evaluate import EvalItem, EvalResult, evaluate_items
 from vlmzoo.recipes.plots import plot_losses
@@ -313,34 +310,10 @@ def train_grounding_tokenizer(
     punctuation is one piece (sentencepiece's ``user_defined_symbols``), so that a box is 9 pieces:
     a bracket, each coordinate and a comma or the closing bracket. Trained on the text alone, BPE cuts "[0.693,0.027,0.973,0.307]" into pieces
     that straddle coordinates ('[0.693,0.' and '027,0.973,0.307]'): the decoder would have to emit
-    a whole box, or half of two numbers, in one prediction. Cached like ``train_sentencepiece``."""
-    import sentencepiece as spm
-
-    symbols = [IMAGE_TOKEN, "[", "]", ",", *coordinates]
-    corpus = "\n".join(t.strip() for t in texts if t.strip())
-    key = hashlib.sha256(f"{GROUNDING_VOCAB}|{symbols}|{corpus}".encode()).hexdigest()[:16]
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    model_file = cache / "tokenizers" / f"spm-grounding-{GROUNDING_VOCAB}-{key}.model"
-    if not model_file.is_file():
-        model_file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=model_file.parent) as tmp:
-            (Path(tmp) / "corpus.txt").write_text(corpus)
-            spm.SentencePieceTrainer.train(
-                input=str(Path(tmp) / "corpus.txt"),
-                model_prefix=str(Path(tmp) / "spm"),
-                vocab_size=GROUNDING_VOCAB,
-                model_type="bpe",
-                pad_id=0,
-                unk_id=1,
-                bos_id=2,
-                eos_id=3,
-                user_defined_symbols=symbols,
-                hard_vocab_limit=False,  # the corpus is small
-                character_coverage=1.0,
-                minloglevel=2,
-            )
-            os.replace(Path(tmp) / "spm.model", model_file)
-    return SentencePieceTokenizer(model_file)
+    a whole box, or half of two numbers, in one prediction. Cached as ``train_sentencepiece`` caches."""
+    return train_sentencepiece(
+        texts, GROUNDING_VOCAB, cache_dir=cache_dir, user_defined_symbols=["[", "]", ",", *coordinates]
+    )
 
 
 def grounding_trainer(
