@@ -14,6 +14,7 @@ from functools import partial
 import pytest
 import torch
 from conftest import TINY_ENCODERS, max_abs_diff, randomize_
+from packaging.version import Version
 
 import vlmzoo
 from vlmzoo.encoders.base import take_indices
@@ -78,7 +79,16 @@ def timm_dinov2_reg4() -> torch.nn.Module:
 
 def both(tm, ours, x, **kw):
     with torch.no_grad():
-        return ours.forward_intermediates(x, **kw), tm.forward_intermediates(x, **kw)
+        mine = ours.forward_intermediates(x, **kw)
+        try:
+            theirs = tm.forward_intermediates(x, **kw)
+        except RuntimeError as error:
+            # timm 1.0.21's Swin applies the last stage's norm to the stage it stopped early at
+            # (a [.., C/2] map through a LayerNorm of C): the oracle itself fails, fixed by 1.0.31.
+            if "normalized_shape" in str(error) and Version(timm.__version__) < Version("1.0.31"):
+                pytest.skip(f"timm {timm.__version__}'s Swin forward_intermediates fails on this case")
+            raise
+        return mine, theirs
 
 
 # --- ViT family -----------------------------------------------------------------------------
