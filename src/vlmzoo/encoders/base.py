@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,3 +83,24 @@ def check_output_fmt(output_fmt: str) -> bool:
 def to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """[B, H'·W', C] row-major patch tokens -> [B, C, H', W'] (contiguous, as timm returns them)."""
     return tokens.unflatten(1, grid).permute(0, 3, 1, 2).contiguous()
+
+
+def stage_intermediates(
+    outputs: list[tuple[torch.Tensor, tuple[int, int]]],
+    take: list[int],
+    num_stages: int,
+    norm: Callable[[torch.Tensor], torch.Tensor] | None,
+    reshape: bool,
+) -> list[torch.Tensor]:
+    """A hierarchical encoder's ``forward_intermediates`` list: stage ``s`` is ``outputs[s + 1]``
+    (tokens [B, P + h·w, C_s], grid), taken in stage order; ``norm`` (the final norm, sized for the
+    last stage) applies to the last stage only; prefix tokens (PVT's CLS) are dropped; maps
+    [B, C_s, h, w] when ``reshape``."""
+    intermediates = []
+    for s in sorted(set(take)):
+        y, grid = outputs[s + 1]
+        if norm is not None and s == num_stages - 1:
+            y = norm(y)
+        y = y[:, y.shape[1] - grid[0] * grid[1] :]
+        intermediates.append(to_map(y, grid) if reshape else y)
+    return intermediates

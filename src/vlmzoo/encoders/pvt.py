@@ -44,7 +44,15 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from vlmzoo.config import Config
-from vlmzoo.encoders.base import Indices, OutputFormat, VisionOutput, check_output_fmt, take_indices, to_map
+from vlmzoo.encoders.base import (
+    Indices,
+    OutputFormat,
+    VisionOutput,
+    check_output_fmt,
+    stage_intermediates,
+    take_indices,
+    to_map,
+)
 from vlmzoo.encoders.swin import NormedPatchEmbed
 from vlmzoo.errors import InputError
 from vlmzoo.layers import Block, ImageSize, check_drop_path_rate, check_image, drop_path_rates, image_hw
@@ -301,13 +309,7 @@ class PyramidVisionTransformer(BlockStack, HubMixin, nn.Module):
         take, max_index = take_indices(num_stages, indices)
         last = max_index + 1 if stop_early else num_stages
         outputs = self.run_stages(pixel_values, last)
-        intermediates = []
-        for s in sorted(set(take)):
-            y, grid = outputs[s + 1]
-            if norm and s == num_stages - 1:
-                y = self.norm(y)
-            y = y[:, y.shape[1] - grid[0] * grid[1] :]
-            intermediates.append(to_map(y, grid) if reshape else y)
+        intermediates = stage_intermediates(outputs, take, num_stages, self.norm if norm else None, reshape)
         if intermediates_only:
             return intermediates
         x, grid = outputs[-1]

@@ -80,7 +80,14 @@ import torch.nn as nn
 from einops import rearrange
 
 from vlmzoo.config import Config
-from vlmzoo.encoders.base import Indices, OutputFormat, VisionOutput, check_output_fmt, take_indices, to_map
+from vlmzoo.encoders.base import (
+    Indices,
+    OutputFormat,
+    VisionOutput,
+    check_output_fmt,
+    stage_intermediates,
+    take_indices,
+)
 from vlmzoo.layers import Block, ImageSize, PatchEmbed, check_drop_path_rate, drop_path_rates, image_hw
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.stack import BlockStack
@@ -376,12 +383,7 @@ class SwinTransformer(BlockStack, HubMixin, nn.Module):
         take, max_index = take_indices(num_stages, indices)
         last = max_index + 1 if stop_early else num_stages
         outputs = self.run_stages(pixel_values, last)
-        intermediates = []
-        for s in sorted(set(take)):
-            y, grid = outputs[s + 1]
-            if norm and s == num_stages - 1:
-                y = self.norm(y)
-            intermediates.append(to_map(y, grid) if reshape else y)
+        intermediates = stage_intermediates(outputs, take, num_stages, self.norm if norm else None, reshape)
         if intermediates_only:
             return intermediates
         x, grid = outputs[-1]
