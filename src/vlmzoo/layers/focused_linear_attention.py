@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.kernels import focused_linear_attention
+from vlmzoo.layers.token_depthwise_conv import depthwise_conv_tokens
 
 
 class FocusedLinearAttention(nn.Module):
@@ -101,9 +101,7 @@ class FocusedLinearAttention(nn.Module):
             backend=self.backend,
         )
         # Step 10: rank restoration — the depthwise conv on v, one set of weights for every head.
-        height, width = self.grid
-        v_map = rearrange(v, "b (hh ww) (h d) -> (b h) d hh ww", hh=height, ww=width, h=self.num_heads)
-        out = out + rearrange(self.dwc(v_map), "(b h) d hh ww -> b (hh ww) (h d)", h=self.num_heads)
+        out = out + depthwise_conv_tokens(v, self.grid, self.dwc.weight, self.dwc.bias, self.num_heads)
         # Step 11: output projection.
         return self.proj_drop(self.proj(out))
 

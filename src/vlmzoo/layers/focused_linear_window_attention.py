@@ -34,6 +34,7 @@ from vlmzoo.kernels import focused_linear_attention
 from vlmzoo.kernels.reference import focused_linear_attention_reference
 from vlmzoo.layers.focused_linear_attention import FocusedLinearAttention
 from vlmzoo.layers.spatial_attention import SpatialAttention
+from vlmzoo.layers.token_depthwise_conv import depthwise_conv_tokens
 
 
 class FocusedLinearWindowAttention(FocusedLinearAttention, SpatialAttention):
@@ -115,8 +116,7 @@ class FocusedLinearWindowAttention(FocusedLinearAttention, SpatialAttention):
                 backend=self.backend,
             )
         # Step 10: depthwise conv of v on the map, one d-channel conv shared by all heads.
-        v_map = rearrange(v[:, num_prefix:], "g (y x) (h d) -> (g h) d y x", y=grid[0], h=self.num_heads)
-        local = rearrange(self.dwc(v_map), "(g h) d y x -> g (y x) (h d)", h=self.num_heads)
+        local = depthwise_conv_tokens(v[:, num_prefix:], grid, self.dwc.weight, self.dwc.bias, self.num_heads)
         if num_prefix:
             return torch.cat([out[:, :num_prefix], out[:, num_prefix:] + local], dim=1)
         return out + local
