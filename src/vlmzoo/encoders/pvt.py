@@ -56,6 +56,7 @@ from vlmzoo.encoders.base import (
 from vlmzoo.encoders.swin import NormedPatchEmbed
 from vlmzoo.errors import InputError
 from vlmzoo.layers import Block, ImageSize, check_drop_path_rate, check_image, drop_path_rates, image_hw
+from vlmzoo.layers.block_attention import FocusedLinearBackend
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.spatial_reduction_attention import SpatialReductionAttention
 from vlmzoo.layers.stack import BlockStack
@@ -92,6 +93,7 @@ class PvtConfig(Config):
     class_token: bool = True
     focusing_factor: float = 3.0
     dwc_kernel_size: int = 5
+    focused_linear_backend: FocusedLinearBackend = "auto"  # the kernel of its focused linear attention
     drop_path_rate: float = 0.0
     pool: Literal["cls", "mean", "none"] = "cls"
 
@@ -122,7 +124,7 @@ class PvtConfig(Config):
                     "sr_ratios", f"stage {s}: the {grid[0]}x{grid[1]} map is smaller than sr_ratio {sr}"
                 )
         if self.pool == "cls" and not self.class_token:
-            self._fail("pool", "'cls' pooling needs class_token=True")
+            self._fail("pool", "'cls' pooling needs class_token=True: set it, or pool='mean' or 'none'")
         if self.dwc_kernel_size % 2 == 0:
             self._fail("dwc_kernel_size", "must be odd (the DWC keeps the map size with padding k // 2)")
 
@@ -206,6 +208,7 @@ class PyramidVisionTransformer(BlockStack, HubMixin, nn.Module):
             qkv_bias=c.qkv_bias,
             focusing_factor=c.focusing_factor,
             kernel_size=c.dwc_kernel_size,
+            backend=c.focused_linear_backend,
             native_grid=c.stage_grids()[stage],
         )
 

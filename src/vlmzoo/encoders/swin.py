@@ -89,6 +89,7 @@ from vlmzoo.encoders.base import (
     take_indices,
 )
 from vlmzoo.layers import Block, ImageSize, PatchEmbed, check_drop_path_rate, drop_path_rates, image_hw
+from vlmzoo.layers.block_attention import FocusedLinearBackend
 from vlmzoo.layers.focused_linear_window_attention import FocusedLinearWindowAttention
 from vlmzoo.layers.stack import BlockStack
 from vlmzoo.layers.swin_attention import ShiftedWindowAttention
@@ -130,6 +131,7 @@ class SwinConfig(Config):
     final_norm: bool = True
     focusing_factor: float = 3.0
     dwc_kernel_size: int = 5
+    focused_linear_backend: FocusedLinearBackend = "auto"  # the kernel of its focused linear attention
     drop_path_rate: float = 0.0
     pool: Literal["mean", "none"] = "mean"
 
@@ -310,6 +312,7 @@ class SwinTransformer(BlockStack, HubMixin, nn.Module):
             qkv_bias=c.qkv_bias,
             focusing_factor=c.focusing_factor,
             kernel_size=c.dwc_kernel_size,
+            backend=c.focused_linear_backend,
         )
 
     @property

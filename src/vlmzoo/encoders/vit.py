@@ -48,6 +48,7 @@ from vlmzoo.layers import (
 from vlmzoo.layers.block_attention import (
     AttentionOptions,
     BlockAttention,
+    FocusedLinearBackend,
     build_block_attention,
     shift_sizes,
 )
@@ -118,6 +119,7 @@ class ViTConfig(Config):
     stripe_width: int = 7
     focusing_factor: float = 3.0
     dwc_kernel_size: int = 5
+    focused_linear_backend: FocusedLinearBackend = "auto"  # the kernel of its focused linear attention
 
     def validate(self) -> None:
         self._check_positive(
@@ -137,9 +139,14 @@ class ViTConfig(Config):
             # timm's init_values=0 means "no LayerScale"; here that is None, not a zero gamma.
             self._fail("layer_scale_init", "must be > 0, or None for no LayerScale")
         if self.pool == "cls" and not self.class_token:
-            self._fail("pool", "'cls' pooling needs class_token=True")
+            self._fail("pool", "'cls' pooling needs class_token=True: set it, or pool='mean' or 'none'")
         if self.embed_dim is not None and self.pool == "none":
-            self._fail("embed_dim", "a projection head needs pooling (pool='cls' or 'mean')")
+            self._fail(
+                "embed_dim",
+                "a projection head maps one pooled vector per image, but pool='none' keeps every token: "
+                "for patch tokens (a VLM's encoder) pass embed_dim=None; for an image embedding set "
+                "pool='cls' or 'mean'",
+            )
         self._validate_feature_layer()
         self._validate_attention()
 
@@ -256,6 +263,7 @@ class VisionTransformer(BlockStack, HubMixin, nn.Module):
             stripe_width=c.stripe_width,
             focusing_factor=c.focusing_factor,
             dwc_kernel_size=c.dwc_kernel_size,
+            focused_linear_backend=c.focused_linear_backend,
         )
         kinds = c.attention_types
         shifts = shift_sizes(kinds, c.window_size)

@@ -40,6 +40,11 @@ BlockAttention = Literal[
 ]
 BLOCK_ATTENTION_TYPES: tuple[str, ...] = get_args(BlockAttention)
 
+# The kernel behind ``focused_linear`` attention, as a config field can name it: "auto" or one of
+# vlmzoo.kernels.BACKENDS (a test keeps the two lists equal). A Literal, so that a config file
+# naming an unknown backend is refused on construction, before any model is built.
+FocusedLinearBackend = Literal["auto", "reference", "torch", "triton"]
+
 
 @dataclass(frozen=True)
 class AttentionOptions:
@@ -49,7 +54,8 @@ class AttentionOptions:
     ``sr_ratio`` and ``sr_norm_eps``: ``spatial_reduction`` (PVT v1 stage 1–3: 8, 4, 2; its
     reduction norm has ``nn.LayerNorm``'s default eps 1e-5). ``stripe_width``: ``cross_shaped``
     (CSWin-T: 1, 2, 7, 7 by stage). ``focusing_factor`` and ``dwc_kernel_size``:
-    ``focused_linear`` (FLatten: 3 and 5, ``MODEL.LA.FOCUSING_FACTOR`` / ``KERNEL_SIZE`` in its config.py).
+    ``focused_linear`` (FLatten: 3 and 5, ``MODEL.LA.FOCUSING_FACTOR`` / ``KERNEL_SIZE`` in its config.py);
+    ``focused_linear_backend``: the kernel it calls (see :func:`vlmzoo.kernels.focused_linear_attention`).
     """
 
     window_size: int = 14
@@ -58,6 +64,7 @@ class AttentionOptions:
     stripe_width: int = 7
     focusing_factor: float = 3.0
     dwc_kernel_size: int = 5
+    focused_linear_backend: FocusedLinearBackend = "auto"
 
 
 def shift_sizes(kinds: tuple[str, ...], window_size: int) -> tuple[int, ...]:
@@ -116,6 +123,7 @@ def build_block_attention(
             qkv_bias=bool(qkv_bias),
             focusing_factor=o.focusing_factor,
             kernel_size=o.dwc_kernel_size,
+            backend=o.focused_linear_backend,
             native_grid=grid,
         )
     raise ValueError(f"unknown block attention {kind!r}; known: {list(BLOCK_ATTENTION_TYPES)}")
