@@ -822,6 +822,7 @@ CROSS_FIELD = [
     ("attention-layout-length", dict(block_attention=("global",)), r"ViTConfig.block_attention=.*one entry per block \(depth=2\)"),
     ("cls-pool-without-cls", dict(class_token=False, pool="cls"), r"ViTConfig.pool='cls': 'cls' pooling needs class_token=True"),
     ("even-dwc-kernel", dict(block_attention=("focused_linear",) * 2, dwc_kernel_size=4), r"ViTConfig.dwc_kernel_size=4: must be odd"),
+    ("projection-head-on-patch-tokens", dict(pool="none"), r"ViTConfig.embed_dim=32: .*pool='none' keeps every token: for patch tokens \(a VLM's encoder\) pass embed_dim=None"),
 ]  # fmt: skip
 
 
@@ -831,3 +832,42 @@ CROSS_FIELD = [
 def test_inconsistent_fields_are_refused_by_name(overrides, match):
     with pytest.raises(ConfigError, match=match):
         vlmzoo.create_encoder("clip-vit-tiny", **overrides)
+
+
+def _config(name: str, kind: str) -> Config:
+    return get_entry(name, kind).config
+
+
+def _anyres() -> Config:
+    from vlmzoo.processing.processor_presets import processor_for
+
+    return processor_for("llava-v1.6-vicuna-7b")
+
+
+# Rules between fields of other configs: each message names the conflict and the fields to set.
+SAYS_THE_FIX = [
+    ("pvt-cls-pool-without-cls", lambda: _config("pvt-tiny", "encoder").replace(class_token=False, pool="cls"),
+     r"PvtConfig.pool='cls': 'cls' pooling needs class_token=True: set it, or pool='mean' or 'none'"),
+    ("clip-tower-without-projection", lambda: _config("clip-tiny", "model").replace(vision=_config("clip-tiny", "model").vision.replace(embed_dim=None)),
+     r"got vision.embed_dim=None and text.embed_dim=32: set both to the same width"),
+    ("blip-text-encoder-with-lm-head", lambda: _config("tiny-blip", "model").replace(text_encoder=_config("tiny-blip", "model").text_encoder.replace(lm_head=True)),
+     r"BLIPConfig.text_encoder=.*set text_encoder.lm_head=False"),
+    ("blip-decoder-without-lm-head", lambda: _config("tiny-blip", "model").replace(text_decoder=_config("tiny-blip", "model").text_decoder.replace(lm_head=False)),
+     r"BLIPConfig.text_decoder=.*set text_decoder.lm_head=True"),
+    ("blip-tied-different-sizes", lambda: _config("tiny-blip", "model").replace(tie_decoder=True, text_decoder=_config("tiny-blip", "model").text_decoder.replace(depth=1)),
+     r"BLIPConfig.tie_decoder=True: .*text_encoder.replace\(lm_head=True\), or set tie_decoder=False"),
+    ("blip-tied-without-encoder", lambda: _config("tiny-blip", "model").replace(tie_decoder=True, text_encoder=None, retrieval_heads=False, temperature=None),
+     r"BLIPConfig.tie_decoder=True: tying needs a text encoder .* or set tie_decoder=False"),
+    ("fusion-resample-without-channel-join", lambda: _config("vary-toy-encoder-tiny", "encoder").replace(resample="bilinear", join="sequence"),
+     r"FusedEncoderConfig.resample='bilinear': .* set resample='none' or join='channel'"),
+    ("anyres-second-image-stream", lambda: _anyres().replace(second_image=_anyres().image),
+     r"AnyResProcessorConfig.second_image=.*one image stream: set second_image=None"),
+    ("siglip-map-head-without-final-norm", lambda: _config("siglip-vit-tiny", "encoder").replace(final_norm=False),
+     r"SiglipVisionConfig.final_norm=False: .* set final_norm=True, or map_head=False"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("build", "match"), [c[1:] for c in SAYS_THE_FIX], ids=[c[0] for c in SAYS_THE_FIX])
+def test_inconsistent_fields_error_says_which_field_to_set(build, match):
+    with pytest.raises(ConfigError, match=match):
+        build()

@@ -113,7 +113,9 @@ class FusedEncoderConfig(Config):
         if self.names[0] == self.names[1] or not all(n.isidentifier() for n in self.names):
             self._fail("names", "must be two distinct identifiers")
         if self.resample != "none" and self.join != "channel":
-            self._fail("resample", "resampling applies to join='channel' only")
+            self._fail(
+                "resample", "resampling applies to join='channel' only: set resample='none' or join='channel'"
+            )
 
     @property
     def image_size(self) -> int:

@@ -59,7 +59,10 @@ class SiglipVisionConfig(ViTConfig):
         if self.embed_dim is not None:
             self._fail("embed_dim", "must be None: SigLIP's image embedding is the MAP head output")
         if self.map_head and not self.final_norm:
-            self._fail("final_norm", "the MAP head reads the final-normed tokens (post_layernorm)")
+            self._fail(
+                "final_norm",
+                "the MAP head reads the final-normed tokens (post_layernorm): set final_norm=True, or map_head=False",
+            )
 
 
 class MAPHead(nn.Module):

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmzoo.errors import InputError
+from vlmzoo.eval.model_kind import BLIP, require_kind
 from vlmzoo.models.blip import BLIPModel
 
 # train_retrieval.py fills the entries outside the top k with this score
@@ -108,6 +109,7 @@ def encode_images(
 ) -> ImageFeatures:
     """Image tokens and ITC embeddings of ``images``: pixel values [N, 3, H, W] (split into
     batches of ``batch_size``) or an iterable of [b, 3, H, W] batches (a data loader's)."""
+    require_kind(model, BLIP, "encode_images")
     tokens, embeds = [], []
     with _evaluating(model) as (device, dtype):
         for batch in _bar(_image_batches(images, batch_size), None, "images", progress):
@@ -130,6 +132,7 @@ def encode_texts(
 ) -> torch.Tensor:
     """[N_txt, D] L2-normalised ITC embeddings of texts ``input_ids`` [N_txt, L] ([CLS] first,
     right-padded; the unimodal text encoder)."""
+    require_kind(model, BLIP, "encode_texts")
     mask = _mask(input_ids, attention_mask)
     with _evaluating(model) as (device, _):
         out = [
@@ -158,6 +161,7 @@ def pair_itm_logits(
     Each batch keeps only the text columns some row in it uses (padding at the end is masked
     anyway), so short captions are not run at the longest one's length.
     """
+    require_kind(model, BLIP, "pair_itm_logits")
     mask = _mask(input_ids, attention_mask)
     out = [torch.zeros(0)]
     with _evaluating(model) as (device, _):
@@ -190,6 +194,7 @@ def itm_rerank(
     ``input_ids`` / ``attention_mask`` [N_txt, L] ([CLS] first: ``[ENC]`` replaces it). A pair in
     both directions' top k is scored once.
     """
+    require_kind(model, BLIP, "itm_rerank")
     if isinstance(k_test, bool) or not isinstance(k_test, int) or k_test < 1:
         raise InputError(f"k_test must be a positive integer, got {k_test!r}")
     n_img, n_txt = sims.shape
@@ -283,6 +288,7 @@ def evaluate_retrieval(
     train_retrieval.py pads to 35); ``text_to_image`` [N_txt] the image of each text. ``k_test``:
     how many ITC candidates ITM re-ranks (None: rank by ITC alone, the model needs no ITM head).
     """
+    require_kind(model, BLIP, "evaluate_retrieval")
     features = encode_images(model, images, batch_size=image_batch_size, store=store, progress=progress)
     texts = encode_texts(model, input_ids, attention_mask, batch_size=text_batch_size, progress=progress)
     sims = (features.embeds.float() @ texts.float().t()).cpu()
@@ -314,6 +320,7 @@ def itm_scores(
 ) -> torch.Tensor:
     """[N] probability that image i [N, 3, H, W] and text i [N, L] match (softmax of the ITM
     logits, first token ``[ENC]``), in batches of ``batch_size`` pairs."""
+    require_kind(model, BLIP, "itm_scores")
     if pixel_values.shape[0] != input_ids.shape[0]:
         raise InputError(
             f"ITM pairs image i with text i: {pixel_values.shape[0]} images, {input_ids.shape[0]} texts"

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmzoo.errors import InputError
+from vlmzoo.eval.model_kind import DUAL_ENCODER, require_kind
 from vlmzoo.models.clip import CLIPModel, ZeroShotClassifier
 
 Images = torch.Tensor | Mapping[str, torch.Tensor]
@@ -46,6 +47,7 @@ def match_probabilities(model: CLIPModel, logits: torch.Tensor) -> torch.Tensor:
     """[B, K] pair logits -> [B, K] probabilities as the model was trained to give them: a
     per-pair sigmoid for a model trained with the sigmoid loss (SigLIP's ``logit_bias`` marks it),
     else a softmax over the K candidates (CLIP)."""
+    require_kind(model, DUAL_ENCODER, "match_probabilities")
     if hasattr(model, "logit_bias"):
         return torch.sigmoid(logits)
     return logits.softmax(dim=-1)
@@ -65,6 +67,7 @@ def zero_shot_logits(
     ``tokenizer`` maps strings to [n, L] ids; for SigLIP pad to 64 as it was trained
     (:meth:`~vlmzoo.processing.siglip_processor.SigLIPProcessor.tokenize`).
     """
+    require_kind(model, DUAL_ENCODER, "zero_shot_logits")
     was_training = model.training
     model.eval()
     try:
@@ -84,6 +87,7 @@ def zero_shot_probabilities(
     templates: Sequence[str] = ("a photo of a {}.",),
 ) -> torch.Tensor:
     """[B, K] class probabilities: :func:`match_probabilities` of :func:`zero_shot_logits`."""
+    require_kind(model, DUAL_ENCODER, "zero_shot_probabilities")
     return match_probabilities(model, zero_shot_logits(model, tokenizer, images, classnames, templates))
 
 
@@ -100,6 +104,7 @@ def zero_shot_accuracy(
 
     ``pixel_values`` [n, 3, H, W] (or a NaFlex dict); ``labels`` [n] class indices.
     """
+    require_kind(model, DUAL_ENCODER, "zero_shot_accuracy")
     logits = zero_shot_logits(model, tokenizer, pixel_values, classnames, templates)
     predictions = logits.argmax(dim=-1)
     return float((predictions == labels.to(predictions.device)).float().mean())
@@ -155,6 +160,7 @@ def model_retrieval_recall(
 
     ``input_ids`` [n, L] (SigLIP: padded to 64 without a mask, as trained).
     """
+    require_kind(model, DUAL_ENCODER, "model_retrieval_recall")
     if _count(images) != input_ids.shape[0]:
         raise InputError(f"{_count(images)} images but {input_ids.shape[0]} texts: retrieval pairs them")
     was_training = model.training

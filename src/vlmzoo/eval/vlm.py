@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from vlmzoo.decoders.hf import IGNORE_INDEX
 from vlmzoo.errors import InputError
+from vlmzoo.eval.model_kind import GENERATIVE, require_kind
 from vlmzoo.processing.prompts import collate
 from vlmzoo.processing.tokenizer import Tokenizer
 
@@ -49,6 +50,7 @@ def generate_answers(
     ``position_ids`` (mBART's learned positions start at the first column) generates each row
     as it would alone, and others simply waste nothing on padding.
     """
+    require_kind(model, GENERATIVE, "generate_answers")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -100,6 +102,7 @@ def perplexity(
     batch_size: int = 64,
 ) -> float:
     """exp(mean negative log-likelihood per answer token), prompts excluded."""
+    require_kind(model, GENERATIVE, "perplexity")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -133,6 +136,7 @@ def multiple_choice(
     is scored as a continuation of the same prompt (sum of its tokens' log-probs, EOS included;
     divided by its token count with ``length_normalize``).
     """
+    require_kind(model, GENERATIVE, "multiple_choice")
     if not choices:
         raise InputError("multiple_choice needs at least one choice")
     if pixel_values is not None and pixel_values.ndim not in (3, 4):

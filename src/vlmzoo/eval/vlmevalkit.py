@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.eval.model_kind import GENERATIVE, require_kind
 from vlmzoo.processing.chat import Conversation, chat_batch
 from vlmzoo.processing.processor import PROCESSOR_FILE, Processor
 from vlmzoo.processing.processor_presets import PROCESSORS, create_processor, processor_for
@@ -216,10 +217,14 @@ def load_model(pretrained: str, dtype: str | torch.dtype | None, device: torch.d
     """A checkpoint directory (``vlmzoo.load``), a registered preset's published weights
     (``vlmzoo.create_model(name, pretrained=True)``) or a Hub id of a vlmzoo checkpoint."""
     if Path(pretrained).is_dir():
-        return load(Path(pretrained), device, dtype=dtype_of(dtype))
-    if pretrained in list_models(kind="model"):
-        return create_model(pretrained, pretrained=True, dtype=dtype_of(dtype), device=device)
-    return load(pretrained, device, dtype=dtype_of(dtype))
+        model = load(Path(pretrained), device, dtype=dtype_of(dtype))
+    elif pretrained in list_models(kind="model"):
+        model = create_model(pretrained, pretrained=True, dtype=dtype_of(dtype), device=device)
+    else:
+        model = load(pretrained, device, dtype=dtype_of(dtype))
+    # VLMEvalKit and lmms-eval score generated answers: a dual encoder or BLIP cannot answer
+    require_kind(model, GENERATIVE, f"the VLMEvalKit / lmms-eval model (pretrained={pretrained!r})")
+    return model
 
 
 def load_processor(
@@ -228,6 +233,7 @@ def load_processor(
     """The model's processor: ``processor`` (a directory or preset name) when given, else the
     files saved beside the checkpoint, else the preset's by name, else the family's recipe for
     the model's config (:func:`vlmzoo.processing.processor_presets.processor_for`)."""
+    require_kind(model, GENERATIVE, "load_processor")
     if processor is not None:
         found = create_processor(str(processor), tokenizer=tokenizer)
     elif (Path(pretrained) / PROCESSOR_FILE).is_file() or pretrained in list_models(kind="model"):

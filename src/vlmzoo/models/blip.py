@@ -103,12 +103,16 @@ class BLIPConfig(Config):
             self._fail("text_encoder", "a BLIP model needs a text encoder, a text decoder or both")
         if enc is not None:
             if enc.lm_head:
-                self._fail("text_encoder", "the text encoder has no LM head (lm_head=False)")
+                self._fail(
+                    "text_encoder",
+                    "the text encoder has no LM head: set text_encoder.lm_head=False "
+                    "(the LM head is text_decoder's)",
+                )
             if enc.context_dim != v.width:
                 self._fail("text_encoder", f"context_dim={enc.context_dim} must be the image width {v.width}")
         if dec is not None:
             if not dec.lm_head:
-                self._fail("text_decoder", "the decoder needs its LM head (lm_head=True)")
+                self._fail("text_decoder", "the decoder needs its LM head: set text_decoder.lm_head=True")
             if self.decoder_reads == "question":
                 if enc is None:
                     self._fail("decoder_reads", "a decoder reading the question needs the text encoder")
@@ -131,9 +135,17 @@ class BLIPConfig(Config):
                 self._fail("temperature", f"must be in [{TEMP_MIN}, {TEMP_MAX}] (BLIP's clamp)")
         if self.tie_decoder:
             if enc is None or dec is None or self.decoder_reads != "image":
-                self._fail("tie_decoder", "tying needs a text encoder and a decoder that reads the image")
+                self._fail(
+                    "tie_decoder",
+                    "tying needs a text encoder and a decoder that reads the image (decoder_reads='image'): "
+                    "give it both, or set tie_decoder=False",
+                )
             if enc.replace(lm_head=True) != dec:
-                self._fail("tie_decoder", "tied encoder and decoder must have the same sizes")
+                self._fail(
+                    "tie_decoder",
+                    "tied encoder and decoder must have the same sizes: make text_decoder "
+                    "text_encoder.replace(lm_head=True), or set tie_decoder=False",
+                )
         if not 0.0 <= self.label_smoothing < 1.0:
             self._fail("label_smoothing", "must be in [0, 1)")
         vocab = min(c.vocab_size for c in (enc, dec) if c is not None)

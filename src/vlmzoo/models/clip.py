@@ -37,7 +37,12 @@ class CLIPConfig(Config):
 
     def validate(self) -> None:
         if self.vision.embed_dim is None or self.text.embed_dim is None:
-            self._fail("vision", "both towers need a projection head (embed_dim set)")
+            self._fail(
+                "vision",
+                f"both towers need a projection head into one embedding space, got vision.embed_dim="
+                f"{self.vision.embed_dim} and text.embed_dim={self.text.embed_dim}: set both to the "
+                "same width (with the vision tower's pool='cls' or 'mean')",
+            )
         if self.vision.embed_dim != self.text.embed_dim:
             self._fail(
                 "vision",

@@ -141,7 +141,7 @@ class AnyResProcessorConfig(ProcessorConfig):
         if self.image is None:
             self._fail("image", "an any-resolution processor needs the image recipe of its views")
         if self.second_image is not None:
-            self._fail("second_image", "any-resolution tiling has one image stream")
+            self._fail("second_image", "any-resolution tiling has one image stream: set second_image=None")
 
 
 class AnyResProcessor(Processor):

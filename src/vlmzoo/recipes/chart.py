@@ -31,6 +31,7 @@ from vlmzoo.data import SyntheticDataset
 from vlmzoo.decoders.hf import DECODER_PRESETS
 from vlmzoo.errors import ConfigError
 from vlmzoo.eval.chart import chart_accuracy, mean_relative_error, number_accuracy, scrm, spearman
+from vlmzoo.eval.model_kind import CHART_READER, require_kind
 from vlmzoo.models.onechart import (
     CHART_PROMPT,
     NUMBER_TOKEN,
@@ -156,6 +157,7 @@ def read_charts(
     model: OneChartModel, task: ChartTask, batch_size: int = 50, max_new_tokens: int = 64
 ) -> list[ChartReading]:
     """Greedy readings of every held-out chart (one prompt length: no padding)."""
+    require_kind(model, CHART_READER, "read_charts")
     readings: list[ChartReading] = []
     tok = task.tokenizer
     for start in range(0, len(task.val_values), batch_size):

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import torch
 
 from vlmzoo.errors import ConfigError
+from vlmzoo.eval.model_kind import GENERATIVE, require_kind
 from vlmzoo.processing.chat import chat
 from vlmzoo.processing.document_processor import DocumentProcessor
 from vlmzoo.processing.processor import PROCESSOR_FILE, Processor
@@ -41,16 +42,19 @@ def load_chat_model(
         raise ConfigError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
     path = Path(model)
     if path.is_dir():
+        module = load(path)
+        # the kind first: a dual encoder's folder lacks the processor too, but no processor would help
+        require_kind(module, GENERATIVE, f"chat (the model in {str(path)!r})")
         if not (path / PROCESSOR_FILE).is_file():
             raise ConfigError(
                 f"{str(path)!r} holds no {PROCESSOR_FILE}; save the processor beside the model with "
                 f"processor.save_pretrained({str(path)!r}) (after vlmzoo.save, which replaces the directory)"
             )
-        module = load(path)
         processor = create_processor(path, tokenizer=tokenizer)
         random = False
     else:
         module = create_model(str(model))
+        require_kind(module, GENERATIVE, f"chat (the preset {str(model)!r})")
         processor = create_processor(str(model), tokenizer=tokenizer)
         random = True
     module = module.to(device=device, dtype=_DTYPES[dtype]).eval()

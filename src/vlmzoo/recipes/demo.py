@@ -33,6 +33,7 @@ from vlmzoo.data import SyntheticDataset
 from vlmzoo.data.shapes import SIZES, Obj, shape_box
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.eval import generate_answers, rec_scores
+from vlmzoo.eval.model_kind import GENERATIVE, require_kind
 from vlmzoo.models.vlm import VisionLanguageModel
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
 from vlmzoo.processing.processor import PROCESSOR_FILE, ImageStreamConfig, Processor, ProcessorConfig
@@ -94,6 +95,7 @@ def held_out_evaluation(
 ) -> EvalResult:
     """Greedy answers to every held-out question, scored by exact match, through ``vlmzoo eval``'s
     loop (:func:`vlmzoo.recipes.evaluate.evaluate_items`: ``chat_batch``, ``BATCH_SIZE`` at a time)."""
+    require_kind(model, GENERATIVE, "held_out_evaluation")
     items = [EvalItem((images[i],), q.replace(IMAGE_TOKEN, "", 1).strip(), (a,)) for i, q, a in task.val_qa]
     return evaluate_items(
         model, processor, items, "exact_match", "held-out", BATCH_SIZE, max_new_tokens, progress=False
@@ -104,6 +106,7 @@ def chat_answers(
     model, processor: Processor, images: list[Any], task: TaskData, max_new_tokens: int = MAX_NEW_TOKENS
 ) -> list[str]:
     """The answers of :func:`held_out_evaluation`."""
+    require_kind(model, GENERATIVE, "chat_answers")
     return list(held_out_evaluation(model, processor, images, task, max_new_tokens).predictions)
 
 
@@ -321,6 +324,7 @@ def grounding_trainer(
 ) -> Trainer:
     """The shapes task's optimisation (:func:`~vlmzoo.recipes.shapes.task_train_config`) on the
     referring questions, evaluated by held-out REC accuracy of greedy answers."""
+    require_kind(model, GENERATIVE, "grounding_trainer")
     config = task_train_config(steps, seed, lr=GROUNDING_LR, eval_every=max(1, steps // 4))
     if resume:  # the warmup of the run being continued (as the train recipe keeps it)
         saved = read_run_state(out / CHECKPOINT_DIR)["train_config"]

@@ -26,6 +26,7 @@ from vlmzoo.config import parse_json
 from vlmzoo.data import SyntheticDataset
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.eval.anls import anls
+from vlmzoo.eval.model_kind import GENERATIVE, require_kind
 from vlmzoo.eval.vlm import normalize_answer
 from vlmzoo.eval.vqa_accuracy import vqa_accuracy
 from vlmzoo.processing.chat import Conversation, chat_batch
@@ -146,6 +147,7 @@ def evaluate_items(
     progress: bool = True,
 ) -> EvalResult:
     """Generate an answer to every item (greedy, ``batch_size`` at a time) and score it."""
+    require_kind(model, GENERATIVE, "evaluate_items")
     if metric not in METRICS:
         raise ConfigError(f"metric {metric!r}: expected one of {sorted(METRICS)}")
     if batch_size <= 0:

@@ -21,6 +21,7 @@ from vlmzoo.config import Config
 from vlmzoo.data import SyntheticDataset
 from vlmzoo.errors import ConfigError
 from vlmzoo.eval import exact_match, generate_answers
+from vlmzoo.eval.model_kind import GENERATIVE, require_kind
 from vlmzoo.models.vlm import VisionLanguageModel, VLMConfig
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
 from vlmzoo.processing.prompts import collate
@@ -215,6 +216,7 @@ def train_and_evaluate(
 
     ``world`` (:func:`vlmzoo.train.world.init_world`) trains with DDP or FSDP under torchrun;
     ``batch_size`` is then the global batch, split over the processes."""
+    require_kind(model, GENERATIVE, "train_and_evaluate")
     tok = task.tokenizer
     config = task_train_config(steps, seed, lr=lr, eval_every=eval_every, bf16=bf16)
     if resume:
