@@ -150,7 +150,8 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         adapter: Trainable | None = None,
         decoder: Trainable | None = None,
     ) -> None:
-        """Freeze (``"frozen"``) or unfreeze (``"full"``) each part by ``requires_grad`` only.
+        """Freeze (``"frozen"``) or unfreeze (``"full"``) each part by ``requires_grad`` only, and
+        record the modes in ``config.train_*`` (so that a saved model reloads with them).
 
         Nothing runs under ``no_grad``: a frozen part simply builds no graph, and unfreezing it
         later works (LLaVA's ``CLIPVisionTower.forward`` runs under ``torch.no_grad``, in
@@ -170,6 +171,9 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
                 p.requires_grad_(mode == "full")
             modes[part] = mode
         self._modes = modes
+        # The config says what the model is: a save after set_trainable reloads with the same parts
+        # frozen (VLMConfig.train_*), and summary()/the load report read it from there.
+        self.config = self.config.replace(**{f"train_{part}": mode for part, mode in modes.items()})
         shared = "full" in (modes.get("adapter"), modes.get("decoder"))
         for module in self.adapter.decoder_modules(self.decoder):
             for p in module.parameters():
