@@ -4,7 +4,8 @@ Both originals share one recipe (clovaai/donut's donut/model.py ``SwinEncoder.pr
 facebookresearch/nougat's nougat/model.py ``SwinEncoder.prepare_input``, which adds the margin
 crop), run on PIL images:
 
-1. ``img.convert("RGB")`` (alpha dropped, as :func:`~vlmzoo.processing.image_input.to_rgb`).
+1. ``img.convert("RGB")`` (alpha dropped, as :func:`~vlmzoo.processing.image_input.to_rgb`;
+   ``DocumentImageConfig.alpha``, ``"drop"`` as both originals).
 2. Nougat only: **crop margins** (nougat/model.py ``crop_margin``): the grey image
    (``convert("L")``) is stretched to 0..255 by its own min and max, and the page is cropped to the
    bounding box of the pixels below 200; a uniform image is kept whole.
@@ -48,7 +49,7 @@ from PIL import Image
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError
 from vlmzoo.processing.image import IMAGENET_MEAN, IMAGENET_STD
-from vlmzoo.processing.image_input import load_image, to_rgb
+from vlmzoo.processing.image_input import Alpha, load_image, to_rgb
 
 Resample = Literal["bilinear", "bicubic"]
 Reference = Literal["original", "transformers"]
@@ -72,7 +73,9 @@ class DocumentImageConfig(Config):
     ``resample`` is the shortest-edge resize's filter; the ``thumbnail_*`` fields describe the fit
     into the canvas: ``"pillow"`` rounding is ``PIL.Image.thumbnail`` (the originals), ``"floor"``
     truncates the scaled side (transformers). ``stride`` is the encoder's output stride: the canvas,
-    and with ``do_resize=False`` every page, must be a multiple of it.
+    and with ``do_resize=False`` every page, must be a multiple of it. ``alpha``: what becomes of a
+    page's transparency (:func:`~vlmzoo.processing.image_input.to_rgb`): ``"drop"``, the originals'
+    ``convert("RGB")``.
     """
 
     kind = "document_image"
@@ -89,6 +92,7 @@ class DocumentImageConfig(Config):
     thumbnail_reducing_gap: float | None = 2.0
     thumbnail_rounding: Literal["pillow", "floor"] = "pillow"
     stride: int = 32
+    alpha: Alpha = "drop"
 
     def validate(self) -> None:
         self._check_positive("stride")
@@ -168,7 +172,7 @@ def preprocess_document(
         ``[3, H, W]``; with ``config.do_resize=False`` the page's own size after the margin crop and
         alignment, which must be a multiple of ``config.stride`` on both sides.
     """
-    page = _as_rgb(image)
+    page = _as_rgb(image, config.alpha)
     if config.crop_margin:
         page = crop_margins(page, config.margin_threshold)
     if config.align_long_axis:
@@ -232,7 +236,7 @@ def crop_margins(image: Image.Image, threshold: int = 200) -> Image.Image:
 
 
 # --- steps ------------------------------------------------------------------------------------
-def _as_rgb(image: DocumentImage) -> Image.Image:
+def _as_rgb(image: DocumentImage, alpha: Alpha = "drop") -> Image.Image:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise InputError(
@@ -253,8 +257,8 @@ def _as_rgb(image: DocumentImage) -> Image.Image:
     page = load_image(image)
     if page.width == 0 or page.height == 0:
         raise InputError(f"page has zero size (width={page.width}, height={page.height})")
-    # convert("RGB") drops alpha without compositing, as both originals do.
-    return to_rgb(page, alpha="drop")
+    # Both originals: convert("RGB"), alpha dropped without compositing (the config's default).
+    return to_rgb(page, alpha)
 
 
 def _align_long_axis(page: Image.Image, canvas: tuple[int, int]) -> Image.Image:

@@ -34,7 +34,7 @@ from PIL import Image
 
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError
-from vlmzoo.processing.image_input import to_rgb
+from vlmzoo.processing.image_input import ALPHA_MODES, Alpha, to_rgb
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -108,10 +108,20 @@ class ImageProcessorConfig(Config):
 
 
 class ImageProcessor:
-    """Turns images into normalized ``pixel_values`` of shape ``[B, 3, crop, crop]`` (float32, CPU)."""
+    """Turns images into normalized ``pixel_values`` of shape ``[B, 3, crop, crop]`` (float32, CPU).
 
-    def __init__(self, config: ImageProcessorConfig) -> None:
+    ``alpha``: what becomes of transparency (:func:`~vlmzoo.processing.image_input.to_rgb`), for PIL
+    images with an alpha band or palette transparency and for 4-channel arrays and tensors (read
+    as RGBA): ``"drop"`` (PIL's ``convert('RGB')``, the original repositories), ``"white"``
+    (composited onto white, transformers' ``convert_to_rgb``) or ``"refuse"``. A processor passes
+    its family's setting; built alone, the recipe drops alpha as OpenAI CLIP's transform does.
+    """
+
+    def __init__(self, config: ImageProcessorConfig, alpha: Alpha = "drop") -> None:
+        if alpha not in ALPHA_MODES:
+            raise InputError(f"alpha={alpha!r}: expected one of {', '.join(map(repr, ALPHA_MODES))}")
         self.config = config
+        self.alpha = alpha
         self._mean = torch.tensor(config.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(config.std, dtype=torch.float32).view(3, 1, 1)
 
@@ -122,13 +132,13 @@ class ImageProcessor:
             images: a PIL image; a numpy array ``[H, W]``, ``[H, W, C]`` or ``[N, H, W, C]``
                 (uint8 0-255 or float 0-1); a torch tensor ``[H, W]``, ``[C, H, W]`` or
                 ``[B, C, H, W]`` (uint8 or float 0-1); or a list/tuple of these. C is 1, 3 or 4
-                (gray is replicated, alpha dropped).
+                (gray is replicated; a fourth channel is alpha, handled as ``self.alpha`` says).
 
         Returns:
             ``pixel_values`` ``[B, 3, crop_size, crop_size]`` float32 (``[B, 3, size, size]``
             when ``do_center_crop=False``, padded at the bottom/right with ``longest_edge``).
         """
-        items = list(_split(images))
+        items = list(_split(images, self.alpha))
         if not items:
             raise InputError(f"got an empty batch; pass at least one image ({_LAYOUTS})")
         return torch.stack([self._one(item) for item in items])
@@ -145,9 +155,9 @@ class ImageProcessor:
     def _from_pil(self, image: Image.Image) -> torch.Tensor:
         w, h = image.size
         _check_extent(h, w)
-        # convert("RGB") replicates gray and drops alpha (no compositing), as CLIP does; 16-bit and
-        # float modes are refused rather than clipped (to_rgb).
-        image = to_rgb(image, "drop")
+        # Gray is replicated; alpha as the family's pipeline treats it; 16-bit and float modes are
+        # refused rather than clipped (to_rgb).
+        image = to_rgb(image, self.alpha)
         new_h, new_w = self._resized_hw(h, w)
         # Pillow returns a copy when the size is unchanged, so no special case is needed.
         image = image.resize((new_w, new_h), resample=_PIL_RESAMPLE[self.config.resample])
@@ -197,13 +207,14 @@ class ImageProcessor:
 
 
 # --- input normalisation --------------------------------------------------------------------
-def _split(images: Any) -> Iterator[Image.Image | np.ndarray | torch.Tensor]:
-    """Yield single images: PIL images, uint8 ``[H, W, C]`` arrays, or float ``[C, H, W]`` tensors."""
+def _split(images: Any, alpha: Alpha = "drop") -> Iterator[Image.Image | np.ndarray | torch.Tensor]:
+    """Yield single images: PIL images, uint8 ``[H, W, C]`` arrays, or float ``[C, H, W]`` tensors
+    (float RGBA already turned into RGB as ``alpha`` says; uint8 RGBA goes through Pillow)."""
     if isinstance(images, list | tuple):
         for item in images:
             if isinstance(item, list | tuple):
                 raise InputError("nested lists of images are not supported; pass one flat list")
-            yield from _split(item)
+            yield from _split(item, alpha)
     elif isinstance(images, Image.Image):
         yield images
     elif isinstance(images, np.ndarray):
@@ -216,7 +227,7 @@ def _split(images: Any) -> Iterator[Image.Image | np.ndarray | torch.Tensor]:
         batch = images[None] if images.ndim < 4 else images
         batch = batch[..., None] if images.ndim == 2 else batch
         nchw = torch.from_numpy(np.array(batch, order="C")).permute(0, 3, 1, 2)  # copy: may be read-only
-        for img in _checked(nchw, images.shape, "HWC/NHWC"):
+        for img in _checked(nchw, images.shape, "HWC/NHWC", alpha):
             # uint8 stays numpy HWC for the Pillow path; floats are CHW tensors.
             yield img.permute(1, 2, 0).numpy() if img.dtype == torch.uint8 else img
     elif isinstance(images, torch.Tensor):
@@ -226,15 +237,18 @@ def _split(images: Any) -> Iterator[Image.Image | np.ndarray | torch.Tensor]:
                 f"tensor image of shape {tuple(t.shape)}: expected HW, CHW or BCHW with C in 1, 3, 4"
             )
         batch = t[None, None] if t.ndim == 2 else (t[None] if t.ndim == 3 else t)
-        for img in _checked(batch, tuple(t.shape), "CHW/BCHW"):
+        for img in _checked(batch, tuple(t.shape), "CHW/BCHW", alpha):
             # uint8 tensors go through Pillow so they match PIL input exactly.
             yield img.permute(1, 2, 0).contiguous().numpy() if img.dtype == torch.uint8 else img
     else:
         raise InputError(f"unsupported image type {type(images).__name__}; expected {_LAYOUTS}")
 
 
-def _checked(batch: torch.Tensor, shape: tuple[int, ...], layout: str) -> list[torch.Tensor]:
-    """Validate a ``[N, C, H, W]`` view of the input; return per-image CHW tensors (uint8 or float32)."""
+def _checked(
+    batch: torch.Tensor, shape: tuple[int, ...], layout: str, alpha: Alpha = "drop"
+) -> list[torch.Tensor]:
+    """Validate a ``[N, C, H, W]`` view of the input; return per-image CHW tensors (uint8, C kept,
+    for the Pillow path; float32 with 3 channels)."""
     n, c, h, w = batch.shape
     if c not in (1, 3, 4):
         hint = ""
@@ -260,8 +274,25 @@ def _checked(batch: torch.Tensor, shape: tuple[int, ...], layout: str) -> list[t
         raise InputError(f"float image has max {hi:.3g}: looks like 0-255 data; pass uint8 or divide by 255")
     if lo < -0.5:
         raise InputError(f"float image has min {lo:.3g}: expected values in [0, 1] (already normalized?)")
-    x = x.expand(-1, 3, -1, -1) if c == 1 else x[:, :3]  # gray -> RGB, drop alpha, like PIL
-    return list(x)
+    if c == 4:
+        x = _float_rgb(x, alpha, shape)
+    return list(x.expand(-1, 3, -1, -1) if c == 1 else x)  # gray -> RGB, like PIL
+
+
+def _float_rgb(x: torch.Tensor, alpha: Alpha, shape: tuple[int, ...]) -> torch.Tensor:
+    """``[N, 4, H, W]`` float RGBA in [0, 1] -> ``[N, 3, H, W]``: alpha dropped, composited onto
+    white (transformers' ``convert_to_rgb`` for float arrays: ``a·rgb + (1 - a)·1``), or refused."""
+    if alpha == "refuse":
+        raise InputError(
+            f"image of shape {tuple(shape)} has 4 channels (RGBA), and this processor's reference "
+            "pipeline has no conversion for alpha; pass 3 channels (composite it yourself), or set "
+            "the processor's alpha to 'white' (onto white) or 'drop' (alpha ignored)"
+        )
+    rgb = x[:, :3]
+    if alpha == "drop":
+        return rgb
+    a = x[:, 3:4].clamp(0.0, 1.0)
+    return a * rgb + (1.0 - a)
 
 
 def _check_extent(h: int, w: int) -> None:

@@ -8,10 +8,20 @@ Three steps come before a model's resize/crop/normalise recipe, and the original
   transformers' ``load_image`` applies the EXIF orientation. :func:`load_image` follows the
   originals by default (``exif_transpose=False``) and names the file when it cannot be read.
 * **Alpha.** ``Image.convert('RGB')`` drops the alpha channel (a transparent pixel keeps its
-  colour); transformers' ``convert_to_rgb`` (image_transforms.py, 5.x) composites RGBA, LA and
-  palette transparency onto white first. :func:`to_rgb` does either (``alpha="drop"`` or
-  ``"white"``). Grey (L), palette (P), CMYK and YCbCr go through Pillow's conversion in both:
-  grey is replicated.
+  colour, whatever it is: often black); transformers' ``convert_to_rgb`` (image_transforms.py,
+  5.x), which its image processors call when ``do_convert_rgb`` is set (CLIP, SigLIP, BLIP,
+  LLaVA, LLaVA-NeXT, OneVision, Idefics3, SAM), composites RGBA, LA, palette transparency and
+  ``transparency`` colour keys onto white first. Each processor config has an ``alpha`` field,
+  set by each family's preset to what that family's reference pipeline does (the table in
+  docs/concepts.md, "Image modes"): ``"drop"`` (the original repositories: LLaVA's
+  ``Image.open(path).convert('RGB')``, open_clip's ``_convert_to_rgb``, OpenAI CLIP's
+  ``_convert_image_to_rgb``, LAVIS, Vary, Donut, Nougat), ``"white"`` (transformers'
+  ``convert_to_rgb``: SigLIP, whose reference is ``SiglipImageProcessor``) or ``"refuse"`` (an
+  :class:`InputError` for an image with transparency: SigLIP 2 NaFlex, whose
+  ``Siglip2ImageProcessor`` converts nothing and fails on a fourth channel). Grey (L), palette
+  (P), CMYK and YCbCr go through Pillow's conversion in every mode: grey is replicated.
+  4-channel arrays and tensors are RGBA and follow the same setting
+  (:class:`~vlmzoo.processing.image.ImageProcessor`).
 * **Bit depth.** Pillow converts 16-bit grey (``I;16``), 32-bit integer (``I``) and float (``F``)
   images to RGB by *clipping* each value to 0..255, so a 16-bit scan (values up to 65535) becomes
   an almost white image and a float image in [0, 1] an almost black one. Every original pipeline
@@ -33,7 +43,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlmzoo.errors import InputError
 
-Alpha = Literal["drop", "white"]
+# How transparency is handled (module docstring): dropped, composited on white, or refused.
+Alpha = Literal["drop", "white", "refuse"]
+ALPHA_MODES: tuple[str, ...] = ("drop", "white", "refuse")
 
 
 def load_image(source: str | os.PathLike | Image.Image, *, exif_transpose: bool = False) -> Image.Image:
@@ -69,14 +81,21 @@ _HIGH_DEPTH = {
 }  # fmt: skip
 
 
+def has_transparency(image: Image.Image) -> bool:
+    """Whether ``image`` has an alpha band (RGBA, LA, PA, premultiplied RGBa / La) or a
+    ``transparency`` entry (palette transparency, a PNG colour key): transformers' test."""
+    return any(band in ("A", "a") for band in image.getbands()) or image.info.get("transparency") is not None
+
+
 def to_rgb(image: Image.Image, alpha: Alpha = "drop") -> Image.Image:
-    """An RGB copy of ``image``: ``alpha="drop"`` is ``Image.convert('RGB')`` (the originals),
-    ``"white"`` composites any transparency onto white first (transformers' ``convert_to_rgb``).
+    """An RGB copy of ``image``: ``alpha="drop"`` is ``Image.convert('RGB')`` (the original
+    repositories), ``"white"`` composites any transparency onto white first (transformers'
+    ``convert_to_rgb``), ``"refuse"`` raises :class:`InputError` for an image with transparency.
 
     16-bit, 32-bit and float images are refused (Pillow would clip their values to 0..255), as
     are modes Pillow cannot turn into RGB (LAB, HSV, multi-band TIFFs), each naming the fix."""
-    if image.mode == "RGB":
-        return image
+    if alpha not in ALPHA_MODES:
+        raise InputError(f"alpha={alpha!r}: expected one of {', '.join(map(repr, ALPHA_MODES))}")
     if image.mode in _HIGH_DEPTH:
         lo, hi = image.getextrema()
         raise InputError(
@@ -86,10 +105,19 @@ def to_rgb(image: Image.Image, alpha: Alpha = "drop") -> Image.Image:
             ".astype(np.uint8)) for 16-bit values or (np.asarray(img) * 255).round().astype(np.uint8) "
             "for floats in [0, 1]"
         )
-    if alpha == "white" and ("A" in image.getbands() or image.info.get("transparency") is not None):
+    if alpha != "drop" and has_transparency(image):
+        if alpha == "refuse":
+            raise InputError(
+                f"image of mode {image.mode!r} has transparency, and this processor's reference pipeline "
+                "has no conversion for it; composite it yourself, or set the processor's alpha to "
+                "'white' (transformers' convert_to_rgb: onto white) or 'drop' (PIL's convert('RGB'): "
+                "transparent pixels keep their colour)"
+            )
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image
     try:
         return image.convert("RGB")
     except ValueError as e:

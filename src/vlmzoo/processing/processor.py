@@ -18,7 +18,8 @@ LLaVA's ``tokenizer_image_token`` (llava/mm_utils.py) does. Either way nothing i
 a prompt longer than the model's context is an error before any compute.
 
 Saved beside a checkpoint as ``vlmzoo_processor.json`` plus the tokenizer's own files
-(``tokenizer.save_pretrained``); no pickle. The tokenizer is a transformers one, or vlmzoo's
+(``tokenizer.save_pretrained`` plus the settings it loses, such as Llama's ``legacy``, checked by
+reloading: :mod:`vlmzoo.processing.tokenizer_files`); no pickle. The tokenizer is a transformers one, or vlmzoo's
 :class:`~vlmzoo.processing.tokenizer.SentencePieceTokenizer` (the demo's; saved as
 ``sentencepiece.model``).
 """
@@ -42,6 +43,7 @@ from vlmzoo.processing.image_input import Alpha, expand_to_square, load_image, m
 from vlmzoo.processing.referring import PlainFormat, get_format
 from vlmzoo.processing.templates import History, TemplateConfig
 from vlmzoo.processing.tokenizer import SENTENCEPIECE_FILE, SentencePieceTokenizer
+from vlmzoo.processing.tokenizer_files import load_tokenizer, save_tokenizer
 from vlmzoo.weights.files import atomic_write_json, read_json
 
 PROCESSOR_FILE = "vlmzoo_processor.json"
@@ -65,7 +67,10 @@ class ProcessorConfig(Config):
 
     ``image`` and ``second_image``: the image streams; with two (Vary's CLIP 224 and vocabulary
     1024 px towers) ``pixel_values`` is a tuple in that order, the order of the fused encoder's
-    towers. ``template=None`` makes an image-only processor (a vision encoder's). ``image_token_id``
+    towers. ``template=None`` makes an image-only processor (a vision encoder's). ``alpha``: what
+    becomes of transparency (:func:`~vlmzoo.processing.image_input.to_rgb`; each family's preset
+    sets its reference pipeline's: ``"drop"`` for every original repository, ``"white"`` for
+    transformers' ``convert_to_rgb``, ``"refuse"``). ``image_token_id``
     None takes the tokenizer's id of ``image_token``. ``image_positions``: sequence positions one
     image occupies in the decoder (M for a prefix adapter; defaults to ``tokens_per_image``), used
     with ``context`` (the longest merged sequence, None = unknown) to refuse long prompts early.
@@ -160,7 +165,9 @@ class Processor(TokenizedProcessor):
         super().__init__(config, tokenizer)
         self._own_image_id: int | bool | None = False  # False: not looked up yet
         self._recipes = [
-            ImageProcessor(stream.recipe) for stream in (config.image, config.second_image) if stream
+            ImageProcessor(stream.recipe, config.alpha)
+            for stream in (config.image, config.second_image)
+            if stream
         ]
 
     def _template(self) -> TemplateConfig:
@@ -448,8 +455,8 @@ def save_processor_files(directory: str | os.PathLike, config: Config, tokenizer
     directory.mkdir(parents=True, exist_ok=True)
     document = {"format": _FORMAT, "config_class": type(config).__name__, **config.to_dict()}
     atomic_write_json(directory / PROCESSOR_FILE, document)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(directory))
+    if tokenizer is not None:  # reloaded and compared: it must come back with the same behaviour
+        save_tokenizer(tokenizer, directory)
     return directory
 
 
@@ -493,19 +500,6 @@ def load_processor_files(
     elif isinstance(tokenizer, str | os.PathLike):
         tokenizer = load_tokenizer(str(tokenizer))
     return config, tokenizer
-
-
-def load_tokenizer(source: str) -> Any:
-    """``AutoTokenizer.from_pretrained(source)`` (a local directory or a hub id)."""
-    import transformers
-
-    try:
-        return transformers.AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"cannot load a tokenizer from {source!r} ({e}); pass a directory holding tokenizer files, "
-            "a hub id you can reach, or a transformers tokenizer object"
-        ) from e
 
 
 def decoder_context(lm_config: Any) -> int | None:

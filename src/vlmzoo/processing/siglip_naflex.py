@@ -32,6 +32,7 @@ from PIL import Image
 
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError
+from vlmzoo.processing.image_input import ALPHA_MODES, Alpha, to_rgb
 
 SIGLIP_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 SIGLIP_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -77,10 +78,16 @@ def naflex_size(height: int, width: int, patch_size: int, max_num_patches: int) 
 
 
 class NaFlexImageProcessor:
-    """Images -> the NaFlex batch (module docstring)."""
+    """Images -> the NaFlex batch (module docstring). ``alpha``: what becomes of transparency
+    (:func:`~vlmzoo.processing.image_input.to_rgb`); ``"refuse"`` by default, as
+    ``Siglip2ImageProcessor`` converts no mode (its ``do_convert_rgb`` is unset) and fails on a
+    fourth channel."""
 
-    def __init__(self, config: NaFlexConfig | None = None) -> None:
+    def __init__(self, config: NaFlexConfig | None = None, alpha: Alpha = "refuse") -> None:
+        if alpha not in ALPHA_MODES:
+            raise InputError(f"alpha={alpha!r}: expected one of {', '.join(map(repr, ALPHA_MODES))}")
         self.config = config if config is not None else NaFlexConfig()
+        self.alpha = alpha
         self._mean = torch.tensor(self.config.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(self.config.std, dtype=torch.float32).view(3, 1, 1)
 
@@ -110,14 +117,17 @@ class NaFlexImageProcessor:
                 raise InputError(f"numpy images must be uint8 HWC, got {image.dtype}")
             image = Image.fromarray(image)
         if isinstance(image, Image.Image):
-            image = image.convert("RGB")
+            image = to_rgb(image, self.alpha)  # 16-bit / float modes refused rather than clipped
             h, w = naflex_size(image.height, image.width, c.patch_size, c.max_num_patches)
             image = image.resize((w, h), resample=_RESAMPLE[c.resample])
             x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float()
             x = x * c.rescale_factor
         elif isinstance(image, torch.Tensor) and image.ndim == 3 and image.is_floating_point():
             if image.shape[0] != 3:
-                raise InputError(f"float image tensors must be [3, H, W] in [0, 1], got {tuple(image.shape)}")
+                raise InputError(
+                    f"float image tensors must be [3, H, W] in [0, 1], got {tuple(image.shape)}"
+                    + (": composite the alpha channel yourself first" if image.shape[0] == 4 else "")
+                )
             h, w = naflex_size(image.shape[1], image.shape[2], c.patch_size, c.max_num_patches)
             x = F.interpolate(
                 image[None].float(), size=(h, w), mode=c.resample, align_corners=False, antialias=True

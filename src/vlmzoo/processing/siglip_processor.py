@@ -31,7 +31,7 @@ import torch
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, InputError
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
-from vlmzoo.processing.image_input import Alpha, load_image, to_rgb
+from vlmzoo.processing.image_input import Alpha, load_image
 from vlmzoo.processing.processor import TokenizedProcessor, load_processor_files, save_processor_files
 from vlmzoo.processing.siglip_naflex import SIGLIP_MEAN, SIGLIP_STD, NaFlexConfig, NaFlexImageProcessor
 
@@ -63,7 +63,7 @@ class SigLIPProcessorConfig(Config):
     naflex: NaFlexConfig | None = None
     max_length: int = 64
     return_attention_mask: bool = False
-    alpha: Alpha = "drop"
+    alpha: Alpha = "white"
     exif_transpose: bool = False
     tokenizer: str | None = None
 
@@ -89,7 +89,9 @@ class SigLIPProcessor(TokenizedProcessor):
     def __init__(self, config: SigLIPProcessorConfig, tokenizer: Any = None) -> None:
         super().__init__(config, tokenizer)
         self._images = (
-            ImageProcessor(config.image) if config.image is not None else NaFlexImageProcessor(config.naflex)
+            ImageProcessor(config.image, config.alpha)
+            if config.image is not None
+            else NaFlexImageProcessor(config.naflex, config.alpha)
         )
 
     def images(self, images: Any) -> dict[str, torch.Tensor]:
@@ -100,10 +102,10 @@ class SigLIPProcessor(TokenizedProcessor):
         if not items:
             raise InputError("got no images")
         c = self.config
+        # Files are opened here; every PIL image, array and tensor then meets the config's alpha
+        # setting inside the image processor.
         read = [
-            to_rgb(load_image(i, exif_transpose=c.exif_transpose), c.alpha)
-            if isinstance(i, str | os.PathLike)
-            else i
+            load_image(i, exif_transpose=c.exif_transpose) if isinstance(i, str | os.PathLike) else i
             for i in items
         ]
         if isinstance(self._images, NaFlexImageProcessor):
@@ -175,11 +177,20 @@ def siglip_processor_config(
     if hasattr(vision, "num_patches"):  # a NaFlex tower
         naflex = NaFlexConfig(patch_size=vision.patch_size, max_num_patches=vision.num_patches)
         return SigLIPProcessorConfig(
-            family="siglip2-naflex", image=None, naflex=naflex, max_length=length, tokenizer=tokenizer
+            family="siglip2-naflex",
+            image=None,
+            naflex=naflex,
+            max_length=length,
+            alpha="refuse",  # Siglip2ImageProcessor converts no mode: RGBA fails there
+            tokenizer=tokenizer,
         )
     native = int(vision.image_size)
     resize = native if size is None else size
     keep = native if resize != native else None
     return SigLIPProcessorConfig(
-        image=siglip_image_recipe(resize, resample), keep=keep, max_length=length, tokenizer=tokenizer
+        image=siglip_image_recipe(resize, resample),
+        keep=keep,
+        max_length=length,
+        alpha="white",  # SiglipImageProcessor: do_convert_rgb=True, transformers' convert_to_rgb
+        tokenizer=tokenizer,
     )
