@@ -34,7 +34,7 @@ from PIL import Image
 
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError
-from vlmzoo.processing.image_input import ALPHA_MODES, Alpha, to_rgb
+from vlmzoo.processing.image_input import Alpha, check_alpha, to_rgb
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -118,8 +118,7 @@ class ImageProcessor:
     """
 
     def __init__(self, config: ImageProcessorConfig, alpha: Alpha = "drop") -> None:
-        if alpha not in ALPHA_MODES:
-            raise InputError(f"alpha={alpha!r}: expected one of {', '.join(map(repr, ALPHA_MODES))}")
+        check_alpha(alpha)
         self.config = config
         self.alpha = alpha
         self._mean = torch.tensor(config.mean, dtype=torch.float32).view(3, 1, 1)

@@ -81,6 +81,12 @@ _HIGH_DEPTH = {
 }  # fmt: skip
 
 
+def check_alpha(alpha: str) -> None:
+    """Refuse an ``alpha`` setting that is not one of :data:`ALPHA_MODES` (every reader of it checks here)."""
+    if alpha not in ALPHA_MODES:
+        raise InputError(f"alpha={alpha!r}: expected one of {', '.join(map(repr, ALPHA_MODES))}")
+
+
 def has_transparency(image: Image.Image) -> bool:
     """Whether ``image`` has an alpha band (RGBA, LA, PA, premultiplied RGBa / La) or a
     ``transparency`` entry (palette transparency, a PNG colour key): transformers' test."""
@@ -94,8 +100,7 @@ def to_rgb(image: Image.Image, alpha: Alpha = "drop") -> Image.Image:
 
     16-bit, 32-bit and float images are refused (Pillow would clip their values to 0..255), as
     are modes Pillow cannot turn into RGB (LAB, HSV, multi-band TIFFs), each naming the fix."""
-    if alpha not in ALPHA_MODES:
-        raise InputError(f"alpha={alpha!r}: expected one of {', '.join(map(repr, ALPHA_MODES))}")
+    check_alpha(alpha)
     if image.mode in _HIGH_DEPTH:
         lo, hi = image.getextrema()
         raise InputError(

@@ -32,7 +32,7 @@ from PIL import Image
 
 from vlmzoo.config import Config
 from vlmzoo.errors import InputError
-from vlmzoo.processing.image_input import ALPHA_MODES, Alpha, to_rgb
+from vlmzoo.processing.image_input import Alpha, check_alpha, to_rgb
 
 SIGLIP_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 SIGLIP_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -84,8 +84,7 @@ class NaFlexImageProcessor:
     fourth channel."""
 
     def __init__(self, config: NaFlexConfig | None = None, alpha: Alpha = "refuse") -> None:
-        if alpha not in ALPHA_MODES:
-            raise InputError(f"alpha={alpha!r}: expected one of {', '.join(map(repr, ALPHA_MODES))}")
+        check_alpha(alpha)
         self.config = config if config is not None else NaFlexConfig()
         self.alpha = alpha
         self._mean = torch.tensor(self.config.mean, dtype=torch.float32).view(3, 1, 1)
