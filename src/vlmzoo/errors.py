@@ -62,6 +62,15 @@ class RunFolderError(CheckpointError):
     """
 
 
+class RunsFailedError(VlmzooError, RuntimeError):
+    """Runs of a grid failed after the others finished (the command line exits with code 1).
+
+    Each failed run's error and traceback are in its ``result.json``; the finished runs and the
+    tables of their results are kept, and running the same command again retries only the failed
+    runs (from their last checkpoint, where they reached one).
+    """
+
+
 def require(condition: torch.Tensor, explain: Callable[[], str], traced: str) -> None:
     """Raise :class:`InputError` unless the 0-dim bool tensor ``condition`` holds.
 

@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         hint = "; the last checkpoint is intact (continue with --resume)" if command in RESUMABLE else ""
+        if command == "ablate":
+            hint = "; finished runs and the last checkpoint are kept (the same command continues the grid)"
         print(f"vlmzoo: interrupted{hint}", file=sys.stderr)
         return INTERRUPTED
     except Exception as error:

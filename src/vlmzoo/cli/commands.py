@@ -100,6 +100,10 @@ def ablate(args: argparse.Namespace) -> int:
         out=args.out,
         steps=args.steps,
         seed=args.seed,
+        seeds=args.seeds,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
