@@ -248,6 +248,16 @@ def test_the_three_table_formats_hold_the_same_cells():
     assert r"mlp2x\_gelu" in latex and r"$0.6000 \pm 0.1414$" in latex and r"with\_underscore" in latex
 
 
+def test_every_adapter_kind_can_be_measured_even_under_no_grad():
+    """The flop counter's module tracker needs grad mode (a Q-Former's queries failed without it)."""
+    task = _task(0, shapes.IMAGE_SIZE)
+    sample = shapes.training_batch(task, 0, 0, 0, 1)
+    for adapter in ("qformer", "tiny-flamingo", "linear"):
+        model = shapes.build_model(task.tokenizer, adapter=adapter, decoder="tiny-llama")
+        with torch.no_grad():
+            assert forward_gflops(lambda m=model: shapes.task_loss(m, sample)) > 0
+
+
 def test_forward_gflops_counts_two_flops_per_multiply_add():
     layer = torch.nn.Linear(100, 50, bias=False)
     assert forward_gflops(lambda: layer(torch.randn(8, 100))) == pytest.approx(2 * 8 * 100 * 50 / 1e9)

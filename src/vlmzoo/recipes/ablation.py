@@ -327,8 +327,7 @@ def _measure(model: VisionLanguageModel, task: TaskData, settings: GridSettings,
     Every run of the grid measures on the same sample and batch (drawn with the data seed), so
     the figures of a combination do not vary with its seeds."""
     sample = training_batch(task, settings.data_seed, 0, 0, batch_size=1)
-    with torch.no_grad():
-        gflops = forward_gflops(lambda: task_loss(model, sample))
+    gflops = forward_gflops(lambda: task_loss(model, sample))
     config = task_train_config(settings.steps, seed, lr=settings.lr)
     peak = peak_step_memory(
         model,

@@ -33,9 +33,13 @@ from vlmzoo.train.rng import rng_preserved
 
 def forward_gflops(forward: Callable[[], Any], device: torch.device | str = "cpu") -> float:
     """GFLOPs of one call of ``forward`` (e.g. the model on one sample), as FlopCounterMode counts
-    them; ``device`` is where it computes (its generator is left as it was)."""
+    them; ``device`` is where it computes (its generator is left as it was).
+
+    Runs with gradients enabled whatever the caller's mode: the counter's module tracker hooks
+    the backward of every module's inputs, and fails on a module whose inputs need gradients
+    but were computed without (a Q-Former's learned queries under ``torch.no_grad``)."""
     counter = FlopCounterMode(display=False)
-    with rng_preserved(torch.device(device)), counter:
+    with rng_preserved(torch.device(device)), torch.enable_grad(), counter:
         forward()
     return counter.get_total_flops() / 1e9
 
