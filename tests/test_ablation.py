@@ -276,3 +276,14 @@ def test_peak_step_memory_counts_gradients_and_optimizer_state_and_leaves_the_mo
     assert peak >= 3 * weights  # one gradient and AdamW's two moments per weight
     assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
     assert layer.weight.grad is None and torch.equal(torch.get_rng_state(), generator)
+
+
+def test_the_command_of_the_docs_page_parses_with_these_flags():
+    from pathlib import Path
+
+    from vlmzoo.cli.parser import build_parser
+
+    page = (Path(__file__).parents[1] / "docs" / "ablation.md").read_text()
+    command = page.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ").split()
+    args = build_parser().parse_args(command[1:])
+    assert (args.seeds, args.steps, args.adapters) == (3, 600, ["mlp2x_gelu", "tiny-qformer"])
