@@ -193,7 +193,7 @@ def test_chat_history_that_does_not_alternate_is_refused():
 def test_chat_with_a_tokenizer_lacking_the_models_image_token_is_refused():
     model = vlmzoo.create_model("tiny-openflamingo").eval()  # <image> is a real token (id 3) here
     processor = create_processor("tiny-openflamingo", tokenizer=llama_tokenizer(extra=()))
-    with pytest.raises(ConfigError, match="writes images as token 3.*has no such token"):
+    with pytest.raises(ConfigError, match="reads images as id 3.*has no .<image>. token"):
         chat(model, processor, _image(), "What?")
 
 

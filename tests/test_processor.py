@@ -382,7 +382,7 @@ def test_more_images_than_placeholders_is_refused():
 
 def test_tokenizer_without_the_models_image_token_is_refused():
     ours = Processor(llava().replace(image_token_id=7), llama_tokenizer(extra=()))
-    with pytest.raises(ConfigError, match="has no such token.*add_special_tokens"):
+    with pytest.raises(ConfigError, match="has no '<image>' token.*add_special_tokens.*id 7"):
         ours.encode("<image>\nhi", 1)
     no_id = Processor(llava().replace(image_token_id=None), llama_tokenizer(extra=()))
     with pytest.raises(ConfigError, match="tokenizer has no '<image>' token"):

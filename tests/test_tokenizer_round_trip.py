@@ -35,7 +35,7 @@ def test_a_plain_save_pretrained_of_a_legacy_tokenizer_is_detected(tmp_path):
 def test_a_tokenizer_that_cannot_come_back_the_same_is_refused(tmp_path, monkeypatch):
     tok = llama_tokenizer()
     monkeypatch.setattr(
-        "vlmzoo.processing.tokenizer_files.tokenizer_differences", lambda a, b: ["bos id 1 -> 2"]
+        "vlmzoo.processing.tokenizer_files.tokenizer_differences", lambda a, b, *rest: ["bos id 1 -> 2"]
     )
     with pytest.raises(CheckpointError, match="reloads with other behaviour: bos id 1 -> 2"):
         save_tokenizer(tok, tmp_path)

@@ -241,12 +241,47 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         text = input_ids.masked_fill(is_image, 0)
         lowest, highest = text.min(), text.max()
 
+        def convention(per_image: int | None = None) -> str:
+            """The model's placeholder convention, in words (for the two messages below)."""
+            m = per_image or self.tokens_per_image
+            kind = "a sentinel outside the vocabulary" if image_id < 0 else "a vocabulary id"
+            if layout.expand_image_tokens:
+                return f"{kind}, one placeholder per image that the model expands to {m}"
+            return f"{kind}, {m} placeholders per image written out, as transformers' LlavaProcessor does"
+
+        both = (
+            "the two conventions are one placeholder per image expanded by the model (LLaVA's original "
+            "-200: expand_image_tokens=True) and M placeholders per image written out (a real "
+            "vocabulary id, as transformers' LlavaProcessor writes: expand_image_tokens=False)"
+        )
+
         def range_error() -> str:
             ids = input_ids[~is_image]
-            return (
+            message = (
                 f"token ids must be in [0, {vocab}) (the decoder's vocabulary) or the image placeholder "
                 f"{image_id}, got range [{int(ids.min())}, {int(ids.max())}]"
             )
+            negative = ids[ids < 0]
+            if negative.numel():  # a sentinel (LLaVA's -200) the model does not use
+                found = int(negative[0])
+                rebuild = f"build the VLM with image_token_id={found}" + (
+                    "" if layout.expand_image_tokens else " and expand_image_tokens=True"
+                )
+                return (
+                    f"{message}: found id {found}, the model's placeholder is {image_id} ({convention()}); "
+                    f"{both}. Fix: bind the processor to the model with processor.for_model(model), which "
+                    f"writes {image_id}, or {rebuild} to read {found}"
+                )
+            beyond = ids[ids >= vocab]
+            if beyond.numel():  # perhaps a real image id added to a tokenizer but not to the model
+                found = int(beyond[0])
+                return (
+                    f"{message}: found id {found}, beyond the vocabulary; the model's placeholder is "
+                    f"{image_id} ({convention()}). If {found} is the tokenizer's image token, bind the "
+                    f"processor with processor.for_model(model) (it writes {image_id}), or build the VLM "
+                    f"with image_token_id={found} and grow the decoder with model.resize_vocab(len(tokenizer))"
+                )
+            return message
 
         require((lowest >= 0) & (highest < vocab), range_error, f"token ids outside [0, {vocab})")
         if attention_mask is not None:
@@ -264,16 +299,39 @@ class VisionLanguageModel(BlockStack, HubMixin, nn.Module):
         per_image = wanted[0] if wanted else layout.placeholders_per_image(self.tokens_per_image)
 
         def count_error() -> str:
+            found, bind = int(placeholders), "bind the processor to the model with processor.for_model(model)"
             if not uniform:
                 return (
-                    f"input_ids hold {int(placeholders)} image placeholders (id {image_id}) but the "
-                    f"{num_images} images given take {expected} ({wanted} per image, from image_sizes)"
+                    f"input_ids hold {found} image placeholders (id {image_id}) but the "
+                    f"{num_images} images given take {expected} ({wanted} per image, from image_sizes); "
+                    f"the model takes each image's placeholders written out; {bind}, which writes them"
                 )
             unit = "placeholder per image" if per_image == 1 else f"placeholders per image ({per_image} each)"
-            return (
-                f"input_ids hold {int(placeholders)} image placeholders (id {image_id}) but "
+            message = (
+                f"input_ids hold {found} image placeholders (id {image_id}) but "
                 f"{num_images} images were given; expected {per_image} {unit}"
             )
+            m = positions[0] if positions else self.tokens_per_image
+            if num_images and found == num_images * m and per_image == 1 and m > 1:
+                return (
+                    f"{message}: found {m} placeholders per image, the model expands one ({convention(m)}); "
+                    f"{both}. Fix: {bind} (one per image), or build the VLM with expand_image_tokens=False "
+                    "to read them written out"
+                )
+            if num_images and found == num_images and per_image > 1:
+                return (
+                    f"{message}: found one placeholder per image, the model expects {per_image} written out "
+                    f"({convention(m)}); {both}. Fix: {bind} (it writes {per_image} per image), or build "
+                    "the VLM with expand_image_tokens=True to expand one"
+                )
+            if num_images and found == 0:
+                return (
+                    f"{message}: found no id {image_id} ({convention(m)}). If the ids mark images with "
+                    "another id (the tokenizer's '<image>' where the model uses LLaVA's -200, or the other "
+                    f"way round), {bind}, or build the VLM with image_token_id=<that id>; else add one "
+                    "placeholder per image to the prompt"
+                )
+            return f"{message} ({convention(m)}); {both}. Fix: {bind}, which writes {per_image} per image"
 
         summary = (
             f"input_ids do not hold {per_image} image placeholder(s) (id {image_id}) per image given"

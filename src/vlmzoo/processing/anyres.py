@@ -42,7 +42,8 @@ from vlmzoo.adapters.anyres import (
     image_tokens,
     select_best_resolution,
 )
-from vlmzoo.errors import InputError
+from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.processing.binding import check_binding
 from vlmzoo.processing.image import ImageProcessorConfig
 from vlmzoo.processing.image_input import expand_to_square, mean_fill
 from vlmzoo.processing.processor import (
@@ -50,6 +51,7 @@ from vlmzoo.processing.processor import (
     Processor,
     ProcessorConfig,
     _images_per_text,
+    _tiles,
     decoder_context,
 )
 from vlmzoo.processing.templates import TEMPLATES, TemplateConfig
@@ -240,12 +242,22 @@ class AnyResProcessor(Processor):
         return self.pad(rows, padding_side) | {"pixel_values": pixel_values, "image_sizes": image_sizes}
 
     def for_model(self, model: Any) -> AnyResProcessor:
-        """This processor with ``model``'s image id, tiling and placeholder style."""
+        """This processor with ``model``'s image id, tiling and placeholder style (the image id
+        checked against the tokenizer as :meth:`Processor.for_model` does)."""
+        if not _tiles(model):
+            raise ConfigError(
+                f"an AnyResProcessor tiles images for an any-resolution model (LLaVA-NeXT, OneVision), "
+                f"but this model's adapter is a {type(getattr(model.adapter, 'config', model.adapter)).__name__}, "
+                "which reads one view per image; use the model's own processor "
+                "(vlmzoo.create_processor(<its preset name>), e.g. a Processor of processing.processor_presets.llava)"
+            )
         vlm, adapter = model.config, model.adapter.config
+        expand = bool(getattr(vlm, "expand_image_tokens", True))
+        check_binding(self, vlm.image_token_id, expand, None)  # positions differ per image size
         config = self.config.replace(
             image_token_id=vlm.image_token_id,
             tokens_per_image=1,
-            written_out=not bool(getattr(vlm, "expand_image_tokens", True)),
+            written_out=not expand,
             tile_size=adapter.tile_size,
             grid_pinpoints=adapter.grid_pinpoints,
             max_tiles=adapter.max_tiles,
@@ -286,6 +298,7 @@ def llava_next(
         family="llava-next",
         image=ImageStreamConfig(recipe),
         template=TEMPLATES["vicuna_v1"],
+        alpha="drop",  # LLaVA-NeXT's eval: Image.open(path).convert("RGB") (llava/eval/model_vqa.py)
         image_token_id=-200,
         tokenizer=tokenizer or "liuhaotian/llava-v1.6-vicuna-7b",
         tile_size=image_size,
@@ -308,6 +321,7 @@ def llava_onevision(
         family="llava-onevision",
         image=ImageStreamConfig(recipe),
         template=QWEN_1_5,
+        alpha="drop",  # LLaVA-VL/LLaVA-NeXT's OneVision eval: Image.open(path).convert("RGB")
         image_token_id=-200,
         add_bos=False,
         tokenizer=tokenizer or "lmms-lab/llava-onevision-qwen2-7b-ov",

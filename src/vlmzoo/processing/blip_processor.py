@@ -289,6 +289,7 @@ def blip_processor_config(model: Any) -> BLIPProcessorConfig:
     return BLIPProcessorConfig(
         image=blip_image_recipe(config.vision.image_size),
         prompt=CAPTION_PROMPT if captioner else "",
+        alpha="drop",  # salesforce/BLIP's data sets: Image.open(path).convert('RGB') (data/*_dataset.py)
         bos_token_id=config.bos_token_id,
         enc_token_id=config.enc_token_id,
     )

@@ -137,7 +137,8 @@ class DocumentImageConfig(Config):
                 thumbnail_reducing_gap=None,
                 thumbnail_rounding="floor",
             )
-        return cls(canvas=canvas, align_long_axis=align_long_axis)
+        # clovaai/donut's SwinEncoder.prepare_input: img.convert("RGB"), alpha dropped
+        return cls(canvas=canvas, align_long_axis=align_long_axis, alpha="drop")
 
     @classmethod
     def nougat(
@@ -147,7 +148,8 @@ class DocumentImageConfig(Config):
         at grey 200, then Donut's steps, ImageNet normalisation. ``reference="transformers"`` is
         ``NougatImageProcessor``'s (the same but for floor rounding of the thumbnail)."""
         rounding: Literal["pillow", "floor"] = "floor" if reference == "transformers" else "pillow"
-        return cls(canvas=canvas, crop_margin=True, thumbnail_rounding=rounding)
+        # facebookresearch/nougat's prepare_input: img.convert("RGB") after the margin crop, alpha dropped
+        return cls(canvas=canvas, crop_margin=True, thumbnail_rounding=rounding, alpha="drop")
 
 
 def preprocess_document(

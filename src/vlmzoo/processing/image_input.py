@@ -18,8 +18,9 @@ Three steps come before a model's resize/crop/normalise recipe, and the original
   ``_convert_image_to_rgb``, LAVIS, Vary, Donut, Nougat), ``"white"`` (transformers'
   ``convert_to_rgb``: SigLIP, whose reference is ``SiglipImageProcessor``) or ``"refuse"`` (an
   :class:`InputError` for an image with transparency: SigLIP 2 NaFlex, whose
-  ``Siglip2ImageProcessor`` converts nothing and fails on a fourth channel). Grey (L), palette
-  (P), CMYK and YCbCr go through Pillow's conversion in every mode: grey is replicated.
+  ``Siglip2ImageProcessor`` converts nothing and fails on a fourth channel). Grey (L, 1),
+  palette (P), CMYK, YCbCr, LAB and HSV go through Pillow's conversion in every mode: grey is
+  replicated.
   4-channel arrays and tensors are RGBA and follow the same setting
   (:class:`~vlmzoo.processing.image.ImageProcessor`).
 * **Bit depth.** Pillow converts 16-bit grey (``I;16``), 32-bit integer (``I``) and float (``F``)
@@ -39,6 +40,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlmzoo.errors import InputError
@@ -87,10 +89,15 @@ def check_alpha(alpha: str) -> None:
         raise InputError(f"alpha={alpha!r}: expected one of {', '.join(map(repr, ALPHA_MODES))}")
 
 
+# Modes with an alpha band. LAB's "A" band is the a* colour axis, not alpha (Pillow's own
+# has_transparency_data lists these modes too), so a band named "A" is not enough.
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
 def has_transparency(image: Image.Image) -> bool:
     """Whether ``image`` has an alpha band (RGBA, LA, PA, premultiplied RGBa / La) or a
     ``transparency`` entry (palette transparency, a PNG colour key): transformers' test."""
-    return any(band in ("A", "a") for band in image.getbands()) or image.info.get("transparency") is not None
+    return image.mode in _ALPHA_MODES or image.info.get("transparency") is not None
 
 
 def to_rgb(image: Image.Image, alpha: Alpha = "drop") -> Image.Image:
@@ -99,10 +106,14 @@ def to_rgb(image: Image.Image, alpha: Alpha = "drop") -> Image.Image:
     ``convert_to_rgb``), ``"refuse"`` raises :class:`InputError` for an image with transparency.
 
     16-bit, 32-bit and float images are refused (Pillow would clip their values to 0..255), as
-    are modes Pillow cannot turn into RGB (LAB, HSV, multi-band TIFFs), each naming the fix."""
+    are modes Pillow cannot turn into RGB, each naming the fix. Premultiplied ``La`` is
+    un-premultiplied to ``LA`` first (Pillow converts it to nothing else); CMYK, YCbCr, LAB and HSV
+    go through Pillow's colour conversion (LAB's "A" band is a colour axis, not alpha)."""
     check_alpha(alpha)
+    mode = image.mode
     if image.mode in _HIGH_DEPTH:
-        lo, hi = image.getextrema()
+        values = np.asarray(image)  # getextrema fails on big-endian I;16B
+        lo, hi = float(values.min()), float(values.max())
         raise InputError(
             f"image of mode {image.mode!r} ({_HIGH_DEPTH[image.mode]} values, here {lo:g}..{hi:g}) would "
             "be clipped to 0..255 by the RGB conversion every released pipeline uses; convert it to 8 "
@@ -110,10 +121,12 @@ def to_rgb(image: Image.Image, alpha: Alpha = "drop") -> Image.Image:
             ".astype(np.uint8)) for 16-bit values or (np.asarray(img) * 255).round().astype(np.uint8) "
             "for floats in [0, 1]"
         )
+    if image.mode == "La":  # premultiplied grey + alpha: Pillow converts it to LA only
+        image = image.convert("LA")
     if alpha != "drop" and has_transparency(image):
         if alpha == "refuse":
             raise InputError(
-                f"image of mode {image.mode!r} has transparency, and this processor's reference pipeline "
+                f"image of mode {mode!r} has transparency, and this processor's reference pipeline "
                 "has no conversion for it; composite it yourself, or set the processor's alpha to "
                 "'white' (transformers' convert_to_rgb: onto white) or 'drop' (PIL's convert('RGB'): "
                 "transparent pixels keep their colour)"

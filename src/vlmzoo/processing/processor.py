@@ -38,6 +38,7 @@ from PIL import Image
 
 from vlmzoo.config import Config
 from vlmzoo.errors import ConfigError, InputError
+from vlmzoo.processing.binding import check_binding, describe_layout, image_token_mismatch, padding_id
 from vlmzoo.processing.image import ImageProcessor, ImageProcessorConfig
 from vlmzoo.processing.image_input import Alpha, expand_to_square, load_image, mean_fill, to_rgb
 from vlmzoo.processing.referring import PlainFormat, get_format
@@ -146,8 +147,7 @@ class TokenizedProcessor:
         """``input_ids`` / ``attention_mask`` ``[B, max_len]``; padding with the pad (else EOS) id."""
         if padding_side not in ("left", "right"):
             raise InputError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        pad = padding_id(self.tokenizer)
         length = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -187,7 +187,8 @@ class Processor(TokenizedProcessor):
 
     @property
     def image_token_id(self) -> int:
-        """The id images are written as in ``input_ids`` (checked against the tokenizer)."""
+        """The id images are written as in ``input_ids`` (checked against the tokenizer: a real id
+        must be the tokenizer's id of ``image_token``; a negative sentinel replaces it)."""
         own, wanted = self._tokenizer_image_id(), self.config.image_token_id
         token = self.config.image_token
         add = f"tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}})"
@@ -199,12 +200,9 @@ class Processor(TokenizedProcessor):
                 )
             return own
         if wanted >= 0 and own != wanted:
-            found = "has no such token" if own is None else f"maps it to {own}"
-            raise ConfigError(
-                f"the model writes images as token {wanted} ({token!r}) but the tokenizer {found}; use "
-                f"the tokenizer the model was trained with, or add the token with {add} so that it "
-                f"gets id {wanted}"
-            )
+            per_image = self.config.tokens_per_image
+            layout = describe_layout(wanted, per_image == 1, per_image if per_image > 1 else None)
+            raise ConfigError(image_token_mismatch(token, own, wanted, layout, bound=False))
         return wanted
 
     # --- images -----------------------------------------------------------------------------
@@ -423,10 +421,24 @@ class Processor(TokenizedProcessor):
     def for_model(self, model: Any) -> Processor:
         """This processor with the image ids and counts and the context of ``model`` (a
         :class:`~vlmzoo.models.vlm.VisionLanguageModel`): one placeholder per image when the
-        model expands them, M when it expects them written out (converted transformers models)."""
+        model expands them, M when it expects them written out (converted transformers models).
+
+        The image id comes from the model's config, and is checked against the tokenizer (when
+        loaded) with :func:`~vlmzoo.processing.binding.check_binding`: a model reading a real id
+        needs a tokenizer writing that id, and padding must not look like an image. An
+        any-resolution model (LLaVA-NeXT, OneVision) needs an
+        :class:`~vlmzoo.processing.anyres.AnyResProcessor` (its ``image_sizes``)."""
+        if _tiles(model):
+            raise ConfigError(
+                f"the model tiles images at any resolution ({type(model.adapter.config).__name__}: "
+                f"LLaVA-NeXT / OneVision) and needs each image's views and image_sizes, which a "
+                f"{type(self).__name__} does not make; create the family's AnyResProcessor "
+                "(vlmzoo.create_processor('llava-v1.6-vicuna-7b'), or processing.anyres.llava_next(...))"
+            )
         vlm = model.config
         m = int(model.tokens_per_image)  # positions one image takes (1 for Flamingo's <image> token)
         expand = bool(getattr(vlm, "expand_image_tokens", True))
+        check_binding(self, vlm.image_token_id, expand, m)
         config = self.config.replace(
             image_token_id=vlm.image_token_id,
             tokens_per_image=1 if expand else m,
@@ -456,7 +468,8 @@ def save_processor_files(directory: str | os.PathLike, config: Config, tokenizer
     document = {"format": _FORMAT, "config_class": type(config).__name__, **config.to_dict()}
     atomic_write_json(directory / PROCESSOR_FILE, document)
     if tokenizer is not None:  # reloaded and compared: it must come back with the same behaviour
-        save_tokenizer(tokenizer, directory)
+        image_token = getattr(config, "image_token", None)  # probed whatever else is sampled
+        save_tokenizer(tokenizer, directory, (image_token,) if image_token else ())
     return directory
 
 
@@ -500,6 +513,14 @@ def load_processor_files(
     elif isinstance(tokenizer, str | os.PathLike):
         tokenizer = load_tokenizer(str(tokenizer))
     return config, tokenizer
+
+
+def _tiles(model: Any) -> bool:
+    """Whether ``model``'s adapter tiles images at any resolution (its images have sizes)."""
+    from vlmzoo.adapters.anyres import AnyResConfig
+
+    adapter = getattr(model, "adapter", None)
+    return isinstance(getattr(adapter, "config", None), AnyResConfig)
 
 
 def decoder_context(lm_config: Any) -> int | None:

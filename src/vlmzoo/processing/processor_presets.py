@@ -100,6 +100,7 @@ def llava(image_size: int = 336) -> ProcessorConfig:
         family="llava-1.5",
         image=stream,
         template=TEMPLATES["vicuna_v1"],
+        alpha="drop",  # LLaVA: Image.open(path).convert('RGB') (llava/eval/model_vqa_loader.py, run_llava.py)
         image_token_id=-200,
         tokenizer="liuhaotian/llava-v1.5-7b",
     )
@@ -111,6 +112,7 @@ def blip2(image_size: int = 224) -> ProcessorConfig:
         family="blip2",
         image=_square(image_size, CLIP_MEAN, CLIP_STD),
         template=TEMPLATES["blip2"],
+        alpha="drop",  # LAVIS's data sets: Image.open(path).convert("RGB") before BlipImageEvalProcessor
         image_token_id=-200,
         tokenizer="facebook/opt-2.7b",
     )
@@ -122,6 +124,7 @@ def openflamingo(image_size: int = 224) -> ProcessorConfig:
         family="openflamingo",
         image=_clip(image_size),
         template=TEMPLATES["openflamingo"],
+        alpha="drop",  # open_clip's image_transform ends in _convert_to_rgb: image.convert('RGB')
         add_bos=False,
         tokenizer="anas-awadalla/mpt-1b-redpajama-200b",
         add_tokens=("<|endofchunk|>", "<image>"),
@@ -135,6 +138,7 @@ def vary_toy(clip_size: int = 224, vocab_size: int = 1024) -> ProcessorConfig:
         image=_clip(clip_size, "floor"),
         second_image=_square(vocab_size, CLIP_MEAN, CLIP_STD),
         template=TEMPLATES["vary_toy"],
+        alpha="drop",  # Vary-toy's load_image: Image.open(path).convert('RGB') (vary/demo/run_qwen_vary.py)
         image_token="<imgpad>",
         add_bos=False,
     )
@@ -147,6 +151,7 @@ def vary_base(clip_size: int = 224, vocab_size: int = 1024) -> ProcessorConfig:
         image=_clip(clip_size, "floor"),
         second_image=_square(vocab_size, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
         template=TEMPLATES["vary_base"],
+        alpha="drop",  # Vary's load_image: Image.open(path).convert('RGB') (vary/demo/run_qwen_vary.py)
         image_token="<imgpad>",
         add_bos=False,
     )
@@ -154,7 +159,8 @@ def vary_base(clip_size: int = 224, vocab_size: int = 1024) -> ProcessorConfig:
 
 def clip_encoder(image_size: int = 224) -> ProcessorConfig:
     """OpenAI CLIP's transform (torchvision: bicubic resize, round-offset centre crop)."""
-    return ProcessorConfig(family="clip", image=_clip(image_size))
+    # OpenAI CLIP's _transform: _convert_image_to_rgb, image.convert("RGB") (clip/clip.py)
+    return ProcessorConfig(family="clip", image=_clip(image_size), alpha="drop")
 
 
 def dinov2_encoder(image_size: int = 224) -> ProcessorConfig:
@@ -164,12 +170,15 @@ def dinov2_encoder(image_size: int = 224) -> ProcessorConfig:
     recipe = ImageProcessorConfig(
         size=round(crop * 256 / 224), crop_size=crop, mean=IMAGENET_MEAN, std=IMAGENET_STD
     )
-    return ProcessorConfig(family="dinov2", image=ImageStreamConfig(recipe))
+    # DINOv2's data sets decode with Image.open(f).convert(mode="RGB") (dinov2/data/decoders.py)
+    return ProcessorConfig(family="dinov2", image=ImageStreamConfig(recipe), alpha="drop")
 
 
 def sam_encoder(image_size: int = 1024) -> ProcessorConfig:
     """SAM: longest side ``image_size`` (bilinear), 0-255 normalisation, zero padding to a square."""
-    return ProcessorConfig(family="sam", image=ImageStreamConfig(ImageProcessorConfig.sam(image_size)))
+    # SAM reads cv2.imread(path) (3 channels: alpha dropped) -> RGB (segment_anything's scripts/amg.py)
+    recipe = ImageProcessorConfig.sam(image_size)
+    return ProcessorConfig(family="sam", image=ImageStreamConfig(recipe), alpha="drop")
 
 
 def _encoder_size(config: Config) -> int:
@@ -253,7 +262,12 @@ _FAMILIES: list[tuple[str, str, Callable[[Any], ProcessorConfig]]] = [
     ("clip-*", "encoder", lambda c: clip_encoder(_encoder_size(c))),
     ("dinov2-*", "encoder", lambda c: dinov2_encoder(_encoder_size(c))),
     ("sam-*", "encoder", lambda c: sam_encoder(_encoder_size(c))),
-    ("eva-*", "encoder", lambda c: blip2(_encoder_size(c)).replace(family="eva", template=None)),
+    # EVA (BLIP-2's tower): LAVIS's reading, convert("RGB"), as blip2 above
+    (
+        "eva-*",
+        "encoder",
+        lambda c: blip2(_encoder_size(c)).replace(family="eva", template=None, alpha="drop"),
+    ),
 ]
 
 

@@ -114,7 +114,15 @@ class NaFlexImageProcessor:
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8:
                 raise InputError(f"numpy images must be uint8 HWC, got {image.dtype}")
-            image = Image.fromarray(image)
+            if image.ndim == 3 and image.shape[-1] == 1:  # H x W x 1 is grey (Pillow reads H x W only)
+                image = image[..., 0]
+            try:
+                image = Image.fromarray(image)
+            except TypeError as e:  # a shape Pillow has no mode for
+                raise InputError(
+                    f"numpy image of shape {image.shape}: pass uint8 H x W (grey), H x W x 3 (RGB) or "
+                    "H x W x 4 (RGBA) pixels"
+                ) from e
         if isinstance(image, Image.Image):
             image = to_rgb(image, self.alpha)  # 16-bit / float modes refused rather than clipped
             h, w = naflex_size(image.height, image.width, c.patch_size, c.max_num_patches)
