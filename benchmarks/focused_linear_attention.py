@@ -9,6 +9,8 @@ What it measures
 
       - ``torch``: ``vlmzoo.kernels.focused_linear_attention(..., backend="torch")``, the
         memory-lean autograd Function (the default on CPU);
+      - ``cpp``: the same call with ``backend="cpp"`` (the torch backend's math as a C++
+        extension, built on first use — the warm-up call — and skipped if it cannot be built);
       - ``reference``: the same call with ``backend="reference"`` (the test oracle);
       - ``flatten``: :func:`flatten_formulation` below, a straightforward transcription of the
         FLatten repo's current formulation (``x ** p`` with norms, heads folded into
@@ -20,8 +22,17 @@ What it measures
     Two modes: ``fwd`` (under ``torch.no_grad()``) and ``fwd+bwd`` (q, k, v are leaves that
     require grad; ``out.backward(grad_out)`` with a grad_out made beforehand; the gradients are
     dropped, outside the timed region, before the next call — as ``zero_grad(set_to_none=True)``).
-    Before timing, the outputs of torch, reference and flatten are checked to agree
+    Before timing, the outputs of torch, cpp, reference and flatten are checked to agree
     (max abs diff <= 1e-4 x max |out|).
+
+FLOPs and the share of peak
+    The core's FLOPs, one definition for all implementations: forward 4·N·C·d + 2·N·C (the two
+    attention matmuls kᵀv and q·kv, 2·N·C·d each, and the normaliser q·mean(k)); forward+backward
+    3x that (each matmul has two gradient matmuls). The elementwise work and anything recomputed
+    in backward are not counted; the 5x5 depthwise conv of FLatten's module is outside this core.
+    The CPU's fp32 peak is measured in the same run, before and after the cells, as the best
+    of 5 calls of a 2048x2048x2048 fp32 matmul at the same thread count; the "share of peak" is
+    FLOPs / median time / the higher of the two peaks.
 
 How it runs
     Per cell (config, N, mode): one untimed warm-up call each, then the implementations are
@@ -75,9 +86,9 @@ from einops import rearrange
 from machine import cpu_name
 from torch.profiler import ProfilerActivity, profile
 
-from vlmzoo.kernels import focused_linear_attention
+from vlmzoo.kernels import available_backends, focused_linear_attention
 
-IMPLS = ("torch", "reference", "flatten", "sdpa")
+IMPLS = ("torch", "cpp", "reference", "flatten", "sdpa")
 MODES = ("fwd", "fwd+bwd")
 TOLERANCE = 1e-4
 
@@ -112,6 +123,7 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> t
 def make_impls(num_heads: int, scale: torch.Tensor) -> dict[str, Callable[..., torch.Tensor]]:
     return {
         "torch": lambda q, k, v: focused_linear_attention(q, k, v, num_heads, scale=scale, backend="torch"),
+        "cpp": lambda q, k, v: focused_linear_attention(q, k, v, num_heads, scale=scale, backend="cpp"),
         "reference": lambda q, k, v: focused_linear_attention(
             q, k, v, num_heads, scale=scale, backend="reference"
         ),
@@ -130,6 +142,7 @@ class Cell:
     mode: str
     times: dict[str, list[float]]
     peak: dict[str, int]
+    batch: int = 1
 
 
 class Runner:
@@ -176,7 +189,8 @@ def measure(
     impls = {name: fn for name, fn in make_impls(heads, scale).items() if name in args.impls}
 
     with torch.no_grad():
-        outs = {name: impls[name](*inputs) for name in ("torch", "reference", "flatten") if name in impls}
+        checked = ("torch", "cpp", "reference", "flatten")
+        outs = {name: impls[name](*inputs) for name in checked if name in impls}
     base = outs.get("reference", next(iter(outs.values()), None))
     worst = max(((o - base).abs().max() / base.abs().max()).item() for o in outs.values()) if outs else 0.0
     del outs, base
@@ -203,7 +217,7 @@ def measure(
             times[name].append(time.perf_counter() - t0)
             runs[name].prepare()
     peak = {name: peak_extra_bytes(run) for name, run in runs.items()} if args.memory else {}
-    return Cell(channels, heads, tokens, mode, times, peak), worst
+    return Cell(channels, heads, tokens, mode, times, peak, args.batch), worst
 
 
 def quartiles(ts: list[float]) -> tuple[float, float]:
@@ -223,12 +237,37 @@ def print_cell(cell: Cell, unit: int) -> None:
     print()
     if "torch" not in med:
         return
-    ratios = [f"{n} / torch {med[n] / med['torch']:6.2f}x" for n in med if n != "torch"]
-    if cell.peak:
-        ratios += [
-            f"mem torch / {n} {cell.peak['torch'] / cell.peak[n]:.2f}" for n in cell.peak if n != "torch"
-        ]
-    print("    " + ",  ".join(ratios))
+    for mine in ("torch", "cpp"):
+        if mine not in med:
+            continue
+        ratios = [f"{n} / {mine} {med[n] / med[mine]:6.2f}x" for n in med if n not in ("torch", "cpp", mine)]
+        if mine == "cpp" and "torch" in med:
+            ratios.insert(0, f"torch / cpp {med['torch'] / med['cpp']:6.2f}x")
+        if cell.peak:
+            ratios += [
+                f"mem {mine} / {n} {cell.peak[mine] / cell.peak[n]:.2f}" for n in cell.peak if n != mine
+            ]
+        ratios.append(f"{mine} {core_flops(cell) / med[mine] / 1e9:.1f} GFLOP/s")
+        print("    " + ",  ".join(ratios))
+
+
+def core_flops(cell: Cell) -> float:
+    """The core's FLOPs (module docstring): 4·N·C·d + 2·N·C forward, 3x that forward+backward."""
+    d = cell.channels // cell.heads
+    fwd = cell.batch * (4 * cell.tokens * cell.channels * d + 2 * cell.tokens * cell.channels)
+    return fwd if cell.mode == "fwd" else 3 * fwd
+
+
+def matmul_peak() -> float:
+    """GFLOP/s of the best of 5 fp32 2048x2048x2048 matmuls at the current thread count."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048**3 / best / 1e9
 
 
 def check_targets(cells: list[Cell]) -> list[str]:
@@ -258,6 +297,35 @@ def check_targets(cells: list[Cell]) -> list[str]:
             statistics.median(big.times["torch"]) / med["torch"],
             "<=",
             4.5,
+        )
+    return lines
+
+
+def check_goals(cells: list[Cell], peak_gflops: float, impl: str = "cpp") -> list[str]:
+    """The performance issue's goals for ``impl`` at C = 768 / 12 heads, fwd+bwd, N = 4096."""
+    by = {(c.channels, c.heads, c.tokens, c.mode): c for c in cells}
+    cell = by.get((768, 12, 4096, "fwd+bwd"))
+    if cell is None or impl not in cell.times:
+        return []
+    med = {n: statistics.median(ts) for n, ts in cell.times.items()}
+    lines = []
+
+    def line(label: str, value: float, op: str, target: float) -> None:
+        ok = value >= target if op == ">=" else value <= target
+        lines.append(f"  {label:<44} {value:7.2f}  (goal {op} {target})  {'PASS' if ok else 'FAIL'}")
+
+    if "flatten" in med:
+        line(f"time flatten / {impl}", med["flatten"] / med[impl], ">=", 6.0)
+    if "sdpa" in med:
+        line(f"time sdpa / {impl}", med["sdpa"] / med[impl], ">=", 25.0)
+    share = core_flops(cell) / med[impl] / 1e9 / peak_gflops
+    line(f"{impl} share of fp32 matmul peak ({peak_gflops:.0f} GFLOP/s)", share, ">=", 0.5)
+    if cell.peak and "sdpa" in cell.peak:
+        line(f"peak memory {impl} / sdpa", cell.peak[impl] / cell.peak["sdpa"], "<=", 1.0)
+    big = by.get((768, 12, 16384, "fwd+bwd"))
+    if big is not None and impl in big.times:
+        line(
+            f"{impl} time(N=16384) / time(N=4096)", statistics.median(big.times[impl]) / med[impl], "<=", 4.0
         )
     return lines
 
@@ -321,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"machine check: 1M-float multiply {stall:.2f} ms{'  -- BUSY: OpenMP stalls, see machine_check()' if busy else ''}"
     )
+    if "cpp" in args.impls and "cpp" not in available_backends("cpu"):
+        print("cpp backend: no C++ toolchain here, left out")
+        args.impls = [n for n in args.impls if n != "cpp"]
+    peak_before = matmul_peak()
+    print(f"fp32 matmul peak (2048^3, best of 5): {peak_before:.1f} GFLOP/s")
     cells: list[Cell] = []
     failed = False
     for config in args.configs:
@@ -338,9 +411,16 @@ def main(argv: list[str] | None = None) -> int:
     lines = check_targets(cells)
     stall_after = machine_check()
     print(f"\nmachine check after the run: {stall_after:.2f} ms")
+    peak = max(peak_before, matmul_peak())
+    print(f"fp32 matmul peak after the run: best {peak:.1f} GFLOP/s")
     if lines:
         print("\n== targets (C=768, 12 heads, fp32, fwd+bwd, N=4096)")
         print("\n".join(lines))
+    for impl in ("cpp", "torch"):
+        goals = check_goals(cells, peak, impl)
+        if goals:
+            print(f"\n== the performance issue's goals for {impl} (same cell)")
+            print("\n".join(goals))
     return 1 if failed else 0
 
 

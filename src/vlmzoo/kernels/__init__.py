@@ -13,6 +13,9 @@ Backends, all computing the same function:
 - ``"triton"`` (:mod:`.triton_backend`): fused Triton forward and backward kernels; the default
   for CUDA tensors when Triton is installed. CPU tensors run it only under the Triton
   interpreter (``TRITON_INTERPRET=1`` set before Triton is imported), which is for tests.
+- ``"cpp"`` (:mod:`.cpp_backend`): the torch backend's math as a C++ extension for CPU tensors
+  (one task per thread, fused row passes, BLAS per head), compiled on first use (a C++ compiler
+  and ninja; ~30 s, then cached). Opt-in: ``"auto"`` does not pick it.
 
 ``backend="auto"`` never fails for want of Triton or a GPU: it falls back to ``"torch"``.
 While ``torch.compile`` traces, that fallback is ``"reference"``, which
@@ -41,7 +44,7 @@ __all__ = [
     "triton_available",
 ]
 
-BACKENDS = ("reference", "torch", "triton")
+BACKENDS = ("reference", "torch", "triton", "cpp")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -78,7 +81,18 @@ def _triton_runs_on(device: torch.device) -> bool:
 def available_backends(device: torch.device | str = "cpu") -> tuple[str, ...]:
     """The backends that can run on tensors of ``device``."""
     device = torch.device(device)
-    return tuple(b for b in BACKENDS if b != "triton" or _triton_runs_on(device))
+    return tuple(
+        b
+        for b in BACKENDS
+        if (b != "triton" or _triton_runs_on(device)) and (b != "cpp" or _cpp_runs_on(device))
+    )
+
+
+def _cpp_runs_on(device: torch.device) -> bool:
+    """CPU tensors, a toolchain on PATH, and no failed build in this process (nothing is built)."""
+    from vlmzoo.kernels import cpp_backend
+
+    return device.type == "cpu" and cpp_backend.build_error() is None and cpp_backend.toolchain_available()
 
 
 def default_backend(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
@@ -113,7 +127,7 @@ def focused_linear_attention(
         scale: the per-channel temperature *after* softplus, [C], all > 0; None: no scaling.
         focusing_factor: p of step 5 (3 in FLatten).
         eps: the constant of the kernel ReLU(x) + eps (step 3) and of the normaliser (step 7).
-        backend: "auto", "reference", "torch" or "triton" (see the module docstring).
+        backend: "auto", "reference", "torch", "triton" or "cpp" (see the module docstring).
 
     Returns:
         [B, N, C] in the dtype of q, heads concatenated head-major (step 9).
@@ -121,7 +135,8 @@ def focused_linear_attention(
     Raises:
         InputError: on mismatched shapes/dtypes/devices, C not divisible by num_heads, a
             non-positive temperature, or a bad hyperparameter or backend name.
-        BackendUnavailableError: ``backend="triton"`` where Triton cannot run.
+        BackendUnavailableError: ``backend="triton"`` where Triton cannot run, ``backend="cpp"``
+            on a non-CPU tensor or where its extension cannot be built.
     """
     _validate(q, k, v, num_heads, scale, focusing_factor, eps)
     if scale is not None:
@@ -150,6 +165,8 @@ def _backend_fn(name: str):
         from vlmzoo.kernels.reference import focused_linear_attention_reference as fn
     elif name == "torch":
         from vlmzoo.kernels.torch_backend import focused_linear_attention_torch as fn
+    elif name == "cpp":
+        from vlmzoo.kernels.cpp_backend import focused_linear_attention_cpp as fn
     else:
         from vlmzoo.kernels.triton_backend import focused_linear_attention_triton as fn
     return fn
@@ -175,6 +192,15 @@ def _resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
         raise InputError(
             f"backend='triton' computes in float32 and takes float16/bfloat16/float32, got {dtype}"
         )
+    if backend == "cpp":
+        if device.type not in ("cpu", "meta"):
+            raise BackendUnavailableError(
+                f"backend='cpp' runs on CPU tensors (got {device.type}); use backend='auto' or 'torch'"
+            )
+        if device.type == "cpu":
+            from vlmzoo.kernels.cpp_backend import load_extension
+
+            load_extension()  # builds on first use; raises BackendUnavailableError if it cannot
     if backend == "triton" and not _triton_runs_on(device):
         if not triton_available():
             raise BackendUnavailableError("backend='triton' needs the triton package; use backend='auto'")

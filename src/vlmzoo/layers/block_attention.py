@@ -43,7 +43,7 @@ BLOCK_ATTENTION_TYPES: tuple[str, ...] = get_args(BlockAttention)
 # The kernel behind ``focused_linear`` attention, as a config field can name it: "auto" or one of
 # vlmzoo.kernels.BACKENDS (a test keeps the two lists equal). A Literal, so that a config file
 # naming an unknown backend is refused on construction, before any model is built.
-FocusedLinearBackend = Literal["auto", "reference", "torch", "triton"]
+FocusedLinearBackend = Literal["auto", "reference", "torch", "triton", "cpp"]
 
 
 @dataclass(frozen=True)
