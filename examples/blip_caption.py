@@ -17,7 +17,7 @@ shapes' words (laid out like bert-base-uncased + ``[DEC]`` / ``[ENC]``), and BLI
 2. scores image-text pairs with the ITM head, true captions against swapped ones;
 3. retrieves both ways as BLIP evaluates it: ITC ranking, ITM re-ranking of the top k, recall@k.
 
-Run: ``python examples/blip_caption.py --steps 300``.
+Run: ``python examples/blip_caption.py --steps 300`` (``--smoke``: 2 steps, for CI).
 """
 
 from __future__ import annotations
@@ -95,6 +95,11 @@ def main(steps: int = 300, batch_size: int = 16) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=300)
-    main(parser.parse_args().steps)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--smoke", action="store_true", help="CI size: 2 steps of 8 captions")
+    args = parser.parse_args()
+    main(2, 8) if args.smoke else main(args.steps, args.batch_size)

@@ -10,7 +10,7 @@ offline in a second. What it shows is the same at any size:
 3. one call from image to answer, streamed token by token, then a second turn with history;
 4. the model and its processor saved side by side, and the ``vlmzoo chat`` job run on them.
 
-Run: ``python examples/chat_llava.py``.
+Run: ``python examples/chat_llava.py`` (``--smoke``: 2 new tokens, for CI).
 """
 
 from __future__ import annotations
@@ -101,4 +101,13 @@ def main(out: str = "chat_llava", max_new_tokens: int = 8) -> dict:
 
 
 if __name__ == "__main__":
-    print(main())
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="chat_llava", help="where the model and its processor are saved")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--smoke", action="store_true", help="CI size: 2 new tokens")
+    args = parser.parse_args()
+    print(main(args.out, 2 if args.smoke else args.max_new_tokens))

@@ -4,6 +4,7 @@ Captions such as "a large red circle" are the text side; after training, the cla
 zero-shot classifier are built from shape names x prompt templates, as in CLIP's recipe.
 
     python examples/clip_zero_shot.py --steps 300
+    python examples/clip_zero_shot.py --smoke    # CI: 2 steps
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def main(steps: int = 300, batch_size: int = 64) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=300)
-    main(parser.parse_args().steps)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--smoke", action="store_true", help="CI size: 2 steps of 8 pairs")
+    args = parser.parse_args()
+    main(2, 8) if args.smoke else main(args.steps, args.batch_size)

@@ -14,7 +14,7 @@ size:
    back into JSON.
 
 Run: ``python examples/donut_docvqa.py`` (200 steps, about 15 s on 2 CPU cores: the loss falls to
-about 0.005 and both pages are answered right, ``12`` and ``7``).
+about 0.005 and both pages are answered right, ``12`` and ``7``); ``--smoke`` runs 2 steps, for CI.
 """
 
 from __future__ import annotations
@@ -80,4 +80,12 @@ def main(steps: int = 200) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--smoke", action="store_true", help="CI size: 2 steps (the answers are then random)")
+    args = parser.parse_args()
+    main(2 if args.smoke else args.steps)

@@ -93,6 +93,8 @@ CASES = [
      r"grounding_trainer needs a vision-language model .* got CLIPModel"),
     (shapes.train_and_evaluate, lambda: shapes.train_and_evaluate(clip_model(), None, None, 1, 0),
      r"train_and_evaluate needs a vision-language model .* got CLIPModel"),
+    (shapes.task_loss, lambda: shapes.task_loss(clip_model(), None),
+     r"task_loss needs a vision-language model .* got CLIPModel"),
     (chart.read_charts, lambda: chart.read_charts(llava(), None),
      r"read_charts needs a OneChart model \(read_chart\) .* got VisionLanguageModel, which has no read_chart: " + TO_VLM),
     (load_processor, lambda: load_processor("clip-tiny", clip_model()),

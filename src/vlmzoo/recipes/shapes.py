@@ -247,6 +247,7 @@ def training_batch(task: TaskData, seed: int, step: int, micro: int, batch_size:
 
 def task_loss(model: VisionLanguageModel, batch: Batch) -> torch.Tensor:
     """The training loss of a batch: next-token cross-entropy on the answer tokens."""
+    require_kind(model, GENERATIVE, "task_loss")
     return model(batch.pixel_values, batch.input_ids, batch.attention_mask, labels=batch.labels).loss
 
 

@@ -62,6 +62,7 @@ from vlmzoo.weights.format import (
     read_config,
     save,
 )
+from vlmzoo.weights.peft import is_peft_model, peft_document
 from vlmzoo.weights.peft import wrap as wrap_peft
 from vlmzoo.weights.swap import replace_directory
 
@@ -391,6 +392,7 @@ def load_run_checkpoint(
             f"{directory} holds a {document['architecture']} with a different config than the model being "
             f"trained ({architecture}); use another run folder or --overwrite"
         )
+    _check_peft(directory, document.get("peft"), model)
     check_world(directory, state, world)
     sharded = state["weights"] == WEIGHTS_IN_RANK_FILES
     if sharded != world.distributed:
@@ -440,6 +442,37 @@ def load_run_checkpoint(
 def _as_json(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists), for comparisons with a file."""
     return json.loads(json.dumps(value))
+
+
+def _check_peft(directory: Path, saved: Any, model: nn.Module) -> None:
+    """The model being trained is wrapped by peft exactly as the checkpoint's was (or neither is).
+
+    Checked before the tensors, so that a resume that forgot ``get_peft_model`` (or used another
+    LoRA config) is told so, not handed a list of optimizer keys that do not fit."""
+    live = _as_json(peft_document(model)) if is_peft_model(model) else None
+    if saved == live:
+        return
+    reload = f"or take the checkpoint's own model: vlmzoo.load({str(directory)!r})"
+    if live is None:
+        raise CheckpointError(
+            f"{directory} holds a peft model (adapters {sorted(saved['adapters'])}) but the model being "
+            f"trained is not wrapped by peft: wrap it with the same config (get_peft_model) before resuming, {reload}"
+        )
+    if saved is None:
+        raise CheckpointError(
+            f"{directory} holds a plain model but the model being trained is wrapped by peft: resume with the "
+            f"unwrapped model, or start the peft run in another run folder"
+        )
+    differing = sorted(
+        f"{name}.{key}"
+        for name in saved["adapters"].keys() | live["adapters"].keys()
+        for key in (saved["adapters"].get(name) or {}).keys() | (live["adapters"].get(name) or {}).keys()
+        if (saved["adapters"].get(name) or {}).get(key) != (live["adapters"].get(name) or {}).get(key)
+    ) or ["active adapter"]
+    raise CheckpointError(
+        f"{directory} was trained with another peft config than the model being trained (differing: "
+        f"{', '.join(differing)}): wrap the model with the saved config to resume, {reload}"
+    )
 
 
 def _check_rank_files(reader: ShardReader, step: int) -> None:
