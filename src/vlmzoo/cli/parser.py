@@ -164,13 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=value.positive_int, default=300)
     p.add_argument("--seed", type=value.seed, default=0, help="the data's seed and the first run seed")
     p.add_argument(
-        "--seeds", type=value.positive_int, default=1, help="runs per combination, seeds --seed, --seed + 1, ..."
+        "--seeds",
+        type=value.positive_int,
+        default=1,
+        help="runs per combination, seeds --seed, --seed + 1, ...",
     )
     p.add_argument("--image-size", type=value.positive_int, default=48, help="scene side in pixels (>= 16)")
     p.add_argument("--batch-size", type=value.positive_int, default=64)
     p.add_argument("--lr", type=value.positive_float, default=3e-3)
     p.add_argument(
-        "--out", type=value.folder, default="runs/ablate", help="the grid's folder; the same command continues it"
+        "--out",
+        type=value.folder,
+        default="runs/ablate",
+        help="the grid's folder; the same command continues it",
     )
     p.add_argument("--overwrite", action="store_true", help="replace the grid in --out (its own files only)")
     p.add_argument("--no-progress", action="store_true")
